@@ -1,0 +1,42 @@
+# loraplane: two commands for a new user (see README):
+#   make demo   - set up, then train v1/v2 on the bundled model, serve them, compare through the gateway
+#   make test   - set up, then run the test suite (what .ci/run calls)
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.loraplane-setup
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint types check base clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+base: setup
+	$(BIN)/loraplane base pull smollm2-135m-instruct
+
+demo: base
+	$(BIN)/loraplane demo
+
+test: base
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: setup
+	$(BIN)/mypy
+
+check: lint types test
+
+clean:
+	rm -rf runs demo-out .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from loraplane.cli import main
+
+sys.exit(main())

@@ -1,0 +1,47 @@
+"""The `loraplane` command: a thin dispatcher.
+
+Each subcommand's code lives in its component; this module only maps a name to a
+`module:function` and imports that module lazily, so `loraplane serve` never pulls in
+torch and `loraplane train` never pulls in the gateway.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (entry point "module:function", one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "base": ("trainer.base_models:main", "provision a base model into models/ (base pull|list)"),
+    "train": ("trainer.cli:main", "train a LoRA/QLoRA adapter and publish it to the registry"),
+    "merge": ("trainer.merge:main", "merge an adapter into its full-precision base"),
+    "serve": ("serving.cli:serve_main", "start vLLM engine(s) and the OpenAI-compatible gateway"),
+    "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),
+    "loadtest": ("loadtest.cli:main", "run a Locust load test with SLO gates"),
+    "demo": ("loraplane.demo:main", "train v1+v2 on the bundled model, serve, compare through the gateway"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: loraplane <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run `loraplane <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"loraplane: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, func_name = SUBCOMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
