@@ -1,0 +1,171 @@
+"""The serving config: one typed object, every default here; YAML files only override it.
+
+    cfg = load_config(Path("configs/serving.yaml"), overrides={"gateway.port": 9000})
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serving.errors import ConfigError
+
+ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class GatewayConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # Upstream timeouts (seconds): connect covers a dead engine, read covers a stalled stream.
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0)
+    max_in_flight: int = Field(256, ge=1)  # beyond this, requests get 429 instead of queueing forever
+    max_tokens_limit: int = Field(4096, ge=1)
+
+
+class RegistryConfig(Strict):
+    models_dir: Path = Path("models")
+    adapters_dir: Path = Path("adapters")
+    # The adapters directory as the engine sees it (differs from adapters_dir when the engine
+    # runs in another container, e.g. on Kubernetes). None = same as adapters_dir.
+    engine_adapters_dir: Path | None = None
+
+
+class EngineConfig(Strict):
+    """How `loraplane serve` starts local vLLM OpenAI servers."""
+
+    replicas: int = Field(1, ge=0, le=16)  # 0 = start none; use `engines` URLs only
+    port: int = Field(8100, ge=1, le=65535)  # replica i listens on port + i
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: chosen by hardware
+    max_loras: int = Field(4, ge=1)  # adapters resident in one batch
+    max_lora_rank: int = Field(16, ge=1)
+    max_cpu_loras: int = Field(8, ge=1)  # adapters cached in host memory
+    max_model_len: int = Field(2048, ge=64)
+    kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # CPU KV cache
+    startup_timeout_s: float = Field(300.0, gt=0)
+    restart_on_crash: bool = True
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ExperimentConfig(Strict):
+    """A public model name split across adapter versions by weight, e.g. 90/10."""
+
+    name: str
+    variants: dict[str, int]  # "adapter@version" -> weight
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not ADAPTER_NAME_RE.match(value):
+            raise ValueError(f"experiment name {value!r} must match {ADAPTER_NAME_RE.pattern}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: dict[str, int]) -> dict[str, int]:
+        if not value:
+            raise ValueError("an experiment needs at least one variant")
+        for target, weight in value.items():
+            name, _, version = target.partition("@")
+            if not ADAPTER_NAME_RE.match(name) or not VERSION_RE.match(version):
+                raise ValueError(f"variant {target!r} must be 'adapter@vN'")
+            if weight < 0:
+                raise ValueError(f"variant {target!r} has negative weight {weight}")
+        if sum(value.values()) <= 0:
+            raise ValueError("variant weights must sum to more than 0")
+        return value
+
+
+class KeyConfig(Strict):
+    """An API key, stored as its sha256 (never the key itself)."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    models: list[str] = Field(default_factory=lambda: ["*"])  # model/experiment names, "*" = all
+    rate_limit_per_minute: int = Field(0, ge=0)  # 0 = unlimited
+
+
+class AuthConfig(Strict):
+    enabled: bool = False  # False: no key needed (local use); True: every /v1 call needs a key
+    admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+
+class ServingConfig(Strict):
+    base: str = "smollm2-135m-instruct"  # registry name under models_dir, or a local HF dir
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    # Extra engines already running elsewhere (e.g. Kubernetes Services): base URLs.
+    engines: list[str] = Field(default_factory=list)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingConfig:
+        if self.engine.replicas == 0 and not self.engines:
+            raise ValueError("engine.replicas is 0 and `engines` is empty: give at least one engine")
+        names = [e.name for e in self.experiments]
+        if len(names) != len(set(names)):
+            raise ValueError(f"experiment names repeat: {names}")
+        return self
+
+    @property
+    def engine_adapters_dir(self) -> Path:
+        return self.registry.engine_adapters_dir or self.registry.adapters_dir
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def _deep_merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+    return into
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"serving config {path} does not exist")
+    loaded = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(paths: Path | list[Path] | None = None, overrides: dict[str, Any] | None = None) -> ServingConfig:
+    """Defaults <- YAML files (deep-merged in order) <- dotted overrides. Errors name the key."""
+    files = [paths] if isinstance(paths, Path) else list(paths or [])
+    data: dict[str, Any] = {}
+    for path in files:
+        _deep_merge(data, _read_yaml(path))
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
+        )
+        where = ", ".join(str(p) for p in files) or "serving config"
+        raise ConfigError(f"{where}: {problems}") from None

@@ -1,0 +1,65 @@
+"""Serving errors. Each carries an HTTP status and an OpenAI-shaped body.
+
+OpenAI's error body: {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    status = 500
+    type = "server_error"
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ConfigError(ServingError):
+    """Bad serving config (raised at start, printed as one line)."""
+
+
+class BadRequest(ServingError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ServingError):
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(ServingError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFound(ServingError):
+    status = 404
+    type = "invalid_request_error"
+
+
+class RateLimited(ServingError):
+    status = 429
+    type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after_s = retry_after_s
+
+
+class EngineUnavailable(ServingError):
+    status = 503
+    type = "server_error"
+
+
+class AdapterRejected(ServingError):
+    """A registry adapter that cannot be served (broken files, wrong base, rank too high)."""
+
+    status = 422
+    type = "invalid_request_error"
