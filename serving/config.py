@@ -1,6 +1,6 @@
 """The serving config: one typed object, every default here; YAML files only override it.
 
-    cfg = load_config(Path("configs/serving.yaml"), overrides={"gateway.port": 9000})
+cfg = load_config(Path("configs/serving.yaml"), overrides={"gateway.port": 9000})
 """
 
 from __future__ import annotations
@@ -164,8 +164,6 @@ def load_config(paths: Path | list[Path] | None = None, overrides: dict[str, Any
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors())
         where = ", ".join(str(p) for p in files) or "serving config"
         raise ConfigError(f"{where}: {problems}") from None

@@ -1,0 +1,96 @@
+"""API keys (stored as sha256), per-key model allow-lists, admin key, per-key rate limits."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from dataclasses import dataclass
+
+from serving.config import AuthConfig, KeyConfig
+from serving.errors import Forbidden, RateLimited, Unauthorized
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str  # key name from config ("anonymous" when auth is off)
+    key_hash: str | None
+    models: tuple[str, ...]
+    rate_limit_per_minute: int
+
+    def may_call(self, model: str) -> bool:
+        return "*" in self.models or model in self.models or model.split("@")[0] in self.models
+
+
+ANONYMOUS = Principal("anonymous", None, ("*",), 0)
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+class KeyStore:
+    def __init__(self, cfg: AuthConfig):
+        self.cfg = cfg
+        self._by_hash: dict[str, KeyConfig] = {k.sha256: k for k in cfg.keys}
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not self.cfg.enabled:
+            return ANONYMOUS
+        token = bearer(authorization)
+        if token is None:
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+        digest = hash_key(token)
+        key = self._by_hash.get(digest)
+        if key is None:
+            raise Unauthorized("invalid API key (not recognised); ask the operator for a key", code="invalid_api_key")
+        return Principal(key.name, digest, tuple(key.models), key.rate_limit_per_minute)
+
+    def authorize(self, principal: Principal, model: str) -> None:
+        if not principal.may_call(model):
+            raise Forbidden(
+                f"key {principal.name!r} may not call model {model!r}; it may call: {', '.join(principal.models)}",
+                param="model",
+            )
+
+    def check_admin(self, authorization: str | None) -> None:
+        if not self.cfg.enabled:
+            return
+        token = bearer(authorization)
+        expected = self.cfg.admin_key_sha256
+        if token is None or expected is None or not hmac.compare_digest(hash_key(token), expected):
+            raise Unauthorized(
+                "admin endpoints need the admin key: `Authorization: Bearer <admin key>`", code="invalid_api_key"
+            )
+
+
+class RateLimiter:
+    """Token bucket per key: `rate_limit_per_minute` tokens, refilled continuously."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+
+    def take(self, principal: Principal) -> None:
+        limit = principal.rate_limit_per_minute
+        if limit <= 0:
+            return
+        now = self._clock()
+        tokens, last = self._buckets.get(principal.name, (float(limit), now))
+        tokens = min(float(limit), tokens + (now - last) * limit / 60.0)
+        if tokens < 1.0:
+            retry_after = math.ceil((1.0 - tokens) * 60.0 / limit)
+            self._buckets[principal.name] = (tokens, now)
+            raise RateLimited(
+                f"key {principal.name!r} is over its limit of {limit} requests per minute; retry after {retry_after} s",
+                retry_after_s=retry_after,
+            )
+        self._buckets[principal.name] = (tokens - 1.0, now)

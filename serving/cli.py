@@ -1,0 +1,210 @@
+"""`loraplane serve` and `loraplane adapters`: the serving side's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from serving.config import ServingConfig, load_config
+from serving.engine import EngineProcess, local_engines
+from serving.errors import ServingError
+from serving.registry import ADAPTER_MANIFEST, AdapterRef, AdapterRegistry, parse_model_name, read_base
+
+
+def _config_from_args(args: argparse.Namespace) -> ServingConfig:
+    overrides: dict[str, object] = {}
+    for dotted, value in (
+        ("base", args.base),
+        ("gateway.port", args.port),
+        ("gateway.host", args.host),
+        ("engine.replicas", 0 if args.gateway_only else args.replicas),
+    ):
+        if value is not None:
+            overrides[dotted] = value
+    if args.engine_url:
+        overrides["engines"] = args.engine_url
+    return load_config([Path(p) for p in args.config], overrides)
+
+
+def supervise(engines: list[EngineProcess], stop: threading.Event) -> None:
+    """Restart a crashed engine; the gateway's health loop then re-loads its adapters."""
+    while not stop.wait(2.0):
+        for engine in engines:
+            if engine.alive() or stop.is_set():
+                continue
+            engine.restarts += 1
+            print(
+                f"engine {engine.index} exited (code {engine.proc.returncode if engine.proc else None}); "
+                f"restart #{engine.restarts}",
+                file=sys.stderr,
+                flush=True,
+            )
+            engine.start()
+            try:
+                engine.wait_healthy()
+            except ServingError as exc:
+                print(f"engine {engine.index}: {exc}", file=sys.stderr, flush=True)
+
+
+def start_engines(cfg: ServingConfig, log_dir: Path) -> list[EngineProcess]:
+    base = read_base(cfg.registry.models_dir, cfg.base)
+    engines = local_engines(cfg, base.path, base.name, log_dir)
+    for engine in engines:
+        engine.start()
+    for engine in engines:
+        started = time.monotonic()
+        print(f"engine {engine.index}: starting vLLM on {engine.url} (log {engine.log_path}) ...", flush=True)
+        engine.wait_healthy()
+        print(f"engine {engine.index}: healthy after {time.monotonic() - started:.0f} s", flush=True)
+    return engines
+
+
+def serve_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="loraplane serve", description="vLLM engine(s) + the OpenAI gateway")
+    parser.add_argument("--config", action="append", default=[], help="serving YAML (repeatable, merged)")
+    parser.add_argument("--base", help="base model name in models/ (overrides the config)")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int, help="gateway port")
+    parser.add_argument("--replicas", type=int, help="local vLLM engines to start")
+    parser.add_argument("--engine-url", action="append", help="an engine already running (repeatable)")
+    parser.add_argument("--gateway-only", action="store_true", help="start no engine; use --engine-url/engines")
+    parser.add_argument("--log-dir", type=Path, default=Path("runs/serve"))
+    args = parser.parse_args(argv)
+    engines: list[EngineProcess] = []
+    stop = threading.Event()
+    try:
+        cfg = _config_from_args(args)
+        check_servable(cfg)
+        engines = start_engines(cfg, args.log_dir)
+        threading.Thread(target=supervise, args=(engines, stop), daemon=True).start()
+        run_gateway(cfg, [e.url for e in engines] + cfg.engines)
+    except ServingError as exc:
+        print(f"loraplane serve: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        stop.set()
+        for engine in engines:
+            engine.stop()
+    return 0
+
+
+def check_servable(cfg: ServingConfig) -> None:
+    """Refuse at start a base this machine cannot serve (e.g. 4-bit on an AVX2-only CPU)."""
+    try:
+        from serving.capabilities import check_base_servable
+    except ImportError:
+        return
+    base = read_base(cfg.registry.models_dir, cfg.base)
+    check_base_servable(base.path, enable_lora=True)
+
+
+def run_gateway(cfg: ServingConfig, engine_urls: list[str]) -> None:
+    import uvicorn
+
+    from serving.gateway.app import create_app
+
+    print(f"gateway: http://{cfg.gateway.host}:{cfg.gateway.port}/v1 -> {', '.join(engine_urls)}", flush=True)
+    uvicorn.run(
+        create_app(cfg, engine_urls),
+        host=cfg.gateway.host,
+        port=cfg.gateway.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _publish(registry: AdapterRegistry, src: Path, name: str, version: str) -> Path:
+    """Copy a PEFT adapter directory into the registry atomically, after validating it there."""
+    parse_model_name(f"{name}@{version}")
+    target = registry.adapters_dir / name / version
+    if target.exists():
+        raise ServingError(f"{target} already exists; versions are immutable, publish a new version")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=target.parent))
+    try:
+        for item in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_MANIFEST):
+            if not (src / item).is_file():
+                raise ServingError(
+                    f"{src} has no {item}; an adapter directory needs adapter_config.json, "
+                    f"adapter_model.safetensors and {ADAPTER_MANIFEST}"
+                )
+            shutil.copyfile(src / item, tmp / item)
+        manifest = json.loads((tmp / ADAPTER_MANIFEST).read_text())
+        manifest.update(name=name, version=version)
+        (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        AdapterRegistry(tmp.parent, registry.base, registry.max_lora_rank).validate(AdapterRef(tmp.name, ""))
+        for item in tmp.iterdir():
+            with item.open("rb") as fh:
+                os.fsync(fh.fileno())
+        tmp.chmod(0o755)
+        os.rename(tmp, target)
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _admin(gateway: str, action: str, model: str) -> dict:
+    name, version = parse_model_name(model)
+    if version is None:
+        raise ServingError(f"{model!r}: name a version, e.g. {name}@v1")
+    headers = (
+        {"Authorization": f"Bearer {os.environ['LORAPLANE_ADMIN_KEY']}"} if "LORAPLANE_ADMIN_KEY" in os.environ else {}
+    )
+    try:
+        resp = httpx.post(
+            f"{gateway.rstrip('/')}/admin/adapters/{name}/{version}/{action}", headers=headers, timeout=120
+        )
+    except httpx.HTTPError as exc:
+        raise ServingError(f"gateway {gateway} unreachable: {exc!r}; is `loraplane serve` running?") from None
+    if resp.status_code != 200:
+        raise ServingError(f"gateway answered {resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
+def adapters_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="loraplane adapters", description="the adapter registry")
+    parser.add_argument("--config", action="append", default=[])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="versions in the registry and whether each is servable")
+    pub = sub.add_parser("publish", help="validate an adapter directory and publish it as NAME@VERSION")
+    pub.add_argument("src", type=Path)
+    pub.add_argument("model", help="NAME@VERSION, e.g. support-bot@v3")
+    for action in ("load", "unload"):
+        p = sub.add_parser(action, help=f"{action} NAME@VERSION in a running gateway's engines")
+        p.add_argument("model")
+        p.add_argument("--gateway", default="http://127.0.0.1:8000")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config([Path(p) for p in args.config])
+        if args.action in ("load", "unload"):
+            print(json.dumps(_admin(args.gateway, args.action, args.model)))
+            return 0
+        registry = AdapterRegistry(
+            cfg.registry.adapters_dir, read_base(cfg.registry.models_dir, cfg.base), cfg.engine.max_lora_rank
+        )
+        if args.action == "publish":
+            name, version = parse_model_name(args.model)
+            print(f"published {_publish(registry, args.src, name, version or '')}")
+            return 0
+        for name in registry.names():
+            for version in registry.versions(name):
+                try:
+                    manifest = registry.validate(AdapterRef(name, version))
+                    metric = manifest.get("eval", {})
+                    status = f"ok  {metric.get('metric', '')}={metric.get('value', '')}"
+                except ServingError as exc:
+                    status = f"REJECTED: {exc}"
+                print(f"{name}@{version:<8} {status}")
+    except ServingError as exc:
+        print(f"loraplane adapters: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""The FastAPI gateway: OpenAI-compatible API in front of vLLM engines. Never imports torch."""

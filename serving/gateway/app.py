@@ -1,0 +1,78 @@
+"""Build the gateway app. `create_app(cfg, engine_urls)` is the only way to make one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from serving.config import ServingConfig
+from serving.errors import RateLimited, ServingError
+from serving.gateway.admin import admin, ops
+from serving.gateway.routes import router
+from serving.gateway.state import GatewayState
+
+
+def _error_response(exc: ServingError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: float = 2.0) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        timeout = httpx.Timeout(cfg.gateway.read_timeout_s, connect=cfg.gateway.connect_timeout_s)
+        limits = httpx.Limits(max_connections=cfg.gateway.max_in_flight + 16, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+            state = GatewayState(cfg, engine_urls, client)
+            state.started_at = time.time()
+            state.in_flight = 0
+            app.state.gateway = state
+            health = asyncio.create_task(state.pool.health_loop(health_interval_s))
+            try:
+                yield
+            finally:
+                health.cancel()
+
+    app = FastAPI(title="loraplane gateway", lifespan=lifespan)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first["loc"] if p != "body")
+        body = {
+            "error": {
+                "message": f"{param or 'request'}: {first['msg']}",
+                "type": "invalid_request_error",
+                "param": param or None,
+                "code": None,
+            }
+        }
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        body = {
+            "error": {
+                "message": f"internal gateway error: {type(exc).__name__}",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        return JSONResponse(body, status_code=500)
+
+    app.include_router(router)
+    app.include_router(admin)
+    app.include_router(ops)
+    return app

@@ -1,0 +1,181 @@
+"""Forward one OpenAI request to an engine: pick, hot-load, retry before the first byte, relay.
+
+Retries: a request moves to another engine only while nothing was sent to the client
+(connect failure, engine 5xx, adapter load failure). Once streaming, an engine failure ends
+the stream with an OpenAI-style error event. A client disconnect closes the upstream
+response, which makes vLLM abort the generation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serving.errors import AdapterRejected, EngineUnavailable, ServingError
+from serving.gateway.state import GatewayState, Target
+from serving.metrics import status_class
+from serving.pool import Engine
+
+CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
+
+
+@dataclass
+class Call:
+    route: str  # "chat" | "completions"
+    path: str  # upstream path
+    body: dict
+    target: Target
+    started: float
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return self.target.model_label, self.target.variant_label
+
+    def headers(self, engine: Engine) -> dict[str, str]:
+        out = {"X-Loraplane-Adapter": self.target.adapter_label, "X-Loraplane-Engine": engine.label}
+        if self.target.experiment:
+            out["X-Loraplane-Experiment"] = self.target.experiment
+            out["X-Loraplane-Variant"] = self.target.variant_label
+        return out
+
+
+def _has_content(chunk: dict, route: str) -> bool:
+    for choice in chunk.get("choices") or []:
+        node = choice
+        for key in CONTENT_FIELD[route]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node:
+            return True
+    return False
+
+
+async def _open(state: GatewayState, engine: Engine, call: Call, stream: bool) -> httpx.Response:
+    if call.target.ref is not None:
+        await state.pool.ensure_loaded(engine, call.target.ref)
+    request = state.client.build_request("POST", f"{engine.url}{call.path}", json=call.body)
+    return await state.client.send(request, stream=stream)
+
+
+async def open_upstream(state: GatewayState, call: Call, stream: bool) -> tuple[Engine, httpx.Response]:
+    """Try engines in affinity order until one answers with less than 500."""
+    lora_key = call.target.ref.key if call.target.ref else None
+    last_error = "no engine tried"
+    for attempt, engine in enumerate(state.pool.candidates(lora_key)):
+        if attempt:
+            state.metrics.retries.inc()
+        try:
+            resp = await _open(state, engine, call, stream)
+        except (httpx.TransportError, EngineUnavailable) as exc:
+            state.pool.mark_down(engine, "connect")
+            last_error = f"engine {engine.index}: {exc!r}"
+            continue
+        if resp.status_code >= 500:
+            await resp.aread()
+            await resp.aclose()
+            state.pool.mark_down(engine, f"http_{resp.status_code}")
+            last_error = f"engine {engine.index} answered {resp.status_code}: {resp.text[:200]}"
+            continue
+        return engine, resp
+    raise EngineUnavailable(f"the engine is unavailable ({last_error}); retry shortly", code="engine_unavailable")
+
+
+def _record_usage(state: GatewayState, call: Call, usage: dict | None) -> None:
+    if usage:
+        model, variant = call.labels
+        state.metrics.prompt_tokens.labels(model, variant).inc(usage.get("prompt_tokens") or 0)
+        state.metrics.completion_tokens.labels(model, variant).inc(usage.get("completion_tokens") or 0)
+
+
+def _finish(state: GatewayState, call: Call, status: int) -> None:
+    model, variant = call.labels
+    state.metrics.requests.labels(call.route, model, variant, status_class(status)).inc()
+    state.metrics.request_latency.labels(call.route, model, variant).observe(time.perf_counter() - call.started)
+
+
+async def forward(state: GatewayState, call: Call) -> Response:
+    stream = bool(call.body.get("stream"))
+    wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
+        call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
+    try:
+        engine, resp = await open_upstream(state, call, stream)
+    except ServingError as exc:
+        _finish(state, call, exc.status)
+        raise
+    if not stream:
+        return await _relay_json(state, call, engine, resp)
+    if resp.status_code != 200:
+        return await _relay_json(state, call, engine, resp)
+    engine.in_flight += 1
+    state.metrics.in_flight_streams.inc()
+    return StreamingResponse(
+        _relay_stream(state, call, engine, resp, wants_usage),
+        media_type="text/event-stream",
+        headers=call.headers(engine),
+    )
+
+
+async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: httpx.Response) -> Response:
+    try:
+        await resp.aread()
+        payload = resp.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        state.pool.mark_down(engine, "read")
+        _finish(state, call, 503)
+        raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
+    finally:
+        await resp.aclose()
+    if resp.status_code == 200:
+        _record_usage(state, call, payload.get("usage"))
+    elif resp.status_code == 404 and call.target.ref is not None:
+        engine.loaded.pop(call.target.ref.key, None)  # the engine lost it (restart): reload next time
+    _finish(state, call, resp.status_code)
+    return JSONResponse(payload, status_code=resp.status_code, headers=call.headers(engine))
+
+
+def _error_event(message: str) -> str:
+    body = {"error": {"message": message, "type": "server_error", "param": None, "code": "engine_unavailable"}}
+    return f"data: {json.dumps(body)}\n\n"
+
+
+async def _relay_stream(
+    state: GatewayState, call: Call, engine: Engine, resp: httpx.Response, wants_usage: bool
+) -> AsyncIterator[str]:
+    status, first_token = 200, True
+    model, variant = call.labels
+    try:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            payload = line[6:]
+            if payload != "[DONE]":
+                chunk = json.loads(payload)
+                if chunk.get("usage"):
+                    _record_usage(state, call, chunk["usage"])
+                    if not wants_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        chunk["usage"] = None
+                        payload = json.dumps(chunk)
+                if first_token and _has_content(chunk, call.route):
+                    first_token = False
+                    state.metrics.ttft.labels(model, variant).observe(time.perf_counter() - call.started)
+            yield f"data: {payload}\n\n"
+    except (httpx.HTTPError, ValueError) as exc:
+        status = 503
+        state.pool.mark_down(engine, "stream")
+        yield _error_event(f"the engine is unavailable: engine {engine.index} broke off mid-stream ({exc!r})")
+        yield "data: [DONE]\n\n"
+    finally:
+        await resp.aclose()  # on client disconnect this closes the upstream, and vLLM aborts
+        engine.in_flight -= 1
+        state.metrics.in_flight_streams.dec()
+        _finish(state, call, status)
+
+
+__all__ = ["Call", "forward", "AdapterRejected"]

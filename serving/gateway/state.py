@@ -1,0 +1,92 @@
+"""What one gateway app holds: config, registry, experiments, engines, keys, metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, Request
+
+from serving.auth import KeyStore, Principal, RateLimiter
+from serving.config import ServingConfig
+from serving.errors import NotFound
+from serving.experiments import Experiment, ExperimentTable
+from serving.metrics import GatewayMetrics
+from serving.pool import EnginePool
+from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: the base model, or one adapter version (maybe via an experiment)."""
+
+    public_model: str  # what the client asked for, validated
+    ref: AdapterRef | None  # None: the base model
+    experiment: str | None = None
+    upstream_model: str = ""
+
+    @property
+    def adapter_label(self) -> str:
+        return self.ref.key if self.ref else self.upstream_model
+
+    @property
+    def variant_label(self) -> str:
+        return self.ref.key if (self.experiment and self.ref) else "none"
+
+    @property
+    def model_label(self) -> str:
+        return self.experiment or (self.ref.name if self.ref else self.upstream_model)
+
+
+class GatewayState:
+    def __init__(self, cfg: ServingConfig, engine_urls: list[str], client: httpx.AsyncClient):
+        self.cfg = cfg
+        self.base = read_base(cfg.registry.models_dir, cfg.base)
+        self.registry = AdapterRegistry(cfg.registry.adapters_dir, self.base, cfg.engine.max_lora_rank)
+        self.experiments = ExperimentTable([Experiment(e.name, dict(e.variants)) for e in cfg.experiments])
+        self.metrics = GatewayMetrics()
+        self.client = client
+        self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)
+        self.keys = KeyStore(cfg.auth)
+        self.limiter = RateLimiter()
+        self.validated: set[str] = set()  # adapter keys that passed validation
+        self.started_at = 0.0
+        self.in_flight = 0
+
+    @property
+    def base_model(self) -> str:
+        return self.base.name
+
+    def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
+        if model == self.base_model:
+            return Target(model, None, upstream_model=self.base_model)
+        experiment = None
+        if model in self.experiments:
+            experiment, model = model, self.experiments.choose(model, request_key, pinned)
+        name, version = parse_model_name(model)
+        ref = self.registry.resolve(name, version)
+        if ref.key not in self.validated:
+            self.registry.validate(ref)
+            self.validated.add(ref.key)
+        return Target(experiment or model, ref, experiment, ref.key)
+
+    def known_model(self, model: str) -> bool:
+        try:
+            self.resolve(model, "", None)
+        except NotFound:
+            return False
+        return True
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+def get_principal(request: Request) -> Principal:
+    state: GatewayState = request.app.state.gateway
+    return state.keys.authenticate(request.headers.get("authorization"))
+
+
+StateDep = Annotated[GatewayState, Depends(get_state)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

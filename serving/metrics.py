@@ -1,0 +1,76 @@
+"""Every Prometheus metric of the gateway process, declared here and nowhere else.
+
+Names follow Prometheus conventions: `loraplane_` prefix, base units in the name, counters
+end in `_total`. Labels come only from bounded sets: route, model (served model ids from
+the registry), variant, status class, engine index.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# No `*_created` series: they double the exposition and no dashboard reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+
+
+class GatewayMetrics:
+    """One instance per app (no global registry), exposed at /metrics."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "loraplane_requests_total",
+            "Requests by route, model, variant and status class",
+            ["route", "model", "variant", "status_class"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "loraplane_request_duration_seconds",
+            "End-to-end request latency at the gateway",
+            ["route", "model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "loraplane_time_to_first_token_seconds",
+            "Time from request arrival to the first content token sent (streams)",
+            ["model", "variant"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("loraplane_prompt_tokens_total", "Prompt tokens", ["model", "variant"], registry=r)
+        self.completion_tokens = Counter(
+            "loraplane_completion_tokens_total", "Completion tokens", ["model", "variant"], registry=r
+        )
+        self.in_flight_streams = Gauge("loraplane_in_flight_streams", "Streaming responses in progress", registry=r)
+        self.in_flight_requests = Gauge("loraplane_in_flight_requests", "Requests in progress", registry=r)
+        self.upstream_errors = Counter(
+            "loraplane_upstream_errors_total", "Engine failures seen by the gateway", ["engine", "kind"], registry=r
+        )
+        self.retries = Counter(
+            "loraplane_upstream_retries_total", "Requests retried on another engine before the first byte", registry=r
+        )
+        self.adapter_loads = Counter(
+            "loraplane_adapter_loads_total", "Adapter loads into an engine", ["adapter", "result"], registry=r
+        )
+        self.adapter_load_duration = Histogram(
+            "loraplane_adapter_load_duration_seconds",
+            "Time to load an adapter into an engine",
+            ["adapter"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.adapter_unloads = Counter(
+            "loraplane_adapter_unloads_total", "Adapter unloads (LRU or admin)", ["adapter"], registry=r
+        )
+        self.engine_healthy = Gauge(
+            "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
+        )
+        self.rate_limited = Counter("loraplane_rate_limited_total", "Requests refused with 429", ["key"], registry=r)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
