@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -68,6 +71,10 @@ def start_engines(cfg: ServingConfig, log_dir: Path) -> list[EngineProcess]:
     return engines
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="loraplane serve", description="vLLM engine(s) + the OpenAI gateway")
     parser.add_argument("--config", action="append", default=[], help="serving YAML (repeatable, merged)")
@@ -81,6 +88,8 @@ def serve_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     engines: list[EngineProcess] = []
     stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # so `finally` stops engines even mid-start
+        signal.signal(sig, _exit_on_signal)
     try:
         cfg = _config_from_args(args)
         check_servable(cfg)
@@ -107,19 +116,40 @@ def check_servable(cfg: ServingConfig) -> None:
     check_base_servable(base.path, enable_lora=True)
 
 
-def run_gateway(cfg: ServingConfig, engine_urls: list[str]) -> None:
-    import uvicorn
+class _GatewayServer:
+    """uvicorn without its own signal capture: uvicorn re-raises SIGTERM after shutdown, which
+    would kill this process before it stops the engines it started."""
 
+    def __init__(self, app: object, host: str, port: int):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield
+
+        self.server = Server(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+        )
+
+    def run(self) -> None:
+        def request_exit(signum: int, _frame: object) -> None:
+            self.server.should_exit = True
+
+        previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.server.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def run_gateway(cfg: ServingConfig, engine_urls: list[str]) -> None:
     from serving.gateway.app import create_app
 
     print(f"gateway: http://{cfg.gateway.host}:{cfg.gateway.port}/v1 -> {', '.join(engine_urls)}", flush=True)
-    uvicorn.run(
-        create_app(cfg, engine_urls),
-        host=cfg.gateway.host,
-        port=cfg.gateway.port,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
-    )
+    _GatewayServer(create_app(cfg, engine_urls), cfg.gateway.host, cfg.gateway.port).run()
+    print("gateway: stopped", flush=True)
 
 
 def _publish(registry: AdapterRegistry, src: Path, name: str, version: str) -> Path:
