@@ -1,0 +1,177 @@
+{{/* Names, labels and shared snippets. Every resource name starts with loraplane.fullname. */}}
+
+{{- define "loraplane.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-loraplane, or just <release> when the release name already contains the chart name. */}}
+{{- define "loraplane.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "loraplane.engineName" -}}{{ include "loraplane.fullname" . }}-engine{{- end }}
+{{- define "loraplane.gatewayName" -}}{{ include "loraplane.fullname" . }}-gateway{{- end }}
+
+{{- define "loraplane.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "loraplane.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: loraplane
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: include with (dict "ctx" $ "component" "engine"). */}}
+{{- define "loraplane.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "loraplane.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "loraplane.componentLabels" -}}
+{{ include "loraplane.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "loraplane.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "loraplane.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* image: include with (dict "image" .Values.engine.image "ctx" $) */}}
+{{- define "loraplane.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) }}
+{{- end }}
+
+{{/* Mount points. The engine and the gateway see the same registry under different paths;
+     the gateway's config says both (registry.adapters_dir and registry.engine_adapters_dir). */}}
+{{- define "loraplane.engineModelsDir" -}}/models{{- end }}
+{{- define "loraplane.engineAdaptersDir" -}}/adapters{{- end }}
+{{- define "loraplane.gatewayModelsDir" -}}/registry/models{{- end }}
+{{- define "loraplane.gatewayAdaptersDir" -}}/registry/adapters{{- end }}
+{{- define "loraplane.configDir" -}}/etc/loraplane{{- end }}
+
+{{- define "loraplane.modelsClaim" -}}
+{{- default (printf "%s-models" (include "loraplane.fullname" .)) .Values.models.existingClaim }}
+{{- end }}
+{{- define "loraplane.adaptersClaim" -}}
+{{- default (printf "%s-adapters" (include "loraplane.fullname" .)) .Values.adapters.existingClaim }}
+{{- end }}
+
+{{/* Engine base URLs for the gateway: one per StatefulSet pod through the headless Service, so the
+     gateway can load each adapter onto every engine (a load through a load-balanced Service would
+     reach one pod only). With autoscaling, the list covers maxReplicas pods. */}}
+{{- define "loraplane.engineUrls" -}}
+{{- if .Values.gateway.engineUrls }}
+{{- toYaml .Values.gateway.engineUrls }}
+{{- else }}
+{{- $count := int .Values.engine.replicas }}
+{{- if .Values.engine.autoscaling.enabled }}{{ $count = int .Values.engine.autoscaling.maxReplicas }}{{ end }}
+{{- $name := include "loraplane.engineName" . }}
+{{- range $i := until $count }}
+- http://{{ $name }}-{{ $i }}.{{ $name }}:{{ $.Values.engine.port }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A probe against GET /health on the "http" port: include with a probe's values. */}}
+{{- define "loraplane.httpProbe" -}}
+httpGet:
+  path: /health
+  port: http
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/* The adapter-sync containers (s3 mode): include with (dict "ctx" $ "mountPath" "/adapters"). */}}
+{{- define "loraplane.adapterSyncEnv" -}}
+{{- $s3 := .ctx.Values.adapters.sync.s3 }}
+- name: REMOTE
+  value: {{ printf "registry:%s" (trimSuffix "/" (printf "%s/%s" $s3.bucket $s3.prefix)) | quote }}
+- name: DEST
+  value: {{ .mountPath | quote }}
+- name: INTERVAL_SECONDS
+  value: {{ .ctx.Values.adapters.sync.intervalSeconds | quote }}
+- name: HOME
+  value: /tmp
+- name: RCLONE_CONFIG
+  value: /tmp/rclone.conf
+- name: RCLONE_CONFIG_REGISTRY_TYPE
+  value: s3
+- name: RCLONE_CONFIG_REGISTRY_PROVIDER
+  value: {{ $s3.provider | quote }}
+- name: RCLONE_CONFIG_REGISTRY_ENV_AUTH
+  value: "true"
+{{- with $s3.region }}
+- name: RCLONE_CONFIG_REGISTRY_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s3.endpoint }}
+- name: RCLONE_CONFIG_REGISTRY_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{- define "loraplane.adapterSyncContainer" -}}
+{{- $sync := .ctx.Values.adapters.sync }}
+- name: {{ .name }}
+  image: {{ include "loraplane.image" (dict "image" $sync.image "ctx" .ctx) }}
+  imagePullPolicy: {{ $sync.image.pullPolicy }}
+  command: ["/bin/sh", "/scripts/adapter-sync.sh", {{ .mode | quote }}]
+  env:
+    {{- include "loraplane.adapterSyncEnv" . | trim | nindent 4 }}
+  {{- with $sync.s3.credentialsSecret }}
+  envFrom:
+    - secretRef:
+        name: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .ctx.Values.containerSecurityContext | nindent 4 }}
+  resources:
+    {{- toYaml $sync.resources | nindent 4 }}
+  volumeMounts:
+    - name: adapters
+      mountPath: {{ .mountPath }}
+    - name: adapter-sync-script
+      mountPath: /scripts
+      readOnly: true
+    - name: sync-tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/* Volumes for the adapter directory of a pod: the shared PVC (read-only) or, in s3 mode, an
+     emptyDir filled by the sync containers. */}}
+{{- define "loraplane.adapterVolumes" -}}
+{{- if eq .Values.adapters.source "s3" }}
+- name: adapters
+  emptyDir:
+    sizeLimit: {{ .Values.adapters.sync.sizeLimit }}
+- name: adapter-sync-script
+  configMap:
+    name: {{ include "loraplane.fullname" . }}-adapter-sync
+- name: sync-tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- else }}
+- name: adapters
+  persistentVolumeClaim:
+    claimName: {{ include "loraplane.adaptersClaim" . }}
+    readOnly: true
+{{- end }}
+{{- end }}

@@ -1,0 +1,37 @@
+"""Fixtures: the chart rendered offline by the real Helm library (helm_python), once per values case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helm_python
+import pytest
+from helm_release import CASES, CHART_DIR, NAMESPACE, RELEASE, Release, case_values
+
+
+@pytest.fixture(scope="session")
+def chart():
+    loaded = helm_python.Chart.load(str(CHART_DIR))
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def render(chart):
+    """render(values, case=...) -> Release, exactly as `helm template lp -n ai -f values` would."""
+
+    def _render(values: dict[str, Any], case: str = "adhoc") -> Release:
+        templates = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return Release(case=case, values=chart.merge_values(values), templates=templates)
+
+    return _render
+
+
+@pytest.fixture(scope="session")
+def releases(render) -> dict[str, Release]:
+    return {case: render(case_values(case), case) for case in CASES}
+
+
+@pytest.fixture(params=CASES)
+def release(request, releases) -> Release:
+    return releases[request.param]
