@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "base": ("trainer.base_models:main", "provision a base model into models/ (base pull|list)"),
     "train": ("trainer.cli:main", "train a LoRA/QLoRA adapter and publish it to the registry"),
+    "quantize": ("trainer.quantize:main", "quantize a base to GPTQ/AWQ 4-bit (compressed-tensors) for vLLM"),
     "merge": ("trainer.merge:main", "merge an adapter into its full-precision base"),
     "serve": ("serving.cli:serve_main", "start vLLM engine(s) and the OpenAI-compatible gateway"),
     "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),

@@ -1,0 +1,138 @@
+"""`loraplane demo`: the whole platform on the bundled model, end to end.
+
+base pull -> train demo-json v1 and v2 (two configs) -> `loraplane serve` (vLLM + gateway) ->
+held-out prompts through the gateway with the real `openai` client to the base, v1 and v2 ->
+a 90/10 A/B experiment between v1 and v2, per-variant numbers read back from /metrics ->
+table + PNG -> every process it started is stopped.
+
+Runs the other components as subprocesses (they share files, not imports), so this module
+imports neither torch nor the trainer nor the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from loraplane.demo_report import ab_from_metrics, evaluate_model, print_tables, run_ab, write_plot
+
+BASE = "smollm2-135m-instruct"
+ADAPTER = "demo-json"
+EXPERIMENT = "demo-json-ab"
+TRAIN_CONFIGS = {"v1": Path("configs/demo.yaml"), "v2": Path("configs/demo-v2.yaml")}
+SERVING_CONFIG = Path("configs/demo-serving.yaml")
+
+
+def step(title: str) -> None:
+    print(f"\n==> {title}", flush=True)
+
+
+def loraplane(*args: str) -> None:
+    cmd = [sys.executable, "-m", "loraplane", *args]
+    print("$ loraplane " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def train_versions(adapters_dir: Path, fresh: bool) -> None:
+    if fresh and (adapters_dir / ADAPTER).exists():
+        shutil.rmtree(adapters_dir / ADAPTER)
+    for version, config in TRAIN_CONFIGS.items():
+        published = adapters_dir / ADAPTER / version
+        if published.is_dir():
+            print(f"{ADAPTER}@{version} already published at {published}; reusing it (--fresh retrains)")
+            continue
+        loraplane("train", "--config", str(config), "--publish.adapters_dir", str(adapters_dir))
+
+
+def start_server(log_path: Path, port: int) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "loraplane",
+        "serve",
+        "--config",
+        str(SERVING_CONFIG),
+        "--port",
+        str(port),
+        "--log-dir",
+        str(log_path.parent),
+    ]
+    print("$ loraplane " + " ".join(cmd[3:]) + f"   (log: {log_path})", flush=True)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float = 900) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"loraplane serve exited with {proc.returncode}; see {log_path}:\n"
+                + "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            )
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                print(f"gateway ready after {time.monotonic() - started:.0f} s", flush=True)
+                return
+        except httpx.HTTPError:
+            pass
+        print(f"\r  waiting for vLLM + gateway ... {time.monotonic() - started:4.0f} s", end="", flush=True)
+        time.sleep(2)
+    raise SystemExit(f"gateway not ready after {timeout_s:.0f} s; see {log_path}")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="loraplane demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fresh", action="store_true", help="retrain v1 and v2 even if published")
+    parser.add_argument("--ab-requests", type=int, default=80)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    url = f"http://127.0.0.1:{args.port}"
+
+    step("1/5 base model")
+    loraplane("base", "pull", BASE)
+    step("2/5 train demo-json v1 and v2 (different configs) and publish them to adapters/")
+    train_versions(Path("adapters"), args.fresh)
+    step("3/5 start vLLM (CPU) + the gateway")
+    server = start_server(args.out / "serve.log", args.port)
+    try:
+        wait_ready(server, url, args.out / "serve.log")
+        step("4/5 held-out prompts through the gateway (openai client): base vs v1 vs v2")
+        prompts = [json.loads(line) for line in Path("data/demo/heldout.jsonl").read_text().splitlines()]
+        results = [evaluate_model(url, model, prompts) for model in (BASE, f"{ADAPTER}@v1", f"{ADAPTER}@v2")]
+        step(f"5/5 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
+        chosen = run_ab(url, EXPERIMENT, prompts, args.ab_requests)
+        ab = ab_from_metrics(httpx.get(f"{url}/metrics", timeout=10).text, EXPERIMENT, chosen)
+    finally:
+        stop_server(server)
+    print_tables(results, ab)
+    png = write_plot(results, ab, args.out / "demo.png")
+    (args.out / "demo.json").write_text(json.dumps({"models": results, "ab": ab}, indent=2) + "\n")
+    print(f"\nwrote {png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
+    base_score = results[0]["exact_match"]
+    if not all(r["exact_match"] > base_score for r in results[1:]):
+        print("FAIL: an adapter did not beat the base model on the held-out set", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,156 @@
+"""Session fixtures shared by the slow tests: adapters trained by our trainer, one real vLLM
+CPU engine, and the gateway in front of it on a loopback port.
+
+Started once per test session (vLLM takes ~40-90 s to start on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_NAME = "smollm2-135m-instruct"
+BASE_DIR = REPO / "models" / BASE_NAME
+ADAPTER = "test-adapter"
+EXPERIMENT = "test-ab"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    if not (BASE_DIR / "loraplane-base.json").is_file():
+        pytest.fail(f"{BASE_DIR} is missing: run `make test` (it pulls the base) or `loraplane base pull {BASE_NAME}`")
+    return BASE_DIR
+
+
+def train_adapter(adapters_dir: Path, run_dir: Path, version: str, *overrides: str) -> Path:
+    """Train a few steps with the real trainer CLI and publish NAME@version into adapters_dir."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "loraplane",
+        "train",
+        "--config",
+        str(REPO / "configs/demo.yaml"),
+        "--train.max_steps",
+        "3",
+        "--eval.max_examples",
+        "4",
+        "--publish.name",
+        ADAPTER,
+        "--publish.version",
+        version,
+        "--publish.adapters_dir",
+        str(adapters_dir),
+        "--out_dir",
+        str(run_dir),
+        *overrides,
+    ]
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return adapters_dir / ADAPTER / version
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("registry")
+    train_adapter(root / "adapters", root / "run-v1", "v1")
+    train_adapter(root / "adapters", root / "run-v2", "v2", "--lora.r", "8", "--train.lr", "2e-3")
+    return root / "adapters"
+
+
+@pytest.fixture(scope="session")
+def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from serving.config import load_config
+
+    return load_config(
+        None,
+        {
+            "registry.models_dir": str(REPO / "models"),
+            "registry.adapters_dir": str(adapters_dir),
+            "engine.port": free_port(),
+            "engine.max_cpu_loras": 4,
+            "gateway.port": free_port(),
+            "experiments": [{"name": EXPERIMENT, "variants": {f"{ADAPTER}@v1": 50, f"{ADAPTER}@v2": 50}}],
+        },
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(serving_config, base_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from serving.engine import EngineProcess
+
+    proc = EngineProcess(serving_config, base_dir, BASE_NAME, 0, tmp_path_factory.mktemp("engine-logs"))
+    proc.start()
+    try:
+        proc.wait_healthy(600)
+        yield proc
+    finally:
+        proc.stop()
+
+
+class GatewayThread:
+    """A real uvicorn server for a gateway app, on a loopback port, in a thread."""
+
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> GatewayThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("gateway did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def state(self):
+        return self.app.state.gateway
+
+
+@dataclass
+class Gateway:
+    url: str
+    adapter: str
+    experiment: str
+    base: str
+    server: GatewayThread
+    engine: object
+
+
+@pytest.fixture(scope="session")
+def gateway(serving_config, engine):
+    from serving.gateway.app import create_app
+
+    app = create_app(serving_config, [engine.url], health_interval_s=0.5)
+    with GatewayThread(app, serving_config.gateway.port) as server:
+        yield Gateway(server.url, ADAPTER, EXPERIMENT, BASE_NAME, server, engine)

@@ -1,0 +1,62 @@
+"""API keys, allow-lists, admin key and the per-key token bucket."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.auth import KeyStore, RateLimiter, hash_key
+from serving.config import AuthConfig, KeyConfig
+from serving.errors import Forbidden, RateLimited, Unauthorized
+
+
+def store() -> KeyStore:
+    return KeyStore(
+        AuthConfig(
+            enabled=True,
+            admin_key_sha256=hash_key("admin-secret"),
+            keys=[
+                KeyConfig(name="app-a", sha256=hash_key("key-a"), models=["support-bot"], rate_limit_per_minute=2),
+                KeyConfig(name="app-b", sha256=hash_key("key-b")),
+            ],
+        )
+    )
+
+
+def test_missing_and_wrong_keys_are_401() -> None:
+    with pytest.raises(Unauthorized, match="missing API key"):
+        store().authenticate(None)
+    with pytest.raises(Unauthorized, match="invalid API key"):
+        store().authenticate("Bearer nope")
+
+
+def test_allow_list() -> None:
+    keys = store()
+    app_a = keys.authenticate("Bearer key-a")
+    keys.authorize(app_a, "support-bot")
+    keys.authorize(app_a, "support-bot@v2")
+    with pytest.raises(Forbidden, match="other-bot"):
+        keys.authorize(app_a, "other-bot")
+    keys.authorize(keys.authenticate("Bearer key-b"), "anything")
+
+
+def test_admin_key() -> None:
+    store().check_admin("Bearer admin-secret")
+    with pytest.raises(Unauthorized):
+        store().check_admin("Bearer key-a")
+
+
+def test_auth_off_means_anonymous() -> None:
+    assert KeyStore(AuthConfig()).authenticate(None).name == "anonymous"
+
+
+def test_token_bucket_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    principal = store().authenticate("Bearer key-a")  # 2 per minute
+    limiter.take(principal)
+    limiter.take(principal)
+    with pytest.raises(RateLimited) as exc:
+        limiter.take(principal)
+    assert exc.value.retry_after_s == 30
+    now[0] += 30
+    limiter.take(principal)

@@ -1,0 +1,93 @@
+"""Registry read side: resolution, name validation and refusal of unservable adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from serving.errors import AdapterRejected, NotFound
+from serving.registry import AdapterRef, AdapterRegistry, BaseInfo, parse_model_name, safetensors_header
+
+BASE = BaseInfo("tiny-base", Path("."), "a" * 64, source_weights_sha256="b" * 64)
+
+
+def make_adapter(root: Path, name: str, version: str, *, r: int = 8, base_sha: str = "a" * 64, **peft) -> Path:
+    path = root / name / version
+    path.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 16, "target_modules": ["q_proj"], **peft}
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    tensors = {
+        "base_model.model.layers.0.q_proj.lora_A.weight": np.zeros((r, 4), np.float32),
+        "base_model.model.layers.0.q_proj.lora_B.weight": np.zeros((4, r), np.float32),
+    }
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    manifest = {"format": 1, "name": name, "version": version, "base": {"weights_sha256": base_sha}}
+    (path / "loraplane-adapter.json").write_text(json.dumps(manifest))
+    return path
+
+
+def registry(root: Path) -> AdapterRegistry:
+    return AdapterRegistry(root, BASE, max_lora_rank=16)
+
+
+def test_resolves_latest_by_number_not_text(tmp_path: Path) -> None:
+    for version in ("v2", "v10", "v9"):
+        make_adapter(tmp_path, "bot", version)
+    (tmp_path / "bot" / ".tmp-v11-x").mkdir()  # a publish in progress is invisible
+    reg = registry(tmp_path)
+    assert reg.versions("bot") == ["v2", "v9", "v10"]
+    assert reg.resolve("bot", None) == AdapterRef("bot", "v10")
+    with pytest.raises(NotFound, match="v3.*v2, v9, v10"):
+        reg.resolve("bot", "v3")
+
+
+@pytest.mark.parametrize("model", ["../etc", "a/b", "bot@latest", "Bot", "bot@v1@v2", "/abs"])
+def test_path_like_or_malformed_names_are_404(model: str) -> None:
+    with pytest.raises(NotFound):
+        parse_model_name(model)
+
+
+def test_valid_adapter_passes(tmp_path: Path) -> None:
+    make_adapter(tmp_path, "bot", "v1")
+    assert registry(tmp_path).validate(AdapterRef("bot", "v1"))["version"] == "v1"
+
+
+def test_adapter_for_the_quantized_source_base_is_accepted(tmp_path: Path) -> None:
+    make_adapter(tmp_path, "bot", "v1", base_sha="b" * 64)
+    registry(tmp_path).validate(AdapterRef("bot", "v1"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"r": 32}, "rank 32 is outside 1..16"),
+        ({"base_sha": "c" * 64}, "trained on base weights cccccccccccc"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"use_dora": True}, "DoRA"),
+    ],
+)
+def test_unservable_adapters_rejected_with_reason(tmp_path: Path, kwargs: dict, reason: str) -> None:
+    make_adapter(tmp_path, "bot", "v1", **kwargs)
+    with pytest.raises(AdapterRejected, match=reason):
+        registry(tmp_path).validate(AdapterRef("bot", "v1"))
+
+
+def test_truncated_safetensors_rejected(tmp_path: Path) -> None:
+    path = make_adapter(tmp_path, "bot", "v1")
+    weights = path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(AdapterRejected, match="broken"):
+        registry(tmp_path).validate(AdapterRef("bot", "v1"))
+
+
+def test_garbage_safetensors_rejected(tmp_path: Path) -> None:
+    path = make_adapter(tmp_path, "bot", "v1")
+    (path / "adapter_model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError):
+        safetensors_header(path / "adapter_model.safetensors")
+    with pytest.raises(AdapterRejected):
+        registry(tmp_path).validate(AdapterRef("bot", "v1"))
