@@ -25,6 +25,7 @@ class Engine:
     index: int
     url: str
     healthy: bool = True
+    down_until: float = 0.0  # a failed engine is not re-admitted by /health before this (monotonic)
     in_flight: int = 0
     loaded: OrderedDict[str, AdapterRef] = field(default_factory=OrderedDict)  # LRU order, newest last
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -48,6 +49,7 @@ class EnginePool:
         self.max_resident = max_resident
         self.client = client
         self.metrics = metrics
+        self.cooldown_s = 5.0  # an engine that failed a request stays out this long, even if /health is fine
         for engine in self.engines:
             metrics.engine_healthy.labels(engine.label).set(1)
 
@@ -64,6 +66,7 @@ class EnginePool:
 
     def mark_down(self, engine: Engine, kind: str) -> None:
         engine.healthy = False
+        engine.down_until = time.monotonic() + self.cooldown_s
         self.metrics.engine_healthy.labels(engine.label).set(0)
         self.metrics.upstream_errors.labels(engine.label, kind).inc()
 
@@ -118,7 +121,7 @@ class EnginePool:
                 ok = (await self.client.get(f"{engine.url}/health", timeout=2.0)).status_code == 200
             except httpx.HTTPError:
                 ok = False
-            if ok and not engine.healthy:
+            if ok and not engine.healthy and time.monotonic() >= engine.down_until:
                 await self._recover(engine)
             elif not ok and engine.healthy:
                 self.mark_down(engine, "health")
