@@ -1,0 +1,228 @@
+"""A tiny OpenAI-compatible streaming server that answers like a vLLM engine, without a model.
+
+For fast tests and for measuring gateway overhead: each completion streams `tokens` tokens,
+the first after `ttft_ms`, the rest `itl_ms` apart, and honours `max_tokens`, `stream` and
+`stream_options.include_usage`. It also answers `/health`, `/v1/models`, `/metrics` and
+vLLM's runtime LoRA endpoints (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`) with
+vLLM's own messages and status codes. Faults to inject: `error_rate` (HTTP 500s) and
+`slow_ms` (extra time to first token for some model names, e.g. to make one A/B variant slower).
+
+    python -m loadtest.mock_upstream --port 8100 --tokens 32 --itl-ms 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
+
+
+@dataclass
+class MockSettings:
+    base: str = "smollm2-135m-instruct"  # the served base model name
+    tokens: int = 16  # tokens per completion (capped by the request's max_tokens)
+    ttft_ms: float = 20.0  # delay before the first token
+    itl_ms: float = 5.0  # delay between tokens
+    error_rate: float = 0.0  # fraction of completions answered with HTTP 500
+    seed: int = 0
+    slow_ms: dict[str, float] = field(default_factory=dict)  # model name -> extra delay before token 1
+
+
+def _error(status: int, err_type: str, message: str, param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    if "messages" in body:
+        text = " ".join(str(m.get("content", "")) for m in body["messages"])
+    else:
+        text = str(body.get("prompt", ""))
+    return max(1, len(text.split()))
+
+
+def _chunk(kind: str, rid: str, model: str, text: str | None, finish: str | None) -> dict[str, Any]:
+    if kind == "chat":
+        delta = {} if text is None else {"content": text}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "finish_reason": finish}
+        obj = "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [choice]}
+
+
+class MockEngine:
+    """State of one mock engine: its settings, loaded adapters and request counters."""
+
+    def __init__(self, settings: MockSettings):
+        self.settings = settings
+        self.adapters: dict[str, str] = {}  # lora_name -> lora_path
+        self.rng = random.Random(settings.seed)
+        self.running = 0
+        self.completed = 0
+
+    def served(self, model: str) -> bool:
+        return model == self.settings.base or model in self.adapters
+
+    def models_body(self) -> dict[str, Any]:
+        base = self.settings.base
+        cards = [{"id": base, "object": "model", "owned_by": "vllm", "root": base, "parent": None}]
+        cards += [
+            {"id": name, "object": "model", "owned_by": "vllm", "root": path, "parent": base}
+            for name, path in self.adapters.items()
+        ]
+        return {"object": "list", "data": cards}
+
+    async def stream(self, kind: str, body: dict[str, Any], n_tokens: int) -> AsyncIterator[bytes]:
+        s, rid, model = self.settings, f"mock-{uuid.uuid4().hex[:12]}", body["model"]
+        self.running += 1
+        try:
+            if kind == "chat":  # vLLM's first chat chunk carries the role and no content
+                first = _chunk(kind, rid, model, None, None)
+                first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                yield _sse(first)
+            ttft_ms = s.ttft_ms + s.slow_ms.get(model, 0.0)
+            for i in range(n_tokens):
+                await asyncio.sleep((ttft_ms if i == 0 else s.itl_ms) / 1000)
+                yield _sse(_chunk(kind, rid, model, f" {WORDS[i % len(WORDS)]}", None))
+            finish = "length" if n_tokens == body.get("max_tokens") else "stop"
+            yield _sse(_chunk(kind, rid, model, None if kind == "chat" else "", finish))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                tail = _chunk(kind, rid, model, None, None)
+                tail["choices"], tail["usage"] = [], _usage(body, n_tokens)
+                yield _sse(tail)
+            yield b"data: [DONE]\n\n"
+        finally:
+            self.running -= 1
+            self.completed += 1
+
+    async def complete(self, kind: str, body: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+        s = self.settings
+        await asyncio.sleep((s.ttft_ms + s.slow_ms.get(body["model"], 0.0) + s.itl_ms * max(0, n_tokens - 1)) / 1000)
+        self.completed += 1
+        text = "".join(f" {WORDS[i % len(WORDS)]}" for i in range(n_tokens))
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        if kind == "chat":
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        obj = "chat.completion" if kind == "chat" else "text_completion"
+        rid = f"mock-{uuid.uuid4().hex[:12]}"
+        return {"id": rid, "object": obj, "model": body["model"], "choices": [choice], "usage": _usage(body, n_tokens)}
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage(body: dict[str, Any], n_tokens: int) -> dict[str, int]:
+    prompt = _prompt_tokens(body)
+    return {"prompt_tokens": prompt, "completion_tokens": n_tokens, "total_tokens": prompt + n_tokens}
+
+
+def create_app(settings: MockSettings | None = None) -> FastAPI:
+    engine = MockEngine(settings or MockSettings())
+    app = FastAPI(title="loraplane mock upstream")
+    app.state.engine = engine
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return engine.models_body()
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f'vllm:num_requests_running{{model_name="{engine.settings.base}"}} {engine.running}',
+            "# TYPE vllm:num_requests_waiting gauge",
+            f'vllm:num_requests_waiting{{model_name="{engine.settings.base}"}} 0',
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora(request: Request) -> Response:
+        body = await request.json()
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not name or not path:
+            return _error(400, "InvalidUserInput", "Both 'lora_name' and 'lora_path' must be provided.")
+        if name == engine.settings.base:
+            return _error(400, "InvalidUserInput", f"The lora adapter '{name}' conflicts with a served base model.")
+        if name in engine.adapters and not body.get("load_inplace"):
+            msg = f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."  # noqa: E501
+            return _error(400, "InvalidUserInput", msg)
+        engine.adapters[name] = path
+        return Response(f"Success: LoRA adapter '{name}' added successfully.", status_code=200)
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora(request: Request) -> Response:
+        name = (await request.json()).get("lora_name")
+        if not name:
+            return _error(400, "InvalidUserInput", "'lora_name' needs to be provided to unload a LoRA adapter.")
+        if name not in engine.adapters:
+            return _error(404, "NotFoundError", f"The lora adapter '{name}' cannot be found.")
+        del engine.adapters[name]
+        return Response(f"Success: LoRA adapter '{name}' removed successfully.", status_code=200)
+
+    async def completion(kind: str, request: Request) -> Response:
+        body = await request.json()
+        model = body.get("model")
+        if not engine.served(model):
+            return _error(404, "NotFoundError", f"The model `{model}` does not exist.", "model")
+        if engine.rng.random() < engine.settings.error_rate:
+            return _error(500, "InternalServerError", "injected fault (mock error_rate)")
+        n_tokens = min(engine.settings.tokens, int(body.get("max_tokens") or engine.settings.tokens))
+        if body.get("stream"):
+            return StreamingResponse(engine.stream(kind, body, n_tokens), media_type="text/event-stream")
+        return JSONResponse(await engine.complete(kind, body, n_tokens))
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await completion("chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await completion("text", request)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = MockSettings()
+    p = argparse.ArgumentParser(prog="python -m loadtest.mock_upstream", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--base", default=defaults.base, help="served base model name")
+    p.add_argument("--tokens", type=int, default=defaults.tokens, help="tokens per completion")
+    p.add_argument("--ttft-ms", type=float, default=defaults.ttft_ms, help="delay before the first token")
+    p.add_argument("--itl-ms", type=float, default=defaults.itl_ms, help="delay between tokens")
+    p.add_argument("--error-rate", type=float, default=defaults.error_rate, help="fraction answered 500")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--slow", action="append", default=[], metavar="MODEL=MS", help="extra TTFT for a model name")
+    args = p.parse_args(argv)
+    slow = {name: float(ms) for name, _, ms in (item.partition("=") for item in args.slow)}
+    settings = MockSettings(args.base, args.tokens, args.ttft_ms, args.itl_ms, args.error_rate, args.seed, slow)
+
+    import uvicorn
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

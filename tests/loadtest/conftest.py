@@ -1,0 +1,132 @@
+"""Fast fixtures for the load-test suite: the mock engine, and the real gateway in front of it.
+
+Both run as uvicorn servers in threads on loopback ports; the load test itself runs as a
+subprocess (`python -m loraplane loadtest ...`), because Locust monkey-patches its process.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest.mock_upstream import MockSettings, create_app
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = "mock-base"
+ADAPTER = "lt-adapter"
+EXPERIMENT = "lt-ab"
+SLOW_VARIANT = f"{ADAPTER}@v2"
+SLOW_MS = 100.0  # injected extra time to first token for SLOW_VARIANT on the mock engine
+WEIGHTS_SHA = "ab" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerThread:
+    """A uvicorn server for an ASGI app on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server on {self.url} did not become healthy")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mock_engine():
+    settings = MockSettings(base=BASE, tokens=8, ttft_ms=20, itl_ms=5, slow_ms={SLOW_VARIANT: SLOW_MS})
+    with ServerThread(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def mock_settings(mock_engine):
+    """The live mock's settings, restored after the test (tests may inject faults)."""
+    settings: MockSettings = mock_engine.app.state.engine.settings
+    saved = dict(vars(settings))
+    yield settings
+    vars(settings).update(saved)
+
+
+def _write_adapter(root: Path, version: str) -> None:
+    path = root / ADAPTER / version
+    path.mkdir(parents=True)
+    tensor = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    header = json.dumps({tensor: {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}).encode()
+    (path / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}))
+    manifest = {"format": 1, "name": ADAPTER, "version": version, "base": {"name": BASE, "weights_sha256": WEIGHTS_SHA}}
+    (path / "loraplane-adapter.json").write_text(json.dumps(manifest))
+
+
+@dataclass
+class GatewayOnMock:
+    url: str
+    adapter: str
+    experiment: str
+    base: str
+
+
+@pytest.fixture(scope="session")
+def gateway_on_mock(mock_engine, tmp_path_factory: pytest.TempPathFactory):
+    """The real gateway app (serving.gateway.create_app) with the mock as its only engine."""
+    from serving.config import load_config
+    from serving.gateway.app import create_app as create_gateway
+
+    root = tmp_path_factory.mktemp("lt-registry")
+    (root / "models" / BASE).mkdir(parents=True)
+    (root / "models" / BASE / "loraplane-base.json").write_text(
+        json.dumps({"name": BASE, "weights_sha256": WEIGHTS_SHA})
+    )
+    for version in ("v1", "v2"):
+        _write_adapter(root / "adapters", version)
+    cfg = load_config(
+        None,
+        {
+            "base": BASE,
+            "registry.models_dir": str(root / "models"),
+            "registry.adapters_dir": str(root / "adapters"),
+            "experiments": [{"name": EXPERIMENT, "variants": {f"{ADAPTER}@v1": 50, f"{ADAPTER}@v2": 50}}],
+        },
+    )
+    with ServerThread(create_gateway(cfg, [mock_engine.url], health_interval_s=0.5)) as server:
+        yield GatewayOnMock(server.url, ADAPTER, EXPERIMENT, BASE)
+
+
+def run_loadtest(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`loraplane loadtest ARGS` as a subprocess, as CI and users run it."""
+    cmd = [sys.executable, "-m", "loraplane", "loadtest", *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
