@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -120,7 +121,7 @@ class _GatewayServer:
     """uvicorn without its own signal capture: uvicorn re-raises SIGTERM after shutdown, which
     would kill this process before it stops the engines it started."""
 
-    def __init__(self, app: object, host: str, port: int):
+    def __init__(self, app: Any, host: str, port: int):
         import uvicorn
 
         class Server(uvicorn.Server):
@@ -171,9 +172,9 @@ def _publish(registry: AdapterRegistry, src: Path, name: str, version: str) -> P
         manifest = json.loads((tmp / ADAPTER_MANIFEST).read_text())
         manifest.update(name=name, version=version)
         (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        AdapterRegistry(tmp.parent, registry.base, registry.max_lora_rank).validate(AdapterRef(tmp.name, ""))
-        for item in tmp.iterdir():
-            with item.open("rb") as fh:
+        registry.validate(AdapterRef(name, version), path=tmp)
+        for written in tmp.iterdir():
+            with written.open("rb") as fh:
                 os.fsync(fh.fileno())
         tmp.chmod(0o755)
         os.rename(tmp, target)

@@ -135,17 +135,20 @@ class AdapterRegistry:
     def path(self, ref: AdapterRef) -> Path:
         return self.adapters_dir / ref.name / ref.version
 
-    def manifest(self, ref: AdapterRef) -> dict:
-        path = self.path(ref) / ADAPTER_MANIFEST
+    def manifest(self, ref: AdapterRef, directory: Path | None = None) -> dict:
+        path = (directory or self.path(ref)) / ADAPTER_MANIFEST
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise AdapterRejected(f"adapter {ref.key}: cannot read {ADAPTER_MANIFEST}: {exc}") from None
 
-    def validate(self, ref: AdapterRef) -> dict:
-        """Raise AdapterRejected naming the reason when a version cannot be served; else its manifest."""
-        path = self.path(ref)
-        manifest = self.manifest(ref)
+    def validate(self, ref: AdapterRef, path: Path | None = None) -> dict:
+        """Raise AdapterRejected naming the reason when a version cannot be served; else its manifest.
+
+        `path` validates a directory that is not (yet) at its registry place, e.g. before publishing.
+        """
+        path = path or self.path(ref)
+        manifest = self.manifest(ref, path)
         self._check_base(ref, manifest)
         try:
             peft_config = json.loads((path / "adapter_config.json").read_text())

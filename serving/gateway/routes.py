@@ -129,4 +129,4 @@ async def models(state: StateDep, principal: PrincipalDep) -> dict:
         }
         for e in state.experiments.all()
     ]
-    return {"object": "list", "data": [m for m in data if principal.may_call(m["id"])]}
+    return {"object": "list", "data": [m for m in data if principal.may_call(str(m["id"]))]}
