@@ -6,6 +6,7 @@ A case is the chart's defaults ("default") or one of helm/loraplane/ci/*-values.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class Release:
     values: dict[str, Any]
     templates: dict[str, str]
 
-    @property
+    @cached_property
     def docs(self) -> list[dict[str, Any]]:
         return [
             doc

@@ -89,14 +89,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* A probe against GET /health on the "http" port: include with a probe's values. */}}
+{{/* An HTTP GET probe on the "http" port: include with (dict "path" "/health" "probe" <probe values>). */}}
 {{- define "loraplane.httpProbe" -}}
 httpGet:
-  path: /health
+  path: {{ .path }}
   port: http
-periodSeconds: {{ .periodSeconds }}
-timeoutSeconds: {{ .timeoutSeconds }}
-failureThreshold: {{ .failureThreshold }}
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
 {{- end }}
 
 {{/* The adapter-sync containers (s3 mode): include with (dict "ctx" $ "mountPath" "/adapters"). */}}
