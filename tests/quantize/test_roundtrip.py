@@ -1,0 +1,99 @@
+"""Quantize round trip on the bundled model: `loraplane quantize` (GPTQ 4-bit, tiny calibration set,
+creating .venv-quant on first use), then the checkpoint loads and generates, an adapter trained on
+the full-precision base applies and still beats the base, and serving's check judges it.
+
+About 3-5 minutes on 2 cores (most of it GPTQ's per-layer solve, which does not shrink with the
+calibration set), plus ~1 minute the first time .venv-quant is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving.capabilities import check_adapter_base, check_base_servable, detect_machine
+from serving.errors import ConfigError
+from trainer.base_models import weights_sha256
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+CALIB = REPO / "data/demo/train.jsonl"
+HELDOUT = REPO / "data/demo/heldout.jsonl"
+
+
+@pytest.fixture(scope="session")
+def quantized_base(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
+    models = tmp_path_factory.mktemp("quantized-models")
+    cmd = [sys.executable, "-m", "loraplane", "quantize", "--base", str(base_dir), "--models-dir", str(models)]
+    cmd += ["--method", "gptq", "--bits", "4", "--group-size", "64", "--num-samples", "8", "--max-seq-len", "64"]
+    subprocess.run(cmd, cwd=REPO, check=True)
+    return models / f"{base_dir.name}-gptq-w4"
+
+
+def manifest(base: Path) -> dict:
+    return json.loads((base / "loraplane-base.json").read_text())
+
+
+def load(base: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.model import load_tokenizer
+
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), load_tokenizer(base)
+
+
+def test_manifest_links_the_full_precision_source(quantized_base: Path, base_dir: Path) -> None:
+    m = manifest(quantized_base)
+    assert m["weights_sha256"] == weights_sha256(quantized_base)
+    assert m["source_weights_sha256"] == manifest(base_dir)["weights_sha256"] != m["weights_sha256"]
+    q = m["quantization"]
+    assert (q["method"], q["bits"], q["group_size"], q["format"]) == ("gptq", 4, 64, "pack-quantized")
+    assert q["calibration"]["sha256"] == hashlib.sha256(CALIB.read_bytes()).hexdigest()
+    assert q["calibration"]["num_samples"] == 8
+    config = json.loads((quantized_base / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors"  # what vLLM reads without --quantization
+    assert not list(quantized_base.parent.glob(".tmp-*"))  # published atomically, nothing left over
+    size = sum(p.stat().st_size for p in quantized_base.glob("*.safetensors"))
+    assert size < 0.5 * sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+
+
+def test_quantized_checkpoint_loads_and_generates(quantized_base: Path) -> None:
+    from trainer.evaluate import greedy_replies
+
+    model, tokenizer = load(quantized_base)
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    (reply,) = greedy_replies(model, tokenizer, [prompt], 1, 16, "cpu")
+    assert "Paris" in reply
+
+
+def test_adapter_from_full_precision_base_applies_and_beats_base(quantized_base: Path, adapters_dir: Path) -> None:
+    """The session's trained adapter (tests/conftest.py) lowers held-out answer loss on the quantized base."""
+    from peft import PeftModel
+
+    from trainer.evaluate import eval_loss
+    from trainer.tokens import encode_all
+
+    adapter = adapters_dir / "test-adapter" / "v2"
+    check_adapter_base(json.loads((adapter / "loraplane-adapter.json").read_text()), manifest(quantized_base))
+    model, tokenizer = load(quantized_base)
+    convs = [json.loads(line)["messages"] for line in HELDOUT.read_text().splitlines()[:16]]
+    examples, _ = encode_all(tokenizer, convs, 256)
+    base_loss = eval_loss(model, examples, tokenizer.pad_token_id, 16, "cpu")
+    adapted_loss = eval_loss(PeftModel.from_pretrained(model, adapter), examples, tokenizer.pad_token_id, 16, "cpu")
+    assert adapted_loss < 0.9 * base_loss, (base_loss, adapted_loss)
+
+
+def test_capability_check_on_this_machine(quantized_base: Path) -> None:
+    machine = detect_machine()
+    if machine.engine_platform == "cuda" or machine.avx512:
+        check_base_servable(quantized_base, enable_lora=True)
+    else:
+        with pytest.raises(ConfigError, match=r"gptq \(W4A16\).*AVX-512"):
+            check_base_servable(quantized_base, enable_lora=True)
