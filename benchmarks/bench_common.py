@@ -1,0 +1,109 @@
+"""Shared pieces of the serving benchmarks: bench adapters, a local engine, streamed timing."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_DIR = REPO / "models" / "smollm2-135m-instruct"
+PROMPTS = [json.loads(line)["messages"][0]["content"] for line in (REPO / "data/demo/heldout.jsonl").open()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
+    """`count` rank-`rank` LoRA adapters on q/k/v/o with random A and B (same compute as trained ones).
+
+    Random weights keep the benchmark quick; a trained adapter of the same shape costs the same.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = json.loads((BASE_DIR / "loraplane-base.json").read_text())
+    paths = []
+    for i in range(count):
+        path = root / f"bench-{i}" / "v1"
+        if not (path / "adapter_model.safetensors").is_file():
+            torch.manual_seed(i)
+            model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+            cfg = LoraConfig(
+                r=rank,
+                lora_alpha=rank,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                init_lora_weights=False,
+            )
+            peft_model = get_peft_model(model, cfg)
+            for name, param in peft_model.named_parameters():  # small, so outputs stay sane
+                if "lora_" in name:
+                    param.data.mul_(0.01)
+            peft_model.save_pretrained(path)
+            manifest = {
+                "format": 1,
+                "name": f"bench-{i}",
+                "version": "v1",
+                "base": {"name": base["name"], "weights_sha256": base["weights_sha256"]},
+            }
+            (path / "loraplane-adapter.json").write_text(json.dumps(manifest))
+        paths.append(path)
+    return paths
+
+
+def stream_chat(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
+    """One streamed chat completion: TTFT, end-to-end and output tokens (from usage)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
+    started = time.perf_counter()
+    ttft, tokens = None, 0
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return {"ttft_s": ttft or 0.0, "e2e_s": time.perf_counter() - started, "tokens": tokens}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"{model}, {os.cpu_count()} cores"

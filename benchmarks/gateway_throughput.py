@@ -1,0 +1,148 @@
+"""Gateway cost per request against a mock streaming engine (no model), in one run:
+
+- added latency: sequential requests alternating direct-to-engine and through-the-gateway
+  (TTFT and end-to-end p50/p99 of each; the difference is the gateway's cost);
+- throughput: closed-loop streaming requests from C concurrent clients for T seconds, with
+  the gateway pinned to ONE core (`taskset`), engine and load generator on the other.
+
+    .venv/bin/python benchmarks/gateway_throughput.py   # writes runs/bench/gateway_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, free_port, machine, percentile
+
+BASE = "smollm2-135m-instruct"
+BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
+
+
+def spawn(cmd: list[str], url: str, cpu: int | None, log: Path) -> subprocess.Popen[bytes]:
+    if cpu is not None and os.cpu_count() and os.cpu_count() > 1:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{cmd} did not become healthy; see {log}")
+
+
+async def one(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    ttft = 0.0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=BODY) as resp:
+        async for line in resp.aiter_lines():
+            if not ttft and line.startswith("data: {"):
+                ttft = time.perf_counter() - started
+    return ttft, time.perf_counter() - started
+
+
+async def added_latency(engine: str, gateway: str, pairs: int) -> dict:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for _ in range(50):  # warm up both paths
+            await one(client, engine)
+            await one(client, gateway)
+        direct, via = [], []
+        for _ in range(pairs):
+            direct.append(await one(client, engine))
+            via.append(await one(client, gateway))
+    out = {}
+    for i, key in enumerate(("ttft", "e2e")):
+        for q, p in (("p50", 0.5), ("p99", 0.99)):
+            d, g = percentile([r[i] for r in direct], p), percentile([r[i] for r in via], p)
+            out[f"{key}_{q}"] = {"direct_ms": 1000 * d, "gateway_ms": 1000 * g, "added_ms": 1000 * (g - d)}
+    return out
+
+
+async def saturate(url: str, concurrency: int, seconds: float) -> float:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await one(client, url)
+            done += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        return done / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/gateway_throughput.json")
+    args = parser.parse_args()
+    logs = REPO / "runs/bench/logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    e_port, g_port = free_port(), free_port()
+    engine_url, gateway_url = f"http://127.0.0.1:{e_port}", f"http://127.0.0.1:{g_port}"
+    engine = spawn(
+        [py, "-m", "loadtest.mock_upstream", "--port", str(e_port), "--tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
+        engine_url,
+        1,
+        logs / "mock.log",
+    )
+    gateway = spawn(
+        [
+            py,
+            "-m",
+            "loraplane",
+            "serve",
+            "--gateway-only",
+            "--engine-url",
+            engine_url,
+            "--port",
+            str(g_port),
+            "--config",
+            "configs/serving.yaml",
+        ],
+        gateway_url,
+        0,
+        logs / "gateway.log",
+    )
+    try:
+        taskset_self = ["taskset", "-p", "-c", "1", str(os.getpid())]
+        subprocess.run(taskset_self, capture_output=True, check=False)  # load generator beside the engine
+        latency = asyncio.run(added_latency(engine_url, gateway_url, args.pairs))
+        direct_rps = asyncio.run(saturate(engine_url, args.concurrency, args.seconds))
+        gateway_rps = asyncio.run(saturate(gateway_url, args.concurrency, args.seconds))
+    finally:
+        for proc in (gateway, engine):
+            proc.terminate()
+            proc.wait(timeout=20)
+    result = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "added_latency": latency,
+        "throughput_rps": {"direct_to_mock": direct_rps, "through_gateway_1_core": gateway_rps},
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""vLLM multi-LoRA on this machine, measured in one run:
+
+1. output tok/s with 8 distinct rank-16 adapters mixed vs base only (16 concurrent streams),
+   alternated A/B/A/B so drift hits both alike;
+2. adapter hot-load: time to first token through the gateway for an adapter not yet loaded
+   (load + first token) vs the same adapter once loaded;
+3. gateway overhead vs calling vLLM directly: TTFT and end-to-end, p50/p99, interleaved;
+4. vLLM multi-LoRA vs a naive PEFT server (HF transformers + PEFT, one request at a time,
+   `set_adapter` per request, adapters preloaded), same 8 adapters and requests (S-LoRA's comparison).
+
+    .venv/bin/python benchmarks/multi_lora.py --dtype auto   # writes runs/bench/multi_lora.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import BASE_DIR, PROMPTS, REPO, free_port, machine, make_bench_adapters, percentile, stream_chat
+
+from serving.config import load_config
+from serving.engine import EngineProcess, choose_dtype
+
+BASE = "smollm2-135m-instruct"
+
+
+def throughput(url: str, models: list[str], n_requests: int, concurrency: int, max_tokens: int) -> float:
+    client = httpx.Client()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        rows = list(
+            pool.map(
+                lambda i: stream_chat(client, url, models[i % len(models)], PROMPTS[i % len(PROMPTS)], max_tokens),
+                range(n_requests),
+            )
+        )
+    return sum(r["tokens"] for r in rows) / (time.perf_counter() - started)
+
+
+def run_gateway(cfg, engine_url: str):
+    import uvicorn
+
+    from serving.gateway.app import create_app
+
+    app = create_app(cfg, [engine_url])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.gateway.port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{cfg.gateway.port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) -> dict:
+    cfg = load_config(
+        None,
+        {
+            "registry.adapters_dir": str(registry),
+            "engine.port": free_port(),
+            "gateway.port": free_port(),
+            "engine.dtype": args.dtype,
+            "engine.max_loras": 8,
+            "engine.max_cpu_loras": 16,
+        },
+    )
+    engine = EngineProcess(cfg, BASE_DIR, BASE, 0, REPO / "runs/bench/logs")
+    engine.start()
+    out: dict = {"dtype": choose_dtype(args.dtype)}
+    try:
+        engine.wait_healthy(900)
+        server, gw = run_gateway(cfg, engine.url)
+        client = httpx.Client()
+        # 2. hot-load TTFT (cold, via gateway) vs warm, for 3 adapters
+        cold, warm = [], []
+        for name in adapters[:3]:
+            cold.append(stream_chat(client, gw, name, PROMPTS[0], 8)["ttft_s"])
+            warm.append(stream_chat(client, gw, name, PROMPTS[0], 8)["ttft_s"])
+        out["hotload"] = {
+            "cold_ttft_s": cold,
+            "warm_ttft_s": warm,
+            "added_by_load_ms_median": 1000 * (percentile(cold, 0.5) - percentile(warm, 0.5)),
+        }
+        for name in adapters[3:]:  # warm the rest
+            stream_chat(client, gw, name, PROMPTS[0], 2)
+        # 1. base-only vs 8 adapters mixed, alternated
+        base_rates, mixed_rates = [], []
+        for _ in range(args.rounds):
+            base_rates.append(throughput(engine.url, [BASE], args.requests, 16, args.max_tokens))
+            mixed_rates.append(throughput(engine.url, adapters, args.requests, 16, args.max_tokens))
+        out["throughput"] = {
+            "base_tok_s": base_rates,
+            "mixed8_tok_s": mixed_rates,
+            "ratio": sum(mixed_rates) / sum(base_rates),
+        }
+        # 3. gateway vs direct, interleaved, one request at a time
+        direct, via = [], []
+        for i in range(args.pairs):
+            direct.append(stream_chat(client, engine.url, BASE, PROMPTS[i % len(PROMPTS)], 16))
+            via.append(stream_chat(client, gw, BASE, PROMPTS[i % len(PROMPTS)], 16))
+        out["gateway_vs_direct"] = {
+            key: {
+                q: {
+                    "direct_ms": 1000 * percentile([r[key] for r in direct], p),
+                    "gateway_ms": 1000 * percentile([r[key] for r in via], p),
+                }
+                for q, p in (("p50", 0.5), ("p99", 0.99))
+            }
+            for key in ("ttft_s", "e2e_s")
+        }
+        out["vllm_mixed_sequential_tok_s"] = throughput(engine.url, adapters, args.naive_requests, 1, args.max_tokens)
+        out["vllm_mixed_concurrent_tok_s"] = throughput(
+            engine.url, adapters, args.naive_requests * 2, 16, args.max_tokens
+        )
+        server.should_exit = True
+    finally:
+        engine.stop()
+    return out
+
+
+def bench_naive_peft(args: argparse.Namespace, adapter_dirs: list[Path]) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(BASE_DIR)
+    model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name="a0")
+    for i, path in enumerate(adapter_dirs[1:], start=1):
+        model.load_adapter(path, adapter_name=f"a{i}")
+    model.eval()
+    tokens, started = 0, time.perf_counter()
+    for i in range(args.naive_requests):
+        model.set_adapter(f"a{i % len(adapter_dirs)}")
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(text, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, do_sample=False)
+        tokens += out.shape[1] - ids["input_ids"].shape[1]
+    return {"naive_peft_tok_s": tokens / (time.perf_counter() - started), "dtype": "float32"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--naive-requests", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/multi_lora.json")
+    args = parser.parse_args()
+    registry = REPO / "runs/bench/adapters"
+    dirs = make_bench_adapters(registry, 8)
+    names = [f"{p.parent.name}@v1" for p in dirs]
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "args": vars(args) | {"out": str(args.out)}}
+    result["vllm"] = bench_vllm(args, names, registry)
+    result["naive"] = bench_naive_peft(args, dirs)
+    result["vllm_vs_naive"] = {
+        "sequential": result["vllm"]["vllm_mixed_sequential_tok_s"] / result["naive"]["naive_peft_tok_s"],
+        "concurrent": result["vllm"]["vllm_mixed_concurrent_tok_s"] / result["naive"]["naive_peft_tok_s"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
