@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from loadtest.config import LoadtestConfig, parse_duration
+from loadtest.config import DEFAULT_SLOS, LoadtestConfig, parse_duration
 from loadtest.errors import LoadtestError, UsageError
 from loadtest.scenarios import SCENARIOS
 from loadtest.slo import VALID_SLOS, parse_slos
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="requests started per second")
     p.add_argument("--duration", help="how long arrivals go on: 30s, 2m, ...")
     p.add_argument("--sweep", help="rates to try in order, e.g. 0.5,1,2,4: reports the highest meeting the SLOs")
-    p.add_argument("--slo", help=f"comma-separated limits: {VALID_SLOS}")
+    p.add_argument("--slo", help=f"comma-separated limits (default {DEFAULT_SLOS}): {VALID_SLOS}")
     p.add_argument("--slo-scope", choices=["overall", "each-group"], help="each-group: every variant must meet them")
     p.add_argument("--max-tokens", type=int, help="max_tokens per request")
     p.add_argument("--temperature", type=float)

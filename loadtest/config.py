@@ -9,10 +9,11 @@ from typing import Literal
 
 from loadtest.errors import UsageError
 from loadtest.scenarios import PlanOptions, scenario_named
-from loadtest.slo import Slo
+from loadtest.slo import Slo, parse_slos
 
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+DEFAULT_SLOS = "error_rate=0"  # without --slo, any failed request fails the run
 
 
 def parse_duration(text: str, flag: str = "--duration") -> float:
@@ -41,7 +42,7 @@ class LoadtestConfig:
     max_concurrency: int = 64  # Locust users = most requests in flight; beyond it, starts run late
     drain_s: float = 30.0  # after the last arrival, how long in-flight requests may take to finish
     request_timeout_s: float = 120.0
-    slos: list[Slo] = field(default_factory=list)
+    slos: list[Slo] = field(default_factory=lambda: parse_slos(DEFAULT_SLOS))
     slo_scope: Literal["overall", "each-group"] = "overall"  # each-group: every variant must meet them too
     sweep: list[float] = field(default_factory=list)  # rates to try in order; empty = one run at `rate`
     alpha: float = 0.05  # significance level of the per-variant comparison

@@ -31,7 +31,7 @@ def plot_distributions(path: Path, samples: list[RequestSample]) -> None:
         ax.set(title=f"{title} (CDF)", xlabel="seconds", ylabel="fraction of samples", ylim=(0, 1.02))
         ax.axhline(0.95, color="grey", lw=0.5, ls=":")
         ax.grid(alpha=0.3)
-        if ax.has_data():
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -48,7 +48,7 @@ def plot_ttft_over_time(path: Path, samples: list[RequestSample]) -> None:
         ax.scatter([s.start_s for s in failed], [0.0] * len(failed), marker="x", color="red", label="failed")
     ax.set(title="TTFT over time", xlabel="request start (s after run start)", ylabel="TTFT (s)")
     ax.grid(alpha=0.3)
-    if ax.has_data():
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -108,11 +108,13 @@ def cross_check(
 ) -> dict[str, object] | None:
     """Compare the histogram with client TTFT, overall and per group. None if the target has no such metric.
 
-    A series counts for the run when its `model` label is one we sent; it counts for a group
-    when one of its label values equals the group's label (e.g. variant="support-bot@v2").
+    A series counts for the run when its `model` label is a model we sent (or its name without
+    the version); it counts for a group when one of its label values equals the group's label
+    (e.g. variant="support-bot@v2", or model="smollm2-135m-instruct" for the base).
     """
     delta = run_delta(before, after)
-    ours = [(dict(key), hist) for key, hist in delta.items() if dict(key).get("model", models[0]) in models]
+    names = set(models) | {m.partition("@")[0] for m in models}  # the gateway labels `name@v2` as `name`
+    ours = [(dict(key), hist) for key, hist in delta.items() if dict(key).get("model", models[0]) in names]
     if not ours:
         return None
     result: dict[str, object] = {

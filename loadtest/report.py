@@ -127,6 +127,7 @@ def summary_text(summary: dict[str, object], results: list[SloResult]) -> str:
         )
     lines += [r.line() for r in results] or ["(no SLOs given)"]
     lines += [c["statement"] for c in summary["comparisons"]]  # type: ignore[union-attr, index]
+    lines += [f"error x{e['count']}: {e['error']}" for e in summary["errors"][:3]]  # type: ignore[index]
     if note := summary["open_loop"]["note"]:  # type: ignore[index]
         lines.append(f"warning: {note}")
     if summary["crosscheck"]:

@@ -6,9 +6,7 @@ subprocess (`python -m loraplane loadtest ...`), because Locust monkey-patches i
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -19,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.mock_registry import write_mock_registry
 from loadtest.mock_upstream import MockSettings, create_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +26,6 @@ ADAPTER = "lt-adapter"
 EXPERIMENT = "lt-ab"
 SLOW_VARIANT = f"{ADAPTER}@v2"
 SLOW_MS = 100.0  # injected extra time to first token for SLOW_VARIANT on the mock engine
-WEIGHTS_SHA = "ab" * 32
 
 
 def free_port() -> int:
@@ -81,17 +79,6 @@ def mock_settings(mock_engine):
     vars(settings).update(saved)
 
 
-def _write_adapter(root: Path, version: str) -> None:
-    path = root / ADAPTER / version
-    path.mkdir(parents=True)
-    tensor = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
-    header = json.dumps({tensor: {"dtype": "F32", "shape": [1, 1], "data_offsets": [0, 4]}}).encode()
-    (path / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0\0\0")
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}))
-    manifest = {"format": 1, "name": ADAPTER, "version": version, "base": {"name": BASE, "weights_sha256": WEIGHTS_SHA}}
-    (path / "loraplane-adapter.json").write_text(json.dumps(manifest))
-
-
 @dataclass
 class GatewayOnMock:
     url: str
@@ -106,19 +93,13 @@ def gateway_on_mock(mock_engine, tmp_path_factory: pytest.TempPathFactory):
     from serving.config import load_config
     from serving.gateway.app import create_app as create_gateway
 
-    root = tmp_path_factory.mktemp("lt-registry")
-    (root / "models" / BASE).mkdir(parents=True)
-    (root / "models" / BASE / "loraplane-base.json").write_text(
-        json.dumps({"name": BASE, "weights_sha256": WEIGHTS_SHA})
-    )
-    for version in ("v1", "v2"):
-        _write_adapter(root / "adapters", version)
+    models_dir, adapters_dir = write_mock_registry(tmp_path_factory.mktemp("lt-registry"), BASE, ADAPTER, ["v1", "v2"])
     cfg = load_config(
         None,
         {
             "base": BASE,
-            "registry.models_dir": str(root / "models"),
-            "registry.adapters_dir": str(root / "adapters"),
+            "registry.models_dir": str(models_dir),
+            "registry.adapters_dir": str(adapters_dir),
             "experiments": [{"name": EXPERIMENT, "variants": {f"{ADAPTER}@v1": 50, f"{ADAPTER}@v2": 50}}],
         },
     )

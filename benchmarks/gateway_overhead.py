@@ -1,0 +1,126 @@
+"""What the gateway adds to latency: the same load test straight to an engine and through the gateway.
+
+The engine is the mock (`loadtest.mock_upstream`: fixed TTFT and inter-token delay, no model),
+so every difference is the gateway's own cost: routing, adapter bookkeeping, SSE relay, metrics.
+Three runs, one after the other, same plan (seed):
+  direct      loadtest -> mock engine, base model
+  gateway     loadtest -> gateway -> mock engine, base model
+  adapter     loadtest -> gateway -> mock engine, an adapter version (hot-loaded on first use)
+
+    .venv/bin/python benchmarks/gateway_overhead.py --rate 20 --duration 20s
+    # writes runs/bench/gateway-overhead/{direct,gateway,adapter}/ and overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from loadtest.mock_registry import write_mock_registry
+
+REPO = Path(__file__).resolve().parents[1]
+BASE, ADAPTER = "mock-base", "bench-adapter"
+QUANTILES = ("p50", "p95", "p99")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"{url} did not become healthy in 60 s; see {log}")
+
+
+def loadtest(host: str, model: str, out: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "loraplane", "loadtest", "--host", host, "--model", model,
+           "--arrival", args.arrival, "--rate", str(args.rate), "--duration", args.duration,
+           "--max-tokens", str(args.tokens), "--slo", "error_rate=0", "--out", str(out)]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=False)
+    return json.loads((out / "summary.json").read_text())["overall"]
+
+
+def overhead(direct: dict, routed: dict) -> dict[str, dict[str, float | None]]:
+    rows: dict[str, dict[str, float | None]] = {}
+    for metric in ("ttft_s", "itl_s", "e2e_s"):
+        for q in QUANTILES:
+            a, b = direct[metric][q], routed[metric][q]
+            rows.setdefault(metric, {})[q] = None if a is None or b is None else b - a
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rate", type=float, default=20.0)
+    p.add_argument("--duration", default="20s")
+    p.add_argument("--arrival", default="poisson", choices=["constant", "poisson"])
+    p.add_argument("--tokens", type=int, default=32, help="tokens per answer")
+    p.add_argument("--ttft-ms", type=float, default=50.0, help="the mock's time to first token")
+    p.add_argument("--itl-ms", type=float, default=10.0, help="the mock's inter-token delay")
+    p.add_argument("--out", type=Path, default=Path("runs/bench/gateway-overhead"))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    engine_port, gateway_port = free_port(), free_port()
+    engine_url, gateway_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{gateway_port}"
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
+        models_dir, adapters_dir = write_mock_registry(Path(tmp), BASE, ADAPTER, ["v1"])
+        config = Path(tmp) / "serving.yaml"
+        config.write_text(f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n")
+        try:
+            procs.append(start([sys.executable, "-m", "loadtest.mock_upstream", "--port", str(engine_port),
+                                "--base", BASE, "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
+                                "--itl-ms", str(args.itl_ms)], engine_url, args.out / "engine.log"))  # fmt: skip
+            procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
+                                "--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)],
+                               gateway_url, args.out / "gateway.log"))  # fmt: skip
+            runs = {
+                "direct": loadtest(engine_url, BASE, args.out / "direct", args),
+                "gateway": loadtest(gateway_url, BASE, args.out / "gateway", args),
+                "adapter": loadtest(gateway_url, f"{ADAPTER}@v1", args.out / "adapter", args),
+            }
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=10)
+    result = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": {
+            name: {m: run[m] for m in ("requests", "error_rate", "ttft_s", "itl_s", "e2e_s")}
+            for name, run in runs.items()
+        },  # fmt: skip
+        "overhead_vs_direct_s": {name: overhead(runs["direct"], runs[name]) for name in ("gateway", "adapter")},
+    }
+    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'run':8} {'TTFT p50/p95/p99 ms':>24} {'ITL p50/p95/p99 ms':>24}  errors")
+    for name, run in runs.items():
+        ttft = "/".join(f"{1000 * run['ttft_s'][q]:.1f}" for q in QUANTILES)
+        itl = "/".join(f"{1000 * run['itl_s'][q]:.2f}" for q in QUANTILES)
+        print(f"{name:8} {ttft:>24} {itl:>24}  {run['error_rate']}")
+    print(f"written: {args.out / 'overhead.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
