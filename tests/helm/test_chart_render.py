@@ -7,7 +7,7 @@ import json
 import helm_python
 import kubernetes_validate
 import pytest
-from helm_release import CHART_DIR, POD_KINDS, PREFIX
+from helm_release import CASES, CHART_DIR, POD_KINDS, PREFIX, case_values
 from kubernetes_validate import utils as kv_utils
 from yamllint import linter
 from yamllint.config import YamlLintConfig
@@ -32,8 +32,9 @@ STANDARD_LABELS = {
 }
 
 
-def test_lint_strict_reports_no_warnings_or_errors():
-    report = helm_python.lint(str(CHART_DIR), strict=True)
+@pytest.mark.parametrize("case", CASES)
+def test_lint_strict_reports_no_warnings_or_errors(case):
+    report = helm_python.lint(str(CHART_DIR), case_values(case), strict=True)
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
