@@ -107,3 +107,13 @@ def machine() -> str:
         platform.processor(),
     )
     return f"{model}, {os.cpu_count()} cores"
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so `finally` blocks stop the engines a benchmark started."""
+    import signal
+
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

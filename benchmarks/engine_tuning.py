@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import BASE_DIR, PROMPTS, REPO, free_port, machine, stream_chat
+from bench_common import BASE_DIR, PROMPTS, REPO, exit_on_sigterm, free_port, machine, stream_chat
 
 from serving.config import load_config
 from serving.engine import EngineProcess
@@ -89,6 +89,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/engine_tuning.json")
     args = parser.parse_args()
+    exit_on_sigterm()
     rows = [engine_rate(label, dtype, env, args) for label, dtype, env in SETTINGS]
     hf = {
         "hf_generate_fp32_batch16_tok_s": hf_generate_rate(16, args.max_tokens),

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, free_port, machine, percentile
+from bench_common import REPO, exit_on_sigterm, free_port, machine, percentile
 
 BASE = "smollm2-135m-instruct"
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
@@ -92,6 +92,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/gateway_throughput.json")
     args = parser.parse_args()
+    exit_on_sigterm()
     logs = REPO / "runs/bench/logs"
     logs.mkdir(parents=True, exist_ok=True)
     py = sys.executable

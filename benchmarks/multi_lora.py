@@ -26,7 +26,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import BASE_DIR, PROMPTS, REPO, free_port, machine, make_bench_adapters, percentile, stream_chat
+from bench_common import (
+    BASE_DIR,
+    PROMPTS,
+    REPO,
+    exit_on_sigterm,
+    free_port,
+    machine,
+    make_bench_adapters,
+    percentile,
+    stream_chat,
+)
 
 from serving.config import load_config
 from serving.engine import EngineProcess, choose_dtype
@@ -164,6 +174,7 @@ def main() -> int:
     parser.add_argument("--naive-requests", type=int, default=16)
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/multi_lora.json")
     args = parser.parse_args()
+    exit_on_sigterm()
     registry = REPO / "runs/bench/adapters"
     dirs = make_bench_adapters(registry, 8)
     names = [f"{p.parent.name}@v1" for p in dirs]
