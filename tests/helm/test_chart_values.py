@@ -128,3 +128,34 @@ def _merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return merged
+
+
+# Rules between values that the schema cannot express; the chart fails the render (templates/validate.yaml).
+CROSS_FIELD = [
+    ({"engine": {"maxLoras": 8, "maxCpuLoras": 4}}, "engine.maxCpuLoras (4) must be >= engine.maxLoras (8)"),
+    ({"engine": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}}, "engine.autoscaling.minReplicas (5)"),
+    ({"gateway": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}}, "gateway.autoscaling.minReplicas (3)"),
+    (experiment("demo-json", {"demo-json@v1": 0, "demo-json@v2": 0}), 'experiment "demo-json": variant weights sum'),
+    (
+        {"experiments": [{"name": "a", "variants": {"a@v1": 1}}, {"name": "a", "variants": {"a@v2": 1}}]},
+        'experiment "a" is defined twice',
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), CROSS_FIELD, ids=[m.split(" ")[0] for _, m in CROSS_FIELD])
+def test_inconsistent_values_fail_the_render_with_a_message(render, values, message):
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render(values)
+
+
+def test_packaged_chart_keeps_the_files_its_templates_read(tmp_path):
+    """.helmignore must not drop files/ or dashboards/: render the packaged archive, not the directory."""
+    archive = helm_python.package(str(CHART_DIR), destination=str(tmp_path))
+    with helm_python.Chart.load(archive) as packaged:
+        names = {f["name"] for f in packaged.files}
+        assert {"files/adapter-sync.sh", "dashboards/loraplane.json"} <= names
+        assert not any(name.startswith("ci/") for name in names)
+        rendered = packaged.render(case_values("keda-s3-auth"), name="lp", namespace="ai")
+    script = yaml.safe_load(rendered["loraplane/templates/adapter-sync-configmap.yaml"])["data"]["adapter-sync.sh"]
+    assert script.startswith("#!/bin/sh") and "rclone lsf" in script
