@@ -13,6 +13,7 @@ from loadtest.slo import Slo, parse_slos
 
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)?$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+REPO = Path(__file__).resolve().parents[1]  # the default prompts ship with the repo
 DEFAULT_SLOS = "error_rate=0"  # without --slo, any failed request fails the run
 
 
@@ -36,7 +37,7 @@ class LoadtestConfig:
     duration_s: float = 30.0  # arrivals are planned in [0, duration)
     max_tokens: int = 64
     temperature: float = 0.0
-    prompts: Path = Path("data/demo/heldout.jsonl")
+    prompts: Path = REPO / "data/demo/heldout.jsonl"
     long_shots: int = 8  # solved examples before the question in a long prompt (~70 tokens each)
     user_keys: int = 64  # distinct `user` values (simulated end users) in the ab scenario
     max_concurrency: int = 64  # Locust users = most requests in flight; beyond it, starts run late
@@ -102,7 +103,7 @@ class LoadtestConfig:
             "duration_s": self.duration_s,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
-            "prompts": str(self.prompts),
+            "prompts": str(self.prompts.relative_to(REPO) if self.prompts.is_relative_to(REPO) else self.prompts),
             "long_shots": self.long_shots,
             "user_keys": self.user_keys,
             "max_concurrency": self.max_concurrency,

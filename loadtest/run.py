@@ -94,12 +94,15 @@ def run_load(cfg: LoadtestConfig, plan: list[PlannedRequest], out_dir: Path) -> 
     client = httpx.Client(base_url=cfg.host, timeout=timeout, limits=limits, headers=auth_headers(cfg.api_key))
     split = scenario_named(cfg.scenario).prompts == "both"
     ctx = RunContext(client, ENDPOINT_PATHS[cfg.endpoint], plan, split)
-    user_class = type("OpenAIStreamUser", (OpenAIStreamUser,), {"context": ctx, "host": cfg.host, "abstract": False})
+    user_class = type(
+        "OpenAIStreamUser", (OpenAIStreamUser,), {"run_context": ctx, "host": cfg.host, "abstract": False}
+    )
     env = Environment(user_classes=[user_class], host=cfg.host, locustfile="loadtest/user.py")
     runner = env.create_local_runner()
     history_writer = StatsCSVFileWriter(env, PERCENTILES_TO_REPORT, str(out_dir / "locust"), full_history=True)
     background = [gevent.spawn(history_writer.stats_writer), gevent.spawn(stats_history, runner)]
     users = max(1, min(cfg.max_concurrency, len(plan)))
+    gevent.get_hub().loop.update_now()  # the loop's cached clock may be stale by the import time
     lead_s = users / SPAWN_RATE + START_LEAD_S  # every user exists before the first planned start
     ctx.t0 = time.perf_counter() + lead_s
     runner.start(users, spawn_rate=SPAWN_RATE)
@@ -134,7 +137,7 @@ def run_once(cfg: LoadtestConfig, models: list[str], rate: float, out_dir: Path)
     return summary
 
 
-def _resolve_models(cfg: LoadtestConfig, served: list[str]) -> list[str]:
+def resolve_models(cfg: LoadtestConfig, served: list[str]) -> list[str]:
     if cfg.models:
         unknown = [m for m in cfg.models if m not in served]
         if unknown:  # experiments may be routable without being listed: warn, don't refuse
@@ -152,7 +155,7 @@ def default_out_dir(cfg: LoadtestConfig) -> Path:
 
 def run(cfg: LoadtestConfig) -> int:
     served = probe(cfg.host, cfg.api_key)
-    models = _resolve_models(cfg, served)
+    models = resolve_models(cfg, served)
     out_dir = cfg.out or default_out_dir(cfg)
     if not cfg.sweep:
         summary = run_once(cfg, models, cfg.rate, out_dir)

@@ -88,15 +88,16 @@ def fire_events(environment: Environment, sample: RequestSample) -> None:
 
 
 class OpenAIStreamUser(User):
-    """Subclassed per run with `context` set (see loadtest.run)."""
+    """Subclassed per run with `run_context` set (see loadtest.run). Not `context`: Locust's
+    User.context() is a method it calls for event context."""
 
     abstract = True
     wait_time = constant(0)
-    context: RunContext
+    run_context: RunContext
 
     @task
     def next_planned_request(self) -> None:
-        ctx = self.context
+        ctx = self.run_context
         try:
             planned: PlannedRequest = ctx.queue.get_nowait()
         except Empty:

@@ -73,11 +73,12 @@ def test_ab_through_the_real_gateway_splits_sticky_variants_and_finds_the_slow_o
     out = tmp_path / "ab"
     done = run_loadtest("--host", gateway_on_mock.url, "--scenario", "ab", "--model", gateway_on_mock.experiment,
                         "--rate", "20", "--duration", "3s", "--user-keys", "40", *QUICK, "--slo", "error_rate=0",
-                        "--out", str(out))  # fmt: skip
+                        "--slo-scope", "each-group", "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     summary = read_summary(out)
     v1, v2 = f"{gateway_on_mock.adapter}@v1", SLOW_VARIANT
     assert list(summary["groups"]) == [v1, v2]
+    assert [(row["scope"], row["passed"]) for row in summary["slos"]] == [("overall", True), (v1, True), (v2, True)]
     sticky = summary["ab_stickiness"]
     assert sticky["non_sticky_keys"] == [] and min(sticky["keys_per_variant"].values()) > 0
     (comparison,) = summary["comparisons"]
