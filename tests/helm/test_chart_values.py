@@ -36,6 +36,7 @@ BAD_VALUES = [
     ({"gateway": {"auth": {"keys": [{"name": "a", "sha256": "abc"}]}}}, "/gateway/auth/keys/0/sha256", "abc"),
     ({"gateway": {"auth": {"keys": [{"name": "a", "sha": "0" * 64}]}}}, "/gateway/auth/keys/0", "'sha'"),
     ({"gateway": {"replicas": 1.5}}, "/gateway/replicas", "want integer"),
+    ({"engine": {"replicas": 0}}, "/engine/replicas", "minimum: got 0, want 1"),
 ]
 
 
