@@ -33,29 +33,38 @@ def _csv(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    d = LoadtestConfig()  # shown in --help; the defaults themselves live only there
     scenarios = "; ".join(f"{name}: {s.description}" for name, s in SCENARIOS.items())
     p = _Parser(prog="loraplane loadtest", description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
-    p.add_argument("--host", help="gateway base URL (default http://127.0.0.1:8000)")
-    p.add_argument("--scenario", help=f"one of: {scenarios}")
+    p.add_argument("--host", help=f"gateway base URL (default {d.host})")
+    p.add_argument("--scenario", help=f"(default {d.scenario}) one of: {scenarios}")
     p.add_argument("--model", help="model/adapter/experiment name sent as `model`; comma-separated for mixed")
     p.add_argument("--endpoint", choices=["chat", "completions"], help="/v1/chat/completions or /v1/completions")
-    p.add_argument("--arrival", choices=["constant", "poisson"], help="arrival profile (open loop)")
-    p.add_argument("--rate", type=float, help="requests started per second")
-    p.add_argument("--duration", help="how long arrivals go on: 30s, 2m, ...")
+    p.add_argument(
+        "--arrival", choices=["constant", "poisson"], help=f"arrival profile, open loop (default {d.arrival})"
+    )
+    p.add_argument("--rate", type=float, help=f"requests started per second (default {d.rate:g})")
+    p.add_argument("--duration", help=f"how long arrivals go on: 30s, 2m, ... (default {d.duration_s:g}s)")
     p.add_argument("--sweep", help="rates to try in order, e.g. 0.5,1,2,4: reports the highest meeting the SLOs")
     p.add_argument("--slo", help=f"comma-separated limits (default {DEFAULT_SLOS}): {VALID_SLOS}")
     p.add_argument("--slo-scope", choices=["overall", "each-group"], help="each-group: every variant must meet them")
-    p.add_argument("--max-tokens", type=int, help="max_tokens per request")
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-tokens", type=int, help=f"max_tokens per request (default {d.max_tokens})")
+    p.add_argument("--temperature", type=float, help=f"(default {d.temperature:g})")
     p.add_argument("--prompts", type=Path, help="JSONL of chat `messages` or `prompt` records")
-    p.add_argument("--long-shots", type=int, help="solved examples before the question in long prompts")
-    p.add_argument("--user-keys", type=int, help="distinct `user` keys in the ab scenario")
-    p.add_argument("--max-concurrency", type=int, help="most requests in flight (Locust users)")
-    p.add_argument("--drain", help="after the last arrival, wait this long for in-flight requests")
-    p.add_argument("--request-timeout", help="per-request read timeout")
-    p.add_argument("--alpha", type=float, help="significance level of the variant comparison")
+    p.add_argument(
+        "--long-shots", type=int, help=f"solved examples before the question in long prompts (default {d.long_shots})"
+    )
+    p.add_argument("--user-keys", type=int, help=f"distinct `user` keys in the ab scenario (default {d.user_keys})")
+    p.add_argument(
+        "--max-concurrency", type=int, help=f"most requests in flight (Locust users; default {d.max_concurrency})"
+    )
+    p.add_argument(
+        "--drain", help=f"after the last arrival, wait this long for in-flight requests (default {d.drain_s:g}s)"
+    )
+    p.add_argument("--request-timeout", help=f"per-request timeout (default {d.request_timeout_s:g}s)")
+    p.add_argument("--alpha", type=float, help=f"significance level of the variant comparison (default {d.alpha:g})")
     p.add_argument("--out", type=Path, help="report directory (default runs/loadtest/<time>-<scenario>)")
-    p.add_argument("--seed", type=int, help="seed of the arrival plan")
+    p.add_argument("--seed", type=int, help=f"seed of the arrival plan (default {d.seed})")
     p.add_argument("--list-scenarios", action="store_true", help="print the scenarios and exit")
     return p
 

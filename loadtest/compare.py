@@ -16,7 +16,7 @@ from loadtest.samples import RunStats
 MIN_SAMPLES = 3  # below this per side, no test is run
 
 
-def _latency(metric: str, base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, object]:
+def _latency(base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, object]:
     row: dict[str, object] = {"n": [int(base.size), int(other.size)], "p_value": None, "significant": None}
     if base.size and other.size:
         base_median, other_median = float(np.median(base)), float(np.median(other))
@@ -59,9 +59,9 @@ def compare_groups(groups: dict[str, RunStats], alpha: float) -> list[dict[str, 
     for label in labels[1:]:
         other = groups[label]
         metrics = {
-            "ttft": _latency("ttft", base.values["ttft"], other.values["ttft"], alpha),
-            "itl": _latency("itl", base.itl_per_request, other.itl_per_request, alpha),
-            "e2e": _latency("e2e", base.values["e2e"], other.values["e2e"], alpha),
+            "ttft": _latency(base.values["ttft"], other.values["ttft"], alpha),
+            "itl": _latency(base.itl_per_request, other.itl_per_request, alpha),
+            "e2e": _latency(base.values["e2e"], other.values["e2e"], alpha),
         }
         comparison = {"baseline": base_label, "variant": label, "alpha": alpha, **metrics}
         comparison["errors"] = _errors(base, other, alpha)

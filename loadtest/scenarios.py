@@ -130,6 +130,21 @@ def arrival_times(profile: str, rate: float, duration_s: float, rng: np.random.G
     raise UsageError(f"unknown arrival profile {profile!r}; valid: constant, poisson")
 
 
+@dataclass(frozen=True)
+class PlanOptions:
+    """The part of the load-test config that shapes the plan (defaults live in LoadtestConfig)."""
+
+    arrival: str
+    rate: float
+    duration_s: float
+    endpoint: str
+    max_tokens: int
+    temperature: float
+    long_shots: int
+    user_keys: int
+    seed: int
+
+
 def build_plan(
     scenario: Scenario,
     models: list[str],
@@ -155,21 +170,6 @@ def build_plan(
         body = _body(options, model, messages, user_key)
         plan.append(PlannedRequest(index, float(at_s), model, user_key, kind, body))
     return plan
-
-
-@dataclass(frozen=True)
-class PlanOptions:
-    """The part of the load-test config that shapes the plan (defaults live in LoadtestConfig)."""
-
-    arrival: str
-    rate: float
-    duration_s: float
-    endpoint: str
-    max_tokens: int
-    temperature: float
-    long_shots: int
-    user_keys: int
-    seed: int
 
 
 def _body(options: PlanOptions, model: str, messages: list[dict[str, str]], user_key: str | None) -> dict[str, Any]:
