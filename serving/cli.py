@@ -108,10 +108,13 @@ def serve_main(argv: list[str]) -> int:
 
 
 def check_servable(cfg: ServingConfig) -> None:
-    """Refuse at start a base this machine cannot serve (e.g. 4-bit on an AVX2-only CPU)."""
-    try:
-        from serving.capabilities import check_base_servable
-    except ImportError:
+    """Refuse at start a base this machine cannot serve (e.g. 4-bit on an AVX2-only CPU).
+
+    Only where this process starts engines: a gateway-only pod has no vLLM and no GPU of its own.
+    """
+    from serving.capabilities import check_base_servable
+
+    if cfg.engine.replicas == 0:
         return
     base = read_base(cfg.registry.models_dir, cfg.base)
     check_base_servable(base.path, enable_lora=True)

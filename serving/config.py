@@ -51,10 +51,20 @@ class EngineConfig(Strict):
     max_cpu_loras: int = Field(8, ge=1)  # adapters cached in host memory
     max_model_len: int = Field(2048, ge=64)
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # CPU KV cache
+    quantization: str | None = None  # vLLM --quantization; None: read from the checkpoint's config
     startup_timeout_s: float = Field(300.0, gt=0)
     restart_on_crash: bool = True
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lora_cache(self) -> EngineConfig:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras}); "
+                "vLLM refuses to start otherwise"
+            )
+        return self
 
 
 class ExperimentConfig(Strict):

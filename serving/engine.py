@@ -75,6 +75,7 @@ class EngineProcess:
             str(e.max_cpu_loras),
             "--kv-cache-memory-bytes",
             str(e.kv_cache_memory_bytes),
+            *(["--quantization", e.quantization] if e.quantization else []),
             "--disable-log-stats",
             "--uvicorn-log-level",
             "warning",

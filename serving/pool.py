@@ -66,7 +66,9 @@ class EnginePool:
 
     def mark_down(self, engine: Engine, kind: str) -> None:
         engine.healthy = False
-        engine.down_until = time.monotonic() + self.cooldown_s
+        # A failed request keeps the engine out for a while even if /health says fine; a failed
+        # health check lets it back as soon as /health answers again.
+        engine.down_until = time.monotonic() + (0.0 if kind == "health" else self.cooldown_s)
         self.metrics.engine_healthy.labels(engine.label).set(0)
         self.metrics.upstream_errors.labels(engine.label, kind).inc()
 

@@ -34,6 +34,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
             state.started_at = time.time()
             state.in_flight = 0
             app.state.gateway = state
+            await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
             try:
                 yield

@@ -55,3 +55,8 @@ def test_files_merge_in_order(tmp_path: Path) -> None:
 def test_no_engine_at_all_is_refused() -> None:
     with pytest.raises(ConfigError, match="at least one engine"):
         load_config(None, {"engine.replicas": 0})
+
+
+def test_cpu_lora_cache_smaller_than_batch_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"max_cpu_loras \(2\) must be >= max_loras \(4\)"):
+        load_config(None, {"engine.max_cpu_loras": 2, "engine.max_loras": 4})

@@ -129,7 +129,7 @@ def test_burst_beyond_capacity_gets_429_never_5xx(dirs) -> None:
 
 def test_affinity_and_lru_unload(dirs) -> None:
     with engine() as e0, engine() as e1:
-        app = gateway_app(dirs, [e0.url, e1.url], **{"engine.max_cpu_loras": 2})
+        app = gateway_app(dirs, [e0.url, e1.url], **{"engine.max_cpu_loras": 2, "engine.max_loras": 2})
         with GatewayThread(app, free_port()) as gw:
             pool = gw.state.pool
             first = chat(gw.url, "bot").headers["x-loraplane-engine"]
