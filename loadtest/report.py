@@ -41,8 +41,8 @@ def _open_loop(samples: list[RequestSample], rate: float) -> dict[str, object]:
         "max_start_lag_s": max(lags) if lags else None,
         "note": None
         if not late
-        else f"{late} requests started >{LATE_START_S}s late: the client was saturated "
-        "(raise --max-concurrency) or the server held every slot",
+        else f"{late} requests started >{LATE_START_S}s late: the load generator fell behind the plan "
+        "(starved of CPU, or every --max-concurrency slot busy with a slow answer)",
     }
 
 
