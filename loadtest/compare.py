@@ -8,6 +8,8 @@ gaps inside one request are not independent. Error rates use Fisher's exact test
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import fisher_exact, mannwhitneyu
 
@@ -16,8 +18,8 @@ from loadtest.samples import RunStats
 MIN_SAMPLES = 3  # below this per side, no test is run
 
 
-def _latency(base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, object]:
-    row: dict[str, object] = {"n": [int(base.size), int(other.size)], "p_value": None, "significant": None}
+def _latency(base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"n": [int(base.size), int(other.size)], "p_value": None, "significant": None}
     if base.size and other.size:
         base_median, other_median = float(np.median(base)), float(np.median(other))
         row.update(median_s=[base_median, other_median])
@@ -31,7 +33,7 @@ def _latency(base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, obj
     row.update(
         p_value=p_value, significant=p_value < alpha, prob_slower=float(test.statistic) / (base.size * other.size)
     )
-    direction = "slower" if row["median_s"][1] > row["median_s"][0] else "faster"  # type: ignore[index]
+    direction = "slower" if row["median_s"][1] > row["median_s"][0] else "faster"
     row["verdict"] = (
         f"{direction} (significant, p={p_value:.3g} < {alpha:g})"
         if p_value < alpha
@@ -40,8 +42,8 @@ def _latency(base: np.ndarray, other: np.ndarray, alpha: float) -> dict[str, obj
     return row
 
 
-def _errors(base: RunStats, other: RunStats, alpha: float) -> dict[str, object]:
-    row: dict[str, object] = {"error_rate": [base.error_rate, other.error_rate], "p_value": None, "significant": None}
+def _errors(base: RunStats, other: RunStats, alpha: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"error_rate": [base.error_rate, other.error_rate], "p_value": None, "significant": None}
     if base.requests and other.requests:
         table = [[base.failures, base.requests - base.failures], [other.failures, other.requests - other.failures]]
         p_value = float(fisher_exact(table).pvalue)
@@ -49,7 +51,7 @@ def _errors(base: RunStats, other: RunStats, alpha: float) -> dict[str, object]:
     return row
 
 
-def compare_groups(groups: dict[str, RunStats], alpha: float) -> list[dict[str, object]]:
+def compare_groups(groups: dict[str, RunStats], alpha: float) -> list[dict[str, Any]]:
     """One comparison per non-baseline group against the baseline (the first group)."""
     labels = list(groups)
     if len(labels) < 2:
@@ -70,7 +72,7 @@ def compare_groups(groups: dict[str, RunStats], alpha: float) -> list[dict[str, 
     return comparisons
 
 
-def statement(base_label: str, label: str, metrics: dict[str, dict[str, object]]) -> str:
+def statement(base_label: str, label: str, metrics: dict[str, dict[str, Any]]) -> str:
     """One sentence answering "is <label> slower than <base_label>?"."""
     parts = []
     for metric, row in metrics.items():
@@ -80,7 +82,5 @@ def statement(base_label: str, label: str, metrics: dict[str, dict[str, object]]
             continue
         change = row.get("change")
         change_text = f" ({change:+.0%})" if isinstance(change, float) else ""
-        parts.append(
-            f"{metric.upper()} median {medians[1]:.3g}s vs {medians[0]:.3g}s{change_text}: {row['verdict']}"  # type: ignore[index]
-        )
+        parts.append(f"{metric.upper()} median {medians[1]:.3g}s vs {medians[0]:.3g}s{change_text}: {row['verdict']}")
     return f"{label} vs {base_label}: " + "; ".join(parts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from loadtest.errors import UsageError
 from loadtest.scenarios import PlanOptions, scenario_named
@@ -91,7 +91,7 @@ class LoadtestConfig:
             seed=self.seed,
         )
 
-    def public(self) -> dict[str, object]:
+    def public(self) -> dict[str, Any]:
         """The config as written into summary.json (no API key)."""
         return {
             "host": self.host,

@@ -47,6 +47,7 @@ def add_arguments(parser) -> None:
 @events.test_start.add_listener
 def plan_the_run(environment: Environment, **_: object) -> None:
     opts = environment.parsed_options
+    assert opts is not None, "run this file with the locust command"
     cfg = LoadtestConfig(
         host=environment.host or LoadtestConfig().host,
         scenario=opts.lt_scenario,

@@ -41,8 +41,8 @@ def plot_distributions(path: Path, samples: list[RequestSample]) -> None:
 def plot_ttft_over_time(path: Path, samples: list[RequestSample]) -> None:
     fig, ax = plt.subplots(figsize=(12, 4.5))
     for label, group in group_samples(samples).items():
-        good = [s for s in group if s.ok and s.ttft_s is not None]
-        ax.scatter([s.start_s for s in good], [s.ttft_s for s in good], s=10, label=label)
+        points = [(s.start_s, s.ttft_s) for s in group if s.ok and s.ttft_s is not None]
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=10, label=label)
     failed = [s for s in samples if not s.ok]
     if failed:
         ax.scatter([s.start_s for s in failed], [0.0] * len(failed), marker="x", color="red", label="failed")

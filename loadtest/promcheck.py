@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
@@ -88,12 +89,12 @@ def _sum(hists: list[Histogram]) -> Histogram | None:
     return total
 
 
-def _compare(hist: Histogram | None, client_ttft: np.ndarray) -> dict[str, object]:
-    rows: dict[str, object] = {"histogram_count": hist.count if hist else 0, "client_count": int(client_ttft.size)}
+def _compare(hist: Histogram | None, client_ttft: np.ndarray) -> dict[str, Any]:
+    rows: dict[str, Any] = {"histogram_count": hist.count if hist else 0, "client_count": int(client_ttft.size)}
     for q in CHECK_QUANTILES:
         estimate = hist.quantile(q) if hist else None
         client = float(np.percentile(client_ttft, q)) if client_ttft.size else None
-        row: dict[str, object] = {"client_s": client, "histogram_s": None, "bucket_s": None, "agree": None}
+        row: dict[str, Any] = {"client_s": client, "histogram_s": None, "bucket_s": None, "agree": None}
         if estimate is not None:
             value, lower, upper = estimate
             row.update(histogram_s=value, bucket_s=[lower, upper])
@@ -105,7 +106,7 @@ def _compare(hist: Histogram | None, client_ttft: np.ndarray) -> dict[str, objec
 
 def cross_check(
     before: str | None, after: str, models: list[str], client_ttft: dict[str, np.ndarray]
-) -> dict[str, object] | None:
+) -> dict[str, Any] | None:
     """Compare the histogram with client TTFT, overall and per group. None if the target has no such metric.
 
     A series counts for the run when its `model` label is a model we sent (or its name without
@@ -117,7 +118,7 @@ def cross_check(
     ours = [(dict(key), hist) for key, hist in delta.items() if dict(key).get("model", models[0]) in names]
     if not ours:
         return None
-    result: dict[str, object] = {
+    result: dict[str, Any] = {
         "metric": TTFT_HISTOGRAM,
         "overall": _compare(_sum([h for _, h in ours]), np.concatenate(list(client_ttft.values()) or [np.array([])])),
         "groups": {},
@@ -126,5 +127,5 @@ def cross_check(
         label = group.split(" (")[0]  # drop a "(long)"/"(short)" prompt-kind suffix
         matching = [h for labels, h in ours if label in labels.values()]
         if matching:
-            result["groups"][group] = _compare(_sum(matching), values)  # type: ignore[index]
+            result["groups"][group] = _compare(_sum(matching), values)
     return result

@@ -16,6 +16,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from loadtest.compare import compare_groups
 from loadtest.config import LoadtestConfig
@@ -31,7 +32,7 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _open_loop(samples: list[RequestSample], rate: float) -> dict[str, object]:
+def _open_loop(samples: list[RequestSample], rate: float) -> dict[str, Any]:
     lags = [s.lag_s for s in samples]
     late = sum(1 for lag in lags if lag > LATE_START_S)
     return {
@@ -46,7 +47,7 @@ def _open_loop(samples: list[RequestSample], rate: float) -> dict[str, object]:
     }
 
 
-def _stickiness(samples: list[RequestSample]) -> dict[str, object] | None:
+def _stickiness(samples: list[RequestSample]) -> dict[str, Any] | None:
     """In an experiment every user key must always land on the same variant."""
     seen: dict[str, set[str]] = defaultdict(set)
     for s in samples:
@@ -59,7 +60,7 @@ def _stickiness(samples: list[RequestSample]) -> dict[str, object] | None:
     return {"user_keys": len(seen), "keys_per_variant": dict(sorted(share.items())), "non_sticky_keys": split}
 
 
-def _top_errors(samples: list[RequestSample]) -> list[dict[str, object]]:
+def _top_errors(samples: list[RequestSample]) -> list[dict[str, Any]]:
     counts = Counter(s.error for s in samples if s.error)
     return [{"error": error, "count": count} for error, count in counts.most_common(5)]
 
@@ -72,7 +73,7 @@ def build_summary(
     wall_s: float,
     metrics_before: str | None,
     metrics_after: str | None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     overall = RunStats(samples, wall_s)
     groups = {label: RunStats(group, wall_s) for label, group in group_samples(samples).items()}
     results = check(cfg.slos, overall, "overall")
@@ -84,7 +85,7 @@ def build_summary(
         crosscheck = cross_check(
             metrics_before, metrics_after, models, {k: v.values["ttft"] for k, v in groups.items()}
         )
-    summary: dict[str, object] = {
+    summary: dict[str, Any] = {
         "passed": all(r.passed for r in results),
         "config": {**cfg.public(), "rate": rate},
         "models": models,
@@ -102,7 +103,7 @@ def build_summary(
     return summary
 
 
-def _slo_row(result: SloResult) -> dict[str, object]:
+def _slo_row(result: SloResult) -> dict[str, Any]:
     return {"slo": result.slo.key, "scope": result.scope, "limit": result.slo.limit, "observed": result.observed,
             "passed": result.passed}  # fmt: skip
 
@@ -111,11 +112,11 @@ def _fmt(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
-def summary_text(summary: dict[str, object], results: list[SloResult]) -> str:
+def summary_text(summary: dict[str, Any], results: list[SloResult]) -> str:
     """The console view: one line per group, then SLOs, comparison and cross-check."""
     lines = [f"{'group':28} {'reqs':>5} {'err%':>6} {'TTFT p50/p95/p99 s':>22} {'ITL p50/p95/p99 s':>22} "
              f"{'E2E p50/p95 s':>15}"]  # fmt: skip
-    rows = {**summary["groups"], "overall": summary["overall"]}  # type: ignore[dict-item]
+    rows = {**summary["groups"], "overall": summary["overall"]}
     for label, stats in rows.items():
         t, i, e = stats["ttft_s"], stats["itl_s"], stats["e2e_s"]
         err = stats["error_rate"]
@@ -126,19 +127,19 @@ def summary_text(summary: dict[str, object], results: list[SloResult]) -> str:
             f"{'/'.join(_fmt(e[q]) for q in ('p50', 'p95')):>15}"
         )
     lines += [r.line() for r in results] or ["(no SLOs given)"]
-    lines += [c["statement"] for c in summary["comparisons"]]  # type: ignore[union-attr, index]
-    lines += [f"error x{e['count']}: {e['error']}" for e in summary["errors"][:3]]  # type: ignore[index]
-    if note := summary["open_loop"]["note"]:  # type: ignore[index]
+    lines += [c["statement"] for c in summary["comparisons"]]
+    lines += [f"error x{e['count']}: {e['error']}" for e in summary["errors"][:3]]
+    if note := summary["open_loop"]["note"]:
         lines.append(f"warning: {note}")
     if summary["crosscheck"]:
-        overall = summary["crosscheck"]["overall"]  # type: ignore[index]
+        overall = summary["crosscheck"]["overall"]
         agree = [overall[q]["agree"] for q in ("p50", "p95", "p99")]
         lines.append(f"TTFT cross-check with the gateway histogram (p50, p95, p99 agree within a bucket): {agree}")
     lines.append("SLOs met" if summary["passed"] else "SLO BROKEN")
     return "\n".join(lines)
 
 
-def write_report(out_dir: Path, summary: dict[str, object], samples: list[RequestSample]) -> None:
+def write_report(out_dir: Path, summary: dict[str, Any], samples: list[RequestSample]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     with (out_dir / "requests.csv").open("w", newline="") as handle:
@@ -159,8 +160,8 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_html(summary: dict[str, object], plots: list[str]) -> str:
-    groups = {**summary["groups"], "overall": summary["overall"]}  # type: ignore[dict-item]
+def render_html(summary: dict[str, Any], plots: list[str]) -> str:
+    groups = {**summary["groups"], "overall": summary["overall"]}
     header = ["group", "requests", "error rate"] + [
         f"{m} {q}" for m in ("TTFT", "ITL", "E2E") for q in ("p50", "p95", "p99")
     ]
@@ -170,11 +171,11 @@ def render_html(summary: dict[str, object], plots: list[str]) -> str:
         for label, s in groups.items()
     ]
     slos = [[r["scope"], r["slo"], r["limit"], r["observed"], "met" if r["passed"] else "BROKEN"]
-            for r in summary["slos"]]  # type: ignore[union-attr]  # fmt: skip
-    statements = "".join(f"<li>{html.escape(c['statement'])}</li>" for c in summary["comparisons"])  # type: ignore[union-attr, index]
+            for r in summary["slos"]]  # fmt: skip
+    statements = "".join(f"<li>{html.escape(c['statement'])}</li>" for c in summary["comparisons"])
     verdict = "SLOs met" if summary["passed"] else "SLO broken"
     parts = [
-        f"<h1>Load test: {html.escape(str(summary['config']['scenario']))} - {verdict}</h1>",  # type: ignore[index]
+        f"<h1>Load test: {html.escape(str(summary['config']['scenario']))} - {verdict}</h1>",
         f"<pre>{html.escape(json.dumps(summary['config'], indent=1))}</pre>",
         "<h2>SLOs</h2>", _table(["scope", "SLO", "limit", "observed", "verdict"], slos),
         "<h2>Per variant (seconds, exact percentiles of raw samples)</h2>", _table(header, rows),
@@ -190,18 +191,18 @@ def render_html(summary: dict[str, object], plots: list[str]) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"  # noqa: E501
 
 
-def write_sweep(out_dir: Path, steps: list[dict[str, object]]) -> dict[str, object]:
+def write_sweep(out_dir: Path, steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The sweep summary: each rate's verdict and headline numbers; best_rate = highest rate meeting every SLO."""
     rates = []
     for step in steps:
         overall = step["overall"]
         rates.append({
-            "rate": step["config"]["rate"],  # type: ignore[index]
+            "rate": step["config"]["rate"],
             "passed": step["passed"],
-            "ttft_p95_s": overall["ttft_s"]["p95"],  # type: ignore[index]
-            "itl_p95_s": overall["itl_s"]["p95"],  # type: ignore[index]
-            "error_rate": overall["error_rate"],  # type: ignore[index]
-            "output_tokens_per_s": overall["output_tokens_per_s"],  # type: ignore[index]
+            "ttft_p95_s": overall["ttft_s"]["p95"],
+            "itl_p95_s": overall["itl_s"]["p95"],
+            "error_rate": overall["error_rate"],
+            "output_tokens_per_s": overall["output_tokens_per_s"],
         })  # fmt: skip
     passing = [r["rate"] for r in rates if r["passed"]]
     sweep = {"best_rate": max(passing) if passing else None, "rates": rates}

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import gevent
 import httpx
@@ -117,7 +118,7 @@ def run_load(cfg: LoadtestConfig, plan: list[PlannedRequest], out_dir: Path) -> 
     return LoadResult(sorted(ctx.samples, key=lambda s: s.index), max(wall_s, 1e-9))
 
 
-def run_once(cfg: LoadtestConfig, models: list[str], rate: float, out_dir: Path) -> dict[str, object]:
+def run_once(cfg: LoadtestConfig, models: list[str], rate: float, out_dir: Path) -> dict[str, Any]:
     """One load test at one rate: plan, run, cross-check, report. Returns the summary."""
     scenario = scenario_named(cfg.scenario)
     plan = build_plan(scenario, models, load_prompts(cfg.prompts), cfg.plan_options(rate))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,8 @@ class RunStats:
     def percentile(self, metric: str, q: float) -> float | None:
         return percentile(self.values[metric], q)
 
-    def summary(self) -> dict[str, object]:
-        out: dict[str, object] = {
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "requests": self.requests,
             "failures": self.failures,
             "error_rate": None if math.isnan(self.error_rate) else round(self.error_rate, 6),
