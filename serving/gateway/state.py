@@ -32,7 +32,9 @@ class Target:
 
     @property
     def variant_label(self) -> str:
-        return self.ref.key if (self.experiment and self.ref) else "none"
+        """The adapter version that answered ("none" for the base): per-version numbers even without
+        an experiment. Bounded: versions come from the registry, never from the client."""
+        return self.ref.key if self.ref else "none"
 
     @property
     def model_label(self) -> str:
