@@ -1,0 +1,108 @@
+"""Config: defaults, YAML + dotted overrides, validation messages, every shipped trainer YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer.config import Config, load_config, parse_overrides
+from trainer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+# Trainer configs are configs/demo*.yaml and configs/deepseek-*.yaml; *serving* files (e.g.
+# configs/demo-serving.yaml) belong to the serving component.
+TRAINER_CONFIGS = [
+    p
+    for p in sorted(REPO.glob("configs/demo*.yaml")) + sorted(REPO.glob("configs/deepseek-*.yaml"))
+    if "serving" not in p.name
+]
+
+
+def test_defaults_build_without_yaml():
+    cfg = Config()
+    assert cfg.lora.r == 16 and cfg.publish.max_lora_rank == 16
+    assert load_config(None, []).to_dict() == cfg.to_dict()
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("train:\n  max_steps: 10\nlora:\n  r: 8\n")
+    cfg = load_config(
+        yaml_file,
+        [
+            "--train.max_steps",
+            "3",
+            "--train.lr=1e-3",
+            "--publish.name",
+            "test-adapter",
+            "--publish.version",
+            "v1",
+            "--lora.target_modules",
+            "all-linear",
+            "--data.eval",
+            "null",
+            "--models_dir",
+            "/x/models",
+        ],
+    )
+    assert cfg.train.max_steps == 3 and cfg.lora.r == 8
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.publish.name == "test-adapter" and cfg.lora.target_modules == "all-linear"
+    assert cfg.data.eval is None and cfg.models_dir == "/x/models"
+
+
+def test_list_override():
+    cfg = load_config(None, ["--lora.target_modules", "[q_proj, v_proj, gate_proj]"])
+    assert cfg.lora.target_modules == ["q_proj", "v_proj", "gate_proj"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train.max_step", "3"], "unknown config key 'train.max_step'"),
+        (["--nope", "1"], "unknown config key 'nope'"),
+        (["--train.max_steps", "three"], "train.max_steps: expected int"),
+        (["--train.max_steps", "0"], "train.max_steps must be >= 1"),
+        (["--lora.r", "true"], "lora.r: expected int"),
+        (["--train.scheduler", "step"], "train.scheduler must be one of cosine, linear, constant"),
+        (["--lora.target_modules", "qkv"], "lora.target_modules must be a list"),
+        (["--publish.version", "1"], "publish.version must look like v1"),
+        (["--publish.name", "Bad Name"], "publish.name must match"),
+        (["--data.val_ratio", "0.1"], "Can't set both `data.eval` and `data.val_ratio`"),
+        (["--train", "3"], "train must be a mapping"),
+        (["--train.max_steps"], "needs a value"),
+    ],
+)
+def test_bad_values_name_the_key(flags, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", "`")):
+        load_config(None, flags)
+
+
+def test_parse_overrides_nested():
+    assert parse_overrides(["--a.b.c", "1", "--a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_publish_target_required_only_when_publishing():
+    with pytest.raises(ConfigError, match="publish.name and publish.version are required"):
+        Config().publish.require_target()
+    load_config(None, ["--publish.enabled", "false"]).publish.require_target()
+
+
+def test_trainer_configs_are_shipped():
+    names = {p.name for p in TRAINER_CONFIGS}
+    assert {"demo.yaml", "demo-v2.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_trainer_yaml_loads(path):
+    cfg = load_config(path, [])
+    assert cfg.publish.name is None or cfg.publish.version is not None
+    assert (REPO / cfg.data.train).is_file() or cfg.data.train.startswith("data/"), cfg.data.train
+
+
+def test_demo_v1_and_v2_are_two_versions_of_one_adapter():
+    v1, v2 = load_config(REPO / "configs/demo.yaml"), load_config(REPO / "configs/demo-v2.yaml")
+    assert v1.publish.name == v2.publish.name == "demo-json"
+    assert (v1.publish.version, v2.publish.version) == ("v1", "v2")
+    assert (v1.lora, v1.train) != (v2.lora, v2.train), "v2 must be a different configuration"
