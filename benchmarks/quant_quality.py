@@ -200,6 +200,53 @@ def spawn(args: argparse.Namespace, base: str, path: str) -> dict:
     return json.loads(lines[-1])
 
 
+def _fmt(value: object, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec) if isinstance(value, float) else str(value)
+
+
+def report(paths: list[Path]) -> str:
+    """Markdown quality and cost tables from one or more result files."""
+    rows = [row for path in paths for row in json.loads(path.read_text())["rows"]]
+    lines = [
+        "| base | path | perplexity | exact match | exact match + adapter | perplexity + adapter |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "exact_match" in r and r["path"] == "transformers":
+            cells = [
+                r["base"],
+                r["path"],
+                _fmt(r.get("ppl"), ".2f"),
+                _fmt(r.get("exact_match")),
+                _fmt(r.get("exact_match_adapter")),
+                _fmt(r.get("ppl_adapter"), ".2f"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| base | disk MiB | vLLM dtype | peak RSS MiB | tok/s base | tok/s + adapter | "
+        "exact match (vLLM) | + adapter (vLLM) | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["path"] != "vllm":
+            continue
+        note = r.get("error") or r.get("refused") or r.get("adapter_refused") or ""
+        cells = [
+            r["base"],
+            _fmt(r.get("disk_mib"), ".0f"),
+            _fmt(r.get("dtype")),
+            _fmt(r.get("peak_rss_mib"), ".0f"),
+            _fmt(r.get("tok_s"), ".1f"),
+            _fmt(r.get("tok_s_adapter"), ".1f"),
+            _fmt(r.get("exact_match")),
+            _fmt(r.get("exact_match_adapter")),
+            note[:160],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bases", nargs="+", default=["smollm2-135m-instruct"])
@@ -212,9 +259,13 @@ def main() -> int:
     p.add_argument("--enforce-eager", action="store_true", help="vLLM without torch.compile/graphs")
     p.add_argument("--timeout-s", type=int, default=900, help="per base and path")
     p.add_argument("--int8-lora-patch", action="store_true", help="experimental int8+LoRA workaround")
+    p.add_argument("--report", type=Path, nargs="+", help="print markdown tables from result files and exit")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--path", default="transformers", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.report:
+        print(report(args.report))
+        return 0
     if args.one:
         print(json.dumps(run_one(args)), flush=True)
         return 0

@@ -46,6 +46,7 @@ class QuantizeOptions:
     calib: Path = Path("data/demo/train.jsonl")  # local JSONL: chat {"messages"} or {"text"} rows
     num_samples: int = 64  # calibration rows (the first N)
     max_seq_len: int = 256  # tokens per calibration row
+    awq_grid: int = 20  # AWQ only: scale ratios tried per layer group (llm-compressor's n_grid); cost ~linear
     name: str | None = None  # output base name; None = <base>-<method>-w<bits>
     models_dir: Path = Path("models")
     quant_venv: Path = QUANT_VENV
@@ -61,8 +62,8 @@ class QuantizeOptions:
             )
         if self.group_size < 1:
             raise ConfigError(f"--group-size {self.group_size} must be a positive integer (e.g. 64 or 128)")
-        if self.num_samples < 1 or self.max_seq_len < 8:
-            raise ConfigError("--num-samples must be >= 1 and --max-seq-len >= 8")
+        if self.num_samples < 1 or self.max_seq_len < 8 or self.awq_grid < 2:
+            raise ConfigError("--num-samples must be >= 1, --max-seq-len >= 8 and --awq-grid >= 2")
 
     def output_name(self, base_name: str) -> str:
         suffix = "int8-w8a8" if self.method == "int8" else f"{self.method}-w{self.bits}"
@@ -163,6 +164,7 @@ def _manifest(opts: QuantizeOptions, name: str, source_dir: Path, out: Path, cal
         "group_size": None if opts.method == "int8" else opts.group_size,
         "format": qcfg.get("format"),
         "tool": QUANTIZER,
+        **({"awq_grid": opts.awq_grid} if opts.method == "awq" else {}),
         "calibration": None
         if opts.method not in NEEDS_CALIBRATION
         else {"path": str(opts.calib), "sha256": calib_sha, "num_samples": n, "max_seq_len": opts.max_seq_len},
@@ -219,6 +221,7 @@ def quantize(opts: QuantizeOptions) -> Path:
             "bits": opts.bits,
             "group_size": opts.group_size,
             "max_seq_len": opts.max_seq_len,
+            "awq_grid": opts.awq_grid,
             "samples": samples,
         }
         job_file = tmp / "job.json"
@@ -255,6 +258,7 @@ def parse_args(argv: list[str]) -> QuantizeOptions:
     p.add_argument("--calib", type=Path, default=d.calib, help="local JSONL calibration set")
     p.add_argument("--num-samples", type=int, default=d.num_samples)
     p.add_argument("--max-seq-len", type=int, default=d.max_seq_len)
+    p.add_argument("--awq-grid", type=int, default=d.awq_grid, help="AWQ scale search points (time ~ linear)")
     p.add_argument("--name", default=d.name, help="output base name (default <base>-<method>-w<bits>)")
     p.add_argument("--models-dir", type=Path, default=d.models_dir)
     p.add_argument("--quant-venv", type=Path, default=d.quant_venv, help="the quantizer's environment")

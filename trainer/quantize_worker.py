@@ -26,7 +26,7 @@ def _weight_args(bits: int, group_size: int, symmetric: bool) -> dict:
     return {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": "group", "group_size": group_size}
 
 
-def build_recipe(method: str, bits: int, group_size: int) -> list:
+def build_recipe(method: str, bits: int, group_size: int, awq_grid: int = 20) -> list:
     """llm-compressor modifiers for one method. lm_head stays full precision (tied to embeddings)."""
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
@@ -37,7 +37,7 @@ def build_recipe(method: str, bits: int, group_size: int) -> list:
         from llmcompressor.modifiers.transform import AWQModifier
 
         groups = {"group_0": {"targets": ["Linear"], "weights": _weight_args(bits, group_size, False)}}
-        return [AWQModifier(), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
+        return [AWQModifier(n_grid=awq_grid), QuantizationModifier(config_groups=groups, ignore=["lm_head"])]
     if method == "int8":  # int8 per-channel weights, dynamic per-token int8 activations: data-free
         return [QuantizationModifier(targets=["Linear"], scheme="W8A8", ignore=["lm_head"])]
     raise SystemExit(f"quantize worker: unknown method {method!r}")
@@ -77,7 +77,7 @@ def run(job: dict) -> None:
     _log(f"loading {source.name}")
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
-    recipe = build_recipe(job["method"], job["bits"], job["group_size"])
+    recipe = build_recipe(job["method"], job["bits"], job["group_size"], job.get("awq_grid", 20))
     samples = job["samples"]
     kwargs: dict = {}
     if samples:

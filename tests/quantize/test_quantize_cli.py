@@ -44,6 +44,11 @@ def test_unsupported_bits_lists_supported() -> None:
         QuantizeOptions(method="gptq", bits=3)
 
 
+def test_bad_calibration_sizes_refused() -> None:
+    with pytest.raises(ConfigError, match="--awq-grid >= 2"):
+        QuantizeOptions(method="awq", group_size=64, awq_grid=1)
+
+
 def test_cli_prints_one_line_error_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--method", "awq", "--bits", "8"]) == 2
     err = capsys.readouterr().err

