@@ -58,7 +58,7 @@ def eval_loss(model, examples: list[Encoded], pad_id: int, batch_size: int, devi
 class ExactMatch:
     value: float
     n: int
-    samples: list[dict[str, str]]  # a few (prompt, reference, reply) for the log
+    samples: list[dict[str, str]]  # up to 3 misses (or hits if none missed): reference, reply
 
 
 @torch.no_grad()
@@ -98,10 +98,9 @@ def exact_match(
     references = [c[-1]["content"].strip() for c in conversations]
     replies = greedy_replies(model, tokenizer, prompts, batch_size, max_new_tokens, device)
     hits = [r.strip() == ref for r, ref in zip(replies, references, strict=True)]
-    samples = [
-        {"prompt": p[-1]["content"][-80:], "reference": ref, "reply": r.strip()}
-        for p, ref, r in list(zip(prompts, references, replies, strict=True))[:3]
-    ]
+    rows = list(zip(prompts, references, replies, hits, strict=True))
+    misses = [r for r in rows if not r[3]]
+    samples = [{"reference": ref, "reply": reply.strip()} for _, ref, reply, _ in (misses or rows)[:3]]
     return ExactMatch(value=sum(hits) / max(len(hits), 1), n=len(hits), samples=samples)
 
 

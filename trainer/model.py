@@ -49,7 +49,7 @@ def load_tokenizer(base_dir: Path):
     return tokenizer
 
 
-def _quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
+def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
     if cfg.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -67,7 +67,7 @@ def _quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
 def load_base_model(base_dir: Path, cfg: ModelConfig, precision: Precision, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    quant = _quantization_config(cfg, precision.dtype)
+    quant = quantization_config(cfg, precision.dtype)
     kwargs = {"dtype": precision.dtype, "attn_implementation": cfg.attn_implementation}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": device})

@@ -7,6 +7,7 @@ EOS token (`<|im_end|>` for ChatML templates) so the served model learns to stop
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,3 +175,35 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     batch = {"input_ids": input_ids, "labels": labels}
     batch["position_ids" if packed else "attention_mask"] = mask_or_pos
     return batch
+
+
+@dataclass
+class Batches:
+    """Micro-batches as a pure function of the step: the data position needs no state."""
+
+    examples: list[Encoded]
+    batch_size: int
+    grad_accum: int
+    seed: int
+    group_by_length: bool
+    world: int = 1
+    rank: int = 0
+    _epochs: dict[int, list[list[int]]] = field(default_factory=dict)  # cache: the current epoch only
+
+    def _micro(self, index: int) -> list[Encoded]:
+        """The index-th micro-batch of the endless stream of epochs (global, all processes)."""
+        per_epoch = math.ceil(len(self.examples) / self.batch_size)
+        epoch = index // per_epoch
+        if epoch not in self._epochs:
+            lengths = [len(e.input_ids) for e in self.examples]
+            self._epochs = {epoch: epoch_batches(lengths, self.batch_size, self.seed, epoch, self.group_by_length)}
+        return [self.examples[i] for i in self._epochs[epoch][index % per_epoch]]
+
+    def for_step(self, step: int) -> tuple[list[list[Encoded]], int, int]:
+        """(this process's micro-batches, trained tokens in the whole step, all tokens in the step)."""
+        first = step * self.world * self.grad_accum
+        everyone = [self._micro(first + i) for i in range(self.world * self.grad_accum)]
+        trained = sum(e.n_trained for micro in everyone for e in micro)
+        tokens = sum(len(e.input_ids) for micro in everyone for e in micro)
+        mine = everyone[self.rank * self.grad_accum : (self.rank + 1) * self.grad_accum]
+        return mine, trained, tokens

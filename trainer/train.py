@@ -28,7 +28,7 @@ from trainer.evaluate import CausalLMLoss, eval_loss, exact_match, perplexity
 from trainer.model import add_lora, choose_precision, load_base_model, load_tokenizer, trainable_parameters
 from trainer.publish import check_servable
 from trainer.report import Reporter
-from trainer.tokens import Encoded, apply_template_override, collate, encode_all, epoch_batches, pack
+from trainer.tokens import Batches, Encoded, apply_template_override, collate, encode_all, pack
 
 
 def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -40,37 +40,6 @@ def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_r
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
-
-
-@dataclass
-class Batches:
-    """Micro-batches as a pure function of the step: the data position needs no state."""
-
-    examples: list[Encoded]
-    batch_size: int
-    grad_accum: int
-    seed: int
-    group_by_length: bool
-    world: int = 1
-    rank: int = 0
-    _epochs: dict[int, list[list[int]]] = field(default_factory=dict)
-
-    def _micro(self, index: int) -> list[Encoded]:
-        lengths = [len(e.input_ids) for e in self.examples]
-        per_epoch = math.ceil(len(lengths) / self.batch_size)
-        epoch = index // per_epoch
-        if epoch not in self._epochs:
-            self._epochs = {epoch: epoch_batches(lengths, self.batch_size, self.seed, epoch, self.group_by_length)}
-        return [self.examples[i] for i in self._epochs[epoch][index % per_epoch]]
-
-    def for_step(self, step: int) -> tuple[list[list[Encoded]], int, int]:
-        """(this process's micro-batches, trained tokens in the whole step, all tokens in the step)."""
-        first = step * self.world * self.grad_accum
-        everyone = [self._micro(first + i) for i in range(self.world * self.grad_accum)]
-        trained = sum(e.n_trained for micro in everyone for e in micro)
-        tokens = sum(len(e.input_ids) for micro in everyone for e in micro)
-        mine = everyone[self.rank * self.grad_accum : (self.rank + 1) * self.grad_accum]
-        return mine, trained, tokens
 
 
 @dataclass
@@ -346,6 +315,11 @@ def final_eval(run: Run) -> dict[str, Any]:
                 run.accelerator.device,
             )
         result.update(value=em.value, n=em.n)
+        log(
+            run,
+            f"exact match {em.value:.3f} ({round(em.value * em.n)}/{em.n}); "
+            + ("misses:" if em.value < 1 else "e.g.:"),
+        )
         for sample in em.samples:
             log(run, f"  reference {sample['reference']!r}\n  reply     {sample['reply']!r}")
     return result
@@ -384,6 +358,7 @@ def finish(run: Run) -> dict[str, Any]:
         "published": None,
         "train_seconds": run.state.get("train_seconds"),
         "tokens_per_s": run.state.get("tokens_per_s"),
+        "train_losses": run.state["train_losses"],  # [step, loss], continued across resumes
     }
     if run.accelerator.is_main_process:
         adapter_dir = run.out_dir / "adapter"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.config import Config, load_config, parse_overrides
 from trainer.errors import ConfigError
@@ -96,9 +97,27 @@ def test_trainer_configs_are_shipped():
 
 @pytest.mark.parametrize("path", TRAINER_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_trainer_yaml_loads(path):
+    from trainer.model import peft_lora_config, quantization_config
+    from trainer.publish import servability_problems
+
     cfg = load_config(path, [])
-    assert cfg.publish.name is None or cfg.publish.version is not None
-    assert (REPO / cfg.data.train).is_file() or cfg.data.train.startswith("data/"), cfg.data.train
+    cfg.publish.require_target()
+    assert (REPO / cfg.data.train).is_file(), cfg.data.train
+    assert cfg.data.eval is None or (REPO / cfg.data.eval).is_file(), cfg.data.eval
+    # the pieces built from it are valid too: PEFT LoRA config, bitsandbytes config, servability
+    lora = peft_lora_config(cfg.lora)
+    assert lora.r == cfg.lora.r and not servability_problems(lora.to_dict(), cfg.publish.max_lora_rank)
+    quant = quantization_config(cfg.model, torch.bfloat16)
+    assert (quant is None) == (cfg.model.quantization == "none")
+
+
+def test_qlora_config_is_nf4_double_quant():
+    cfg = load_config(REPO / "configs/deepseek-llm-7b-qlora.yaml")
+    assert (cfg.model.quantization, cfg.model.double_quant) == ("nf4", True)
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (16, 32, ["q_proj", "v_proj"])
+    assert 0.05 <= cfg.lora.dropout <= 0.1 and cfg.train.lr == 2e-4 and cfg.train.scheduler == "cosine"
+    assert 0.03 <= cfg.train.warmup_ratio <= 0.05
+    assert load_config(REPO / "configs/deepseek-llm-7b-lora-all-linear.yaml").lora.target_modules == "all-linear"
 
 
 def test_demo_v1_and_v2_are_two_versions_of_one_adapter():
