@@ -35,6 +35,7 @@ QUANTIZER = "llmcompressor 0.14.0.1"
 # method -> weight bits it supports. int8 = W8A8: int8 weights and dynamic int8 activations.
 SUPPORTED_BITS: dict[str, tuple[int, ...]] = {"gptq": (4,), "awq": (4,), "int8": (8,)}
 NEEDS_CALIBRATION = {"gptq", "awq"}
+GROUPED = {"gptq", "awq"}  # int8 W8A8 scales per output channel: no group size
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ def quantize(opts: QuantizeOptions) -> Path:
     source_manifest = read_manifest(source_dir)
     if "source_weights_sha256" in source_manifest:
         raise BaseModelError(f"{source_dir} is already quantized; quantize its full-precision source instead")
-    check_group_size(linear_input_widths(source_dir), opts.group_size)
+    if opts.method in GROUPED:
+        check_group_size(linear_input_widths(source_dir), opts.group_size)
     samples, calib_sha = (
         ([], "") if opts.method not in NEEDS_CALIBRATION else load_calibration(opts.calib, opts.num_samples)
     )
