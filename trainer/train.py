@@ -23,7 +23,7 @@ from trainer import checkpoint
 from trainer.base_models import read_manifest, resolve_base
 from trainer.config import Config
 from trainer.data import Dataset, load_dataset_file, split_validation
-from trainer.errors import ConfigError, PublishError
+from trainer.errors import ConfigError, DataError, PublishError
 from trainer.evaluate import CausalLMLoss, eval_loss, exact_match, perplexity
 from trainer.model import add_lora, choose_precision, load_base_model, load_tokenizer, trainable_parameters
 from trainer.publish import check_servable
@@ -106,6 +106,11 @@ def setup(cfg: Config) -> Run:
     apply_template_override(tokenizer, cfg.data.chat_template)
     train_data, eval_data = load_data(cfg)
     examples, dropped = encode_all(tokenizer, train_data.conversations, cfg.data.max_seq_len)
+    if not examples:
+        raise DataError(
+            f"{cfg.data.train}: all {dropped} examples lost their answers to truncation at "
+            f"data.max_seq_len={cfg.data.max_seq_len}; raise data.max_seq_len"
+        )
     if cfg.data.packing:
         examples = pack(examples, cfg.data.max_seq_len, cfg.data.seed)
     eval_examples = encode_all(tokenizer, eval_data.conversations, cfg.data.max_seq_len)[0] if eval_data else []

@@ -92,3 +92,8 @@ def test_train_evaluate_publish(tmp_path, base_dir, capsys):
     # published versions are immutable: the same version is refused before any training
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_truncating_every_answer_away_is_an_error(tmp_path, capsys, base_dir):
+    assert main(demo_args(tmp_path, "--data.max_seq_len", "16", "--publish.enabled", "false")) == 2
+    assert "lost their answers to truncation at data.max_seq_len=16" in capsys.readouterr().err
