@@ -97,3 +97,9 @@ def test_train_evaluate_publish(tmp_path, base_dir, capsys):
 def test_truncating_every_answer_away_is_an_error(tmp_path, capsys, base_dir):
     assert main(demo_args(tmp_path, "--data.max_seq_len", "16", "--publish.enabled", "false")) == 2
     assert "lost their answers to truncation at data.max_seq_len=16" in capsys.readouterr().err
+
+
+def test_skip_bad_lines_flag_and_print_config(capsys):
+    assert main(["--config", str(REPO / "configs/demo.yaml"), "--skip-bad-lines", "--print-config"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["data"]["skip_bad_lines"] is True and resolved["publish"]["version"] == "v1"
