@@ -95,7 +95,8 @@ def test_kill_one_engine_during_load(serving_config, engine, second_engine, gate
         threading.Thread(target=supervise, args=([second_engine], halt), daemon=True).start()
         try:
             deadline = time.monotonic() + 600
-            while time.monotonic() < deadline and adapter not in pool.engines[0].loaded:
+            # _recover() empties `loaded` and marks the engine healthy, then loads the adapters again
+            while time.monotonic() < deadline and not (pool.engines[0].healthy and adapter in pool.engines[0].loaded):
                 time.sleep(1)
             assert pool.engines[0].healthy and second_engine.restarts == 1
             served = httpx.get(f"{second_engine.url}/v1/models", timeout=10).json()["data"]
