@@ -9,13 +9,16 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint types check base clean
+.PHONY: setup setup-quant demo test test-fast lint types check base clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $@
+
+setup-quant: setup
+	bash scripts/setup-quant.sh
 
 base: setup
 	$(BIN)/loraplane base pull smollm2-135m-instruct
