@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.capabilities import check_adapter_base
 from serving.config import ADAPTER_NAME_RE, VERSION_RE
 from serving.errors import AdapterRejected, BadRequest, NotFound
 
@@ -164,14 +165,12 @@ class AdapterRegistry:
         return manifest
 
     def _check_base(self, ref: AdapterRef, manifest: dict) -> None:
-        pinned = (manifest.get("base") or {}).get("weights_sha256")
-        accepted = {self.base.weights_sha256, self.base.source_weights_sha256} - {None}
-        if pinned not in accepted:
-            raise AdapterRejected(
-                f"adapter {ref.key} was trained on base weights {str(pinned)[:12]}, but the served base "
-                f"{self.base.name!r} has weights {self.base.weights_sha256[:12]}; retrain it on this base "
-                "or serve the base it was trained on"
-            )
+        base_manifest = {
+            "name": self.base.name,
+            "weights_sha256": self.base.weights_sha256,
+            "source_weights_sha256": self.base.source_weights_sha256,
+        }
+        check_adapter_base({**manifest, "name": ref.name, "version": ref.version}, base_manifest)
 
     def _check_peft(self, ref: AdapterRef, peft_config: dict) -> None:
         if peft_config.get("peft_type", "LORA") != "LORA":

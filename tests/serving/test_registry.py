@@ -65,7 +65,7 @@ def test_adapter_for_the_quantized_source_base_is_accepted(tmp_path: Path) -> No
     ("kwargs", "reason"),
     [
         ({"r": 32}, "rank 32 is outside 1..16"),
-        ({"base_sha": "c" * 64}, "trained on base weights cccccccccccc"),
+        ({"base_sha": "c" * 64}, "trained on base weights_sha256 cccccccccccc"),
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"use_dora": True}, "DoRA"),
     ],
