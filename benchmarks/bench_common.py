@@ -117,3 +117,12 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
+
+
+def write_result(path: Path, result: dict) -> int:
+    """Write a benchmark's result JSON (with machine and date) and print it; the exit code."""
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0

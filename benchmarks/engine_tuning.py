@@ -8,7 +8,6 @@ baseline ENVIRONMENT.md found faster than vLLM on 2 cores).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import BASE_DIR, PROMPTS, REPO, exit_on_sigterm, free_port, machine, stream_chat
+from bench_common import BASE_DIR, PROMPTS, REPO, exit_on_sigterm, free_port, stream_chat, write_result
 
 from serving.config import load_config
 from serving.engine import EngineProcess
@@ -95,11 +94,8 @@ def main() -> int:
         "hf_generate_fp32_batch16_tok_s": hf_generate_rate(16, args.max_tokens),
         "hf_generate_fp32_batch1_tok_s": hf_generate_rate(1, args.max_tokens),
     }
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "vllm": rows, "hf": hf}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0
+    result = {"vllm": rows, "hf": hf}
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, exit_on_sigterm, free_port, machine, percentile
+from bench_common import REPO, exit_on_sigterm, free_port, percentile, write_result
 
 BASE = "smollm2-135m-instruct"
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
@@ -133,16 +132,11 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=20)
     result = {
-        "machine": machine(),
-        "date": time.strftime("%Y-%m-%d"),
         "added_latency": latency,
         "throughput_rps": {"direct_to_mock": direct_rps, "through_gateway_1_core": gateway_rps},
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -32,10 +31,10 @@ from bench_common import (
     REPO,
     exit_on_sigterm,
     free_port,
-    machine,
     make_bench_adapters,
     percentile,
     stream_chat,
+    write_result,
 )
 
 from serving.config import load_config
@@ -178,17 +177,14 @@ def main() -> int:
     registry = REPO / "runs/bench/adapters"
     dirs = make_bench_adapters(registry, 8)
     names = [f"{p.parent.name}@v1" for p in dirs]
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "args": vars(args) | {"out": str(args.out)}}
+    result = {"args": vars(args) | {"out": str(args.out)}}
     result["vllm"] = bench_vllm(args, names, registry)
     result["naive"] = bench_naive_peft(args, dirs)
     result["vllm_vs_naive"] = {
         "sequential": result["vllm"]["vllm_mixed_sequential_tok_s"] / result["naive"]["naive_peft_tok_s"],
         "concurrent": result["vllm"]["vllm_mixed_concurrent_tok_s"] / result["naive"]["naive_peft_tok_s"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return 0
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":
