@@ -46,7 +46,6 @@ class GatewayMetrics:
             "loraplane_completion_tokens_total", "Completion tokens", ["model", "variant"], registry=r
         )
         self.in_flight_streams = Gauge("loraplane_in_flight_streams", "Streaming responses in progress", registry=r)
-        self.in_flight_requests = Gauge("loraplane_in_flight_requests", "Requests in progress", registry=r)
         self.upstream_errors = Counter(
             "loraplane_upstream_errors_total", "Engine failures seen by the gateway", ["engine", "kind"], registry=r
         )
@@ -69,7 +68,6 @@ class GatewayMetrics:
         self.engine_healthy = Gauge(
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
         )
-        self.rate_limited = Counter("loraplane_rate_limited_total", "Requests refused with 429", ["key"], registry=r)
 
 
 def status_class(status: int) -> str:

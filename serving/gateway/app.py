@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -31,8 +30,6 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         limits = httpx.Limits(max_connections=cfg.gateway.max_in_flight + 16, max_keepalive_connections=64)
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             state = GatewayState(cfg, engine_urls, client)
-            state.started_at = time.time()
-            state.in_flight = 0
             app.state.gateway = state
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from serving.errors import AdapterRejected, EngineUnavailable, ServingError
+from serving.errors import EngineUnavailable, ServingError
 from serving.gateway.state import GatewayState, Target
 from serving.metrics import status_class
 from serving.pool import Engine
@@ -176,6 +176,3 @@ async def _relay_stream(
         engine.in_flight -= 1
         state.metrics.in_flight_streams.dec()
         _finish(state, call, status)
-
-
-__all__ = ["Call", "forward", "AdapterRejected"]

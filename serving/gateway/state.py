@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -10,7 +11,6 @@ from fastapi import Depends, Request
 
 from serving.auth import KeyStore, Principal, RateLimiter
 from serving.config import ServingConfig
-from serving.errors import NotFound
 from serving.experiments import Experiment, ExperimentTable
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
@@ -53,8 +53,8 @@ class GatewayState:
         self.keys = KeyStore(cfg.auth)
         self.limiter = RateLimiter()
         self.validated: set[str] = set()  # adapter keys that passed validation
-        self.started_at = 0.0
-        self.in_flight = 0
+        self.started_at = time.time()  # `created` of the models /v1/models lists
+        self.in_flight = 0  # requests in progress, capped at gateway.max_in_flight
 
     @property
     def base_model(self) -> str:
@@ -72,13 +72,6 @@ class GatewayState:
             self.registry.validate(ref)
             self.validated.add(ref.key)
         return Target(experiment or model, ref, experiment, ref.key)
-
-    def known_model(self, model: str) -> bool:
-        try:
-            self.resolve(model, "", None)
-        except NotFound:
-            return False
-        return True
 
 
 def get_state(request: Request) -> GatewayState:
