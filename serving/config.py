@@ -56,6 +56,10 @@ class EngineConfig(Strict):
     restart_on_crash: bool = True
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
+    # CPU engines: "auto" binds each local replica's OpenMP threads to its own share of the usable
+    # cores (all of them for one replica; benchmarks/RESULTS.md); "vllm" keeps vLLM's default, which
+    # reserves a core for its scheduler. VLLM_CPU_OMP_THREADS_BIND in `env` overrides both.
+    cpu_bind: Literal["auto", "vllm"] = "auto"
 
     @model_validator(mode="after")
     def _lora_cache(self) -> EngineConfig:

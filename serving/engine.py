@@ -7,11 +7,13 @@ engine may equally be a process started here or a Kubernetes Service elsewhere.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +23,31 @@ from serving.config import ServingConfig
 from serving.errors import ConfigError, EngineUnavailable
 
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> list[int]:
+    """CPU ids this process may run on, cut to its cgroup CPU quota (a pod with `limits.cpu: 2` on
+    a 64-core node gets 2, so OpenMP threads do not spread over cores they are throttled on)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return cpus[: max(1, math.ceil(int(quota) / int(period)))]
+
+
+def cpu_bind_lists(cpus: list[int], replicas: int) -> list[str]:
+    """Split `cpus` into `replicas` contiguous shares, written as vLLM CPU id lists ("0,1")."""
+    if not cpus:
+        raise ValueError("no usable CPUs")
+    if replicas >= len(cpus):
+        return [str(cpus[i % len(cpus)]) for i in range(replicas)]
+    bounds = [round(i * len(cpus) / replicas) for i in range(replicas + 1)]
+    return [",".join(map(str, cpus[bounds[i] : bounds[i + 1]])) for i in range(replicas)]
 
 
 def choose_dtype(requested: str, machine: Machine | None = None) -> str:
@@ -93,7 +120,10 @@ class EngineProcess:
                 "DO_NOT_TRACK": "1",
             }
         )
-        env.update(self.cfg.engine.env)
+        engine = self.cfg.engine
+        if engine.cpu_bind == "auto" and BIND_ENV not in engine.env and detect_machine().engine_platform == "cpu":
+            env[BIND_ENV] = cpu_bind_lists(usable_cpus(), max(engine.replicas, self.index + 1))[self.index]
+        env.update(engine.env)
         return env
 
     def start(self) -> None:
@@ -106,6 +136,16 @@ class EngineProcess:
             self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+
+    @contextlib.contextmanager
+    def running(self, timeout_s: float | None = None) -> Iterator[EngineProcess]:
+        """Start, wait until healthy, and always stop: `with engine.running(600): ...`."""
+        self.start()
+        try:
+            self.wait_healthy(timeout_s)
+            yield self
+        finally:
+            self.stop()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

