@@ -86,10 +86,8 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
         },
     )
     engine = EngineProcess(cfg, BASE_DIR, BASE, 0, REPO / "runs/bench/logs")
-    engine.start()
     out: dict = {"dtype": choose_dtype(args.dtype)}
-    try:
-        engine.wait_healthy(900)
+    with engine.running(900):
         server, gw = run_gateway(cfg, engine.url)
         client = httpx.Client()
         # 2. hot-load TTFT (cold, via gateway) vs warm, for 3 adapters
@@ -134,8 +132,6 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
             engine.url, adapters, args.naive_requests * 2, 16, args.max_tokens
         )
         server.should_exit = True
-    finally:
-        engine.stop()
     return out
 
 

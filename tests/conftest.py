@@ -100,12 +100,8 @@ def engine(serving_config, base_dir: Path, tmp_path_factory: pytest.TempPathFact
     from serving.engine import EngineProcess
 
     proc = EngineProcess(serving_config, base_dir, BASE_NAME, 0, tmp_path_factory.mktemp("engine-logs"))
-    proc.start()
-    try:
-        proc.wait_healthy(600)
+    with proc.running(600):
         yield proc
-    finally:
-        proc.stop()
 
 
 class GatewayThread:

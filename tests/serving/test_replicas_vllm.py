@@ -48,12 +48,8 @@ def second_engine(serving_config, base_dir, tmp_path_factory):
     cfg = serving_config.model_copy(deep=True)
     cfg.engine.port = free_port()
     proc = EngineProcess(cfg, base_dir, BASE_NAME, 0, tmp_path_factory.mktemp("engine-b"))
-    proc.start()
-    try:
-        proc.wait_healthy(600)
+    with proc.running(600):
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_kill_one_engine_during_load(serving_config, engine, second_engine, gateway) -> None:
