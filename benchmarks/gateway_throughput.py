@@ -3,7 +3,9 @@
 - added latency: sequential requests alternating direct-to-engine and through-the-gateway
   (TTFT and end-to-end p50/p99 of each; the difference is the gateway's cost);
 - throughput: closed-loop streaming requests from C concurrent clients for T seconds, with
-  the gateway pinned to ONE core (`taskset`), engine and load generator on the other.
+  the gateway pinned to ONE core (`taskset`), engine and load generator on the other; and the
+  gateway's own CPU time per request (from /proc, user + system), so req/s per core is known
+  even when the load generator, not the gateway, is what saturates.
 
     .venv/bin/python benchmarks/gateway_throughput.py   # writes runs/bench/gateway_throughput.json
 """
@@ -67,7 +69,14 @@ async def added_latency(engine: str, gateway: str, pairs: int) -> dict:
     return out
 
 
-async def saturate(url: str, concurrency: int, seconds: float) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+async def saturate(url: str, concurrency: int, seconds: float) -> tuple[float, int]:
+    """Closed loop for `seconds`: (requests per second, requests done)."""
     done = 0
     deadline = time.perf_counter() + seconds
 
@@ -81,7 +90,7 @@ async def saturate(url: str, concurrency: int, seconds: float) -> float:
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        return done / (time.perf_counter() - started)
+        return done / (time.perf_counter() - started), done
 
 
 def main() -> int:
@@ -125,8 +134,10 @@ def main() -> int:
         taskset_self = ["taskset", "-p", "-c", "1", str(os.getpid())]
         subprocess.run(taskset_self, capture_output=True, check=False)  # load generator beside the engine
         latency = asyncio.run(added_latency(engine_url, gateway_url, args.pairs))
-        direct_rps = asyncio.run(saturate(engine_url, args.concurrency, args.seconds))
-        gateway_rps = asyncio.run(saturate(gateway_url, args.concurrency, args.seconds))
+        direct_rps, _ = asyncio.run(saturate(engine_url, args.concurrency, args.seconds))
+        cpu_before = cpu_seconds(gateway.pid)
+        gateway_rps, gateway_done = asyncio.run(saturate(gateway_url, args.concurrency, args.seconds))
+        gateway_cpu_ms = 1000 * (cpu_seconds(gateway.pid) - cpu_before) / gateway_done
     finally:
         for proc in (gateway, engine):
             proc.terminate()
@@ -134,6 +145,8 @@ def main() -> int:
     result = {
         "added_latency": latency,
         "throughput_rps": {"direct_to_mock": direct_rps, "through_gateway_1_core": gateway_rps},
+        "gateway_cpu_ms_per_request": gateway_cpu_ms,
+        "gateway_rps_per_core_from_cpu_time": 1000 / gateway_cpu_ms,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     return write_result(args.out, result)
