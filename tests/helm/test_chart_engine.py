@@ -66,6 +66,10 @@ def test_cpu_only_case_has_no_gpu_and_a_cpu_image(releases):
     assert "nvidia.com/gpu" not in str(container["resources"])
     assert "--kv-cache-memory-bytes=2147483648" in container["args"]
     assert "runtimeClassName" not in release.pod_spec(release.engine)
+    # Guaranteed QoS (whole CPUs, requests == limits) and vLLM's thread binding over all of them.
+    assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"] == "4"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "auto" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
 def test_several_gpus_per_pod_shard_the_model_with_tensor_parallelism(render):
