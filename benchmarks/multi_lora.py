@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -83,10 +84,11 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
             "engine.dtype": args.dtype,
             "engine.max_loras": 8,
             "engine.max_cpu_loras": 16,
+            "engine.cpu_lora_ops": args.lora_ops,
         },
     )
     engine = EngineProcess(cfg, BASE_DIR, BASE, 0, REPO / "runs/bench/logs")
-    out: dict = {"dtype": choose_dtype(args.dtype)}
+    out: dict = {"dtype": choose_dtype(args.dtype), "cpu_lora_ops": args.lora_ops}
     with engine.running(900):
         server, gw = run_gateway(cfg, engine.url)
         client = httpx.Client()
@@ -162,6 +164,9 @@ def bench_naive_peft(args: argparse.Namespace, adapter_dirs: list[Path]) -> dict
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--lora-ops", default="loraplane", choices=["loraplane", "vllm"], help="CPU LoRA ops")
+    parser.add_argument("--skip-naive", action="store_true", help="reuse --naive-from's naive PEFT result")
+    parser.add_argument("--naive-from", type=Path, help="a previous result file holding the naive PEFT run")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -175,7 +180,10 @@ def main() -> int:
     names = [f"{p.parent.name}@v1" for p in dirs]
     result = {"args": vars(args) | {"out": str(args.out)}}
     result["vllm"] = bench_vllm(args, names, registry)
-    result["naive"] = bench_naive_peft(args, dirs)
+    if args.skip_naive and args.naive_from:
+        result["naive"] = json.loads(args.naive_from.read_text())["naive"] | {"from": str(args.naive_from)}
+    else:
+        result["naive"] = bench_naive_peft(args, dirs)
     result["vllm_vs_naive"] = {
         "sequential": result["vllm"]["vllm_mixed_sequential_tok_s"] / result["naive"]["naive_peft_tok_s"],
         "concurrent": result["vllm"]["vllm_mixed_concurrent_tok_s"] / result["naive"]["naive_peft_tok_s"],
