@@ -15,7 +15,7 @@ from serving.gateway.state import GatewayState, StateDep
 from serving.registry import parse_model_name
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     request.app.state.gateway.keys.check_admin(request.headers.get("authorization"))
 
 

@@ -74,11 +74,12 @@ class GatewayState:
         return Target(experiment or model, ref, experiment, ref.key)
 
 
-def get_state(request: Request) -> GatewayState:
+# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, two thread hops per request.
+async def get_state(request: Request) -> GatewayState:
     return request.app.state.gateway
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     state: GatewayState = request.app.state.gateway
     return state.keys.authenticate(request.headers.get("authorization"))
 
