@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,8 +29,17 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(cfg.gateway.read_timeout_s, connect=cfg.gateway.connect_timeout_s)
         limits = httpx.Limits(max_connections=cfg.gateway.max_in_flight + 16, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            state = GatewayState(cfg, engine_urls, client)
+        session_timeout = aiohttp.ClientTimeout(
+            sock_connect=cfg.gateway.connect_timeout_s, sock_read=cfg.gateway.read_timeout_s
+        )
+        connector = aiohttp.TCPConnector(limit=cfg.gateway.max_in_flight + 16, limit_per_host=0)
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            aiohttp.ClientSession(
+                timeout=session_timeout, connector=connector, auto_decompress=False, read_bufsize=2**20
+            ) as session,
+        ):
+            state = GatewayState(cfg, engine_urls, client, session)
             app.state.gateway = state
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Annotated
 
+import aiohttp
 import httpx
 from fastapi import Depends, Request
 
@@ -42,13 +43,16 @@ class Target:
 
 
 class GatewayState:
-    def __init__(self, cfg: ServingConfig, engine_urls: list[str], client: httpx.AsyncClient):
+    def __init__(
+        self, cfg: ServingConfig, engine_urls: list[str], client: httpx.AsyncClient, session: aiohttp.ClientSession
+    ):
         self.cfg = cfg
         self.base = read_base(cfg.registry.models_dir, cfg.base)
         self.registry = AdapterRegistry(cfg.registry.adapters_dir, self.base, cfg.engine.max_lora_rank)
         self.experiments = ExperimentTable([Experiment(e.name, dict(e.variants)) for e in cfg.experiments])
         self.metrics = GatewayMetrics()
-        self.client = client
+        self.client = client  # engine control: adapter loads, health (httpx)
+        self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)
         self.keys = KeyStore(cfg.auth)
         self.limiter = RateLimiter()
