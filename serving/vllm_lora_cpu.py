@@ -31,6 +31,26 @@ DENSE_FROM_TOKENS = 8
 OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
+_ZERO_CACHE: dict[int, tuple[int, bool]] = {}  # data_ptr -> (version, all zero)
+
+
+def all_zero(weights: torch.Tensor) -> bool:
+    """True when no resident adapter has weights in this slice (e.g. gate/up/down for q/k/v/o
+    adapters: vLLM wraps and computes every projection). Cached per tensor until it is written:
+    vLLM writes adapter slots in place, which bumps the tensor's version counter."""
+    try:
+        version = weights._version
+    except RuntimeError:  # inference tensors have no version counter: no cache
+        return not bool(weights.any())
+    key = weights.data_ptr()
+    cached = _ZERO_CACHE.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    zero = not bool(weights.any())
+    _ZERO_CACHE[key] = (version, zero)
+    return zero
+
+
 def _stack(weights: torch.Tensor) -> torch.Tensor:
     """[L, 1, out, in] or [L, out, in] -> [L, out, in]."""
     return weights.squeeze(1) if weights.dim() == 4 else weights
@@ -80,6 +100,9 @@ def bgmv_shrink(
     lora_indices_tensor: torch.Tensor,
     scaling: float = 1.0,
 ) -> None:
+    if all_zero(lora_a_weights):
+        output_tensor[:, : _stack(lora_a_weights).shape[1]] = 0
+        return
     outputs = _all_adapters(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
@@ -91,6 +114,10 @@ def bgmv_expand(
     lora_indices_tensor: torch.Tensor,
     add_inputs: bool = True,
 ) -> None:
+    if all_zero(lora_b_weights):
+        if not add_inputs:
+            output_tensor[:, : _stack(lora_b_weights).shape[1]] = 0
+        return
     outputs = _blockwise(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     limit = output_tensor.shape[0]
     if outputs.shape[0] == 1 and output_tensor.shape[0] != 1:  # as vLLM's torch op does
@@ -111,6 +138,10 @@ def bgmv_expand_slice(
     slice_size: int,
     add_inputs: bool = True,
 ) -> None:
+    if all_zero(lora_b_weights):
+        if not add_inputs:
+            output_tensor[:, slice_offset : slice_offset + slice_size] = 0
+        return
     outputs = _blockwise(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     if add_inputs:
         output_tensor[:, slice_offset : slice_offset + slice_size] += outputs

@@ -87,3 +87,26 @@ def test_register_patches_the_cpu_punica_wrapper(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(ours.ENV, "loraplane")
     ours.register()
     assert all(getattr(punica_cpu, name) is getattr(ours, name) for name in ours.OPS)
+
+
+def test_empty_slices_are_skipped_until_an_adapter_is_written_into_them() -> None:
+    x, a, b, idx = _case(12, torch.float32, seed=3)
+    empty_a, empty_b = torch.zeros_like(a), torch.zeros_like(b)
+    y = torch.full((12, RANK), 9.0)
+    ours.bgmv_shrink(x, empty_a, y, idx, 1.0)
+    assert y.abs().sum() == 0  # written as zeros, not left stale
+    out = torch.ones(12, HIDDEN)
+    ours.bgmv_expand(torch.ones(12, RANK), empty_b, out, idx, True)
+    assert torch.equal(out, torch.ones(12, HIDDEN))
+    # vLLM loads an adapter by copying into a slot of the stacked tensor, in place
+    empty_a[2, 0].copy_(a[2, 0])
+    empty_b[2, 0].copy_(b[2, 0])
+    expected_y, got_y = torch.zeros(12, RANK), torch.zeros(12, RANK)
+    vllm_ops.bgmv_shrink(x, empty_a, expected_y, idx, 1.0)
+    ours.bgmv_shrink(x, empty_a, got_y, idx, 1.0)
+    torch.testing.assert_close(got_y, expected_y, rtol=1e-4, atol=1e-3)
+    assert got_y[idx == 2].abs().sum() > 0
+    expected_out, got_out = torch.zeros(12, HIDDEN), torch.zeros(12, HIDDEN)
+    vllm_ops.bgmv_expand(expected_y, empty_b, expected_out, idx, False)
+    ours.bgmv_expand(expected_y, empty_b, got_out, idx, False)
+    torch.testing.assert_close(got_out, expected_out, rtol=1e-5, atol=1e-4)
