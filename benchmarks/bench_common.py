@@ -119,6 +119,17 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
+def shown_args(args: object) -> dict:
+    """A benchmark's arguments for its result file; paths relative to the repository."""
+
+    def show(value: object) -> object:
+        if isinstance(value, Path):
+            return str(value.relative_to(REPO)) if value.is_relative_to(REPO) else value.name
+        return value
+
+    return {key: show(value) for key, value in vars(args).items()}
+
+
 def write_result(path: Path, result: dict) -> int:
     """Write a benchmark's result JSON (with machine and date) and print it; the exit code."""
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, exit_on_sigterm, free_port, percentile, write_result
+from bench_common import REPO, exit_on_sigterm, free_port, percentile, shown_args, write_result
 
 BASE = "smollm2-135m-instruct"
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
@@ -147,7 +147,7 @@ def main() -> int:
         "throughput_rps": {"direct_to_mock": direct_rps, "through_gateway_1_core": gateway_rps},
         "gateway_cpu_ms_per_request": gateway_cpu_ms,
         "gateway_rps_per_core_from_cpu_time": 1000 / gateway_cpu_ms,
-        "args": {k: str(v) for k, v in vars(args).items()},
+        "args": shown_args(args),
     }
     return write_result(args.out, result)
 

@@ -61,7 +61,7 @@ class EngineConfig(Strict):
     # reserves a core for its scheduler. VLLM_CPU_OMP_THREADS_BIND in `env` overrides both.
     cpu_bind: Literal["auto", "vllm"] = "auto"
     # CPU engines: "loraplane" swaps vLLM's per-token-gather LoRA ops for dense all-adapter matmuls
-    # (serving/vllm_lora_cpu.py, a vLLM plugin); "vllm" keeps vLLM's own.
+    # (loraplane_vllm/cpu_lora.py, a vLLM plugin); "vllm" keeps vLLM's own.
     cpu_lora_ops: Literal["loraplane", "vllm"] = "loraplane"
 
     @model_validator(mode="after")

@@ -123,7 +123,7 @@ class EngineProcess:
         engine = self.cfg.engine
         if engine.cpu_bind == "auto" and BIND_ENV not in engine.env and detect_machine().engine_platform == "cpu":
             env[BIND_ENV] = cpu_bind_lists(usable_cpus(), max(engine.replicas, self.index + 1))[self.index]
-        env["LORAPLANE_VLLM_LORA_OPS"] = engine.cpu_lora_ops  # read by serving/vllm_lora_cpu.py
+        env["LORAPLANE_VLLM_LORA_OPS"] = engine.cpu_lora_ops  # read by loraplane_vllm/cpu_lora.py
         env.update(engine.env)
         return env
 

@@ -123,3 +123,15 @@ def _third_party_imports() -> dict[str, set[str]]:
 
 def test_cpu_only_values_use_the_cpu_engine_image():
     assert case_values("cpu-only")["engine"]["image"]["repository"] in dockerfiles()
+
+
+def test_cpu_engine_image_carries_the_cpu_lora_plugin():
+    """The CPU engine runs vLLM alone; loraplane is installed without dependencies for its plugin."""
+    path = dockerfiles()["loraplane/engine-cpu"]
+    assert "loraplane_vllm ./loraplane_vllm" in instructions(path, "COPY")
+    assert any("--no-deps ." in line and "loraplane_vllm.cpu_lora" in line for line in instructions(path, "RUN"))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module = pyproject["project"]["entry-points"]["vllm.general_plugins"]["loraplane_cpu_lora"].split(":")[0]
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
+    ignore = Path(f"{path}.dockerignore").read_text().splitlines()
+    assert "!loraplane_vllm/" in ignore and "!pyproject.toml" in ignore

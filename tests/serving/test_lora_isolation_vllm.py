@@ -4,7 +4,7 @@ vLLM's CPU LoRA ops index the adapter slots with each token's slot number; a tok
 adapter has slot -1, which Python indexing reads as the last slot (vLLM skips the ops only for a
 batch of one base request). When the last slot holds an adapter of the same batch, the base
 sequences run with that adapter applied (measured in-process, max_loras 1: one prompt's cumulative
-log-probability moved from -2.726 to -2.857). serving/vllm_lora_cpu.py, the vLLM plugin
+log-probability moved from -2.726 to -2.857). loraplane_vllm/cpu_lora.py, the vLLM plugin
 `loraplane serve` enables, gives those tokens no delta. This test runs a real engine with one slot
 and checks that a base batch beside a running adapter request has the same log-probabilities as alone.
 Run it with LORAPLANE_TEST_CPU_LORA_OPS=vllm to see vLLM's own ops fail it.

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 vllm_ops = pytest.importorskip("vllm.lora.ops.torch_ops")
 
-from serving import vllm_lora_cpu as ours  # noqa: E402
+from loraplane_vllm import cpu_lora as ours  # noqa: E402
 
 LORAS, RANK, HIDDEN = 4, 8, 64
 
