@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from serving.config import ServingConfig, load_config
-from serving.engine import EngineProcess, choose_dtype, local_engines
+from serving.engine import EngineProcess, check_cpu_lora_plugin, choose_dtype, local_engines
 from serving.errors import ServingError
 from serving.registry import ADAPTER_MANIFEST, AdapterRef, AdapterRegistry, parse_model_name, read_base
 
@@ -118,6 +118,7 @@ def check_servable(cfg: ServingConfig) -> None:
         return
     base = read_base(cfg.registry.models_dir, cfg.base)
     check_base_servable(base.path, enable_lora=True, dtype=choose_dtype(cfg.engine.dtype))
+    check_cpu_lora_plugin(cfg)
 
 
 class _GatewayServer:

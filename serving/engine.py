@@ -27,6 +27,28 @@ BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
+PLUGIN_GROUP, PLUGIN_NAME = "vllm.general_plugins", "loraplane_cpu_lora"
+
+
+def check_cpu_lora_plugin(cfg: ServingConfig) -> None:
+    """With `cpu_lora_ops: loraplane` on CPU, the plugin must be installed where vLLM finds it:
+    vLLM only logs a failed plugin and goes on with its own ops (slower, and base requests
+    batched beside an adapter get its delta)."""
+    import importlib.metadata
+    import importlib.util
+
+    if cfg.engine.cpu_lora_ops != "loraplane" or detect_machine().engine_platform != "cpu":
+        return
+    points = importlib.metadata.entry_points(group=PLUGIN_GROUP)
+    point = next((p for p in points if p.name == PLUGIN_NAME), None)
+    module = point.value.split(":")[0] if point else None
+    if module is None or importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"vLLM plugin {PLUGIN_NAME!r} ({PLUGIN_GROUP}) is not installed in this environment; "
+            "run `make setup` (or `pip install -e .`) to register it, or set engine.cpu_lora_ops: vllm"
+        )
+
+
 def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> list[int]:
     """CPU ids this process may run on, cut to its cgroup CPU quota (a pod with `limits.cpu: 2` on
     a 64-core node gets 2, so OpenMP threads do not spread over cores they are throttled on)."""

