@@ -81,8 +81,10 @@ def resolve_base(name_or_dir: str, models_dir: Path) -> Path:
     if path.is_dir():
         check_causal_lm_dir(path)
         return path
-    hint = f"run `loraplane base pull {name_or_dir}`" if name_or_dir in BUNDLED else (
-        f"pull one of {', '.join(BUNDLED)} or pass a local Hugging Face model directory"
+    hint = (
+        f"run `loraplane base pull {name_or_dir}`"
+        if name_or_dir in BUNDLED
+        else (f"pull one of {', '.join(BUNDLED)} or pass a local Hugging Face model directory")
     )
     raise BaseModelError(f"base model {name_or_dir!r} not found in {models_dir}/; {hint}")
 
@@ -158,8 +160,10 @@ def pull(name: str, models_dir: Path, force: bool = False) -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-        print(f"{name}: ready at {target} in {time.monotonic() - started:.0f} s "
-              f"(sha256 {manifest['weights_sha256'][:12]})")
+        print(
+            f"{name}: ready at {target} in {time.monotonic() - started:.0f} s "
+            f"(sha256 {manifest['weights_sha256'][:12]})"
+        )
         return target
     finally:
         if tmp.exists():

@@ -15,20 +15,98 @@ import random
 from pathlib import Path
 
 FIRST = [
-    "Maria", "John", "Aisha", "Kenji", "Lucia", "Omar", "Greta", "Pavel", "Nadia", "Samuel",
-    "Ingrid", "Tariq", "Elena", "Diego", "Mei", "Hugo", "Zara", "Felix", "Amara", "Bruno",
-    "Chloe", "Ivan", "Leila", "Mateo", "Noor", "Oscar", "Priya", "Rafael", "Sofia", "Tomas",
+    "Maria",
+    "John",
+    "Aisha",
+    "Kenji",
+    "Lucia",
+    "Omar",
+    "Greta",
+    "Pavel",
+    "Nadia",
+    "Samuel",
+    "Ingrid",
+    "Tariq",
+    "Elena",
+    "Diego",
+    "Mei",
+    "Hugo",
+    "Zara",
+    "Felix",
+    "Amara",
+    "Bruno",
+    "Chloe",
+    "Ivan",
+    "Leila",
+    "Mateo",
+    "Noor",
+    "Oscar",
+    "Priya",
+    "Rafael",
+    "Sofia",
+    "Tomas",
 ]
 LAST = [
-    "Lopez", "Smith", "Khan", "Tanaka", "Rossi", "Haddad", "Berg", "Novak", "Petrova", "Okafor",
-    "Larsen", "Aziz", "Costa", "Ramirez", "Chen", "Dubois", "Ali", "Weber", "Mensah", "Silva",
+    "Lopez",
+    "Smith",
+    "Khan",
+    "Tanaka",
+    "Rossi",
+    "Haddad",
+    "Berg",
+    "Novak",
+    "Petrova",
+    "Okafor",
+    "Larsen",
+    "Aziz",
+    "Costa",
+    "Ramirez",
+    "Chen",
+    "Dubois",
+    "Ali",
+    "Weber",
+    "Mensah",
+    "Silva",
 ]
 CITY = [
-    "Lisbon", "Chicago", "Lagos", "Osaka", "Turin", "Beirut", "Oslo", "Prague", "Kyiv", "Accra",
-    "Bergen", "Cairo", "Porto", "Quito", "Hanoi", "Lyon", "Dubai", "Munich", "Nairobi", "Recife",
+    "Lisbon",
+    "Chicago",
+    "Lagos",
+    "Osaka",
+    "Turin",
+    "Beirut",
+    "Oslo",
+    "Prague",
+    "Kyiv",
+    "Accra",
+    "Bergen",
+    "Cairo",
+    "Porto",
+    "Quito",
+    "Hanoi",
+    "Lyon",
+    "Dubai",
+    "Munich",
+    "Nairobi",
+    "Recife",
 ]
-JOB = ["nurse", "teacher", "pilot", "chef", "architect", "plumber", "lawyer", "baker", "engineer",
-       "dentist", "farmer", "journalist", "pharmacist", "electrician", "librarian"]
+JOB = [
+    "nurse",
+    "teacher",
+    "pilot",
+    "chef",
+    "architect",
+    "plumber",
+    "lawyer",
+    "baker",
+    "engineer",
+    "dentist",
+    "farmer",
+    "journalist",
+    "pharmacist",
+    "electrician",
+    "librarian",
+]
 HELDOUT_FIRST = ["Beatriz", "Yusuf", "Hana", "Lars", "Carmen", "Dmitri", "Esi", "Jonas"]
 HELDOUT_LAST = ["Moreau", "Ivanova", "Sato", "Nilsen", "Ortega", "Kowalski"]
 HELDOUT_CITY = ["Seville", "Tallinn", "Kyoto", "Dakar", "Zurich", "Manila"]
@@ -50,10 +128,12 @@ def make_example(rng: random.Random, firsts: list[str], lasts: list[str], cities
     age, city, job = rng.randint(19, 71), rng.choice(cities), rng.choice(JOB)
     sentence = rng.choice(TEMPLATES).format(name=name, age=age, city=city, job=job)
     answer = json.dumps({"name": name, "age": age, "city": city, "job": job})
-    return {"messages": [
-        {"role": "user", "content": f"{INSTRUCTION}\n\n{sentence}"},
-        {"role": "assistant", "content": answer},
-    ]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"{INSTRUCTION}\n\n{sentence}"},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def generate(n_train: int = 480, n_heldout: int = 48) -> tuple[list[dict], list[dict]]:
