@@ -31,24 +31,35 @@ DENSE_FROM_TOKENS = 8
 OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
-_ZERO_CACHE: dict[int, tuple[int, bool]] = {}  # data_ptr -> (version, all zero)
+def _cached(weights: torch.Tensor, key: str, make):  # noqa: ANN001, ANN202
+    """`make(weights)`, kept on the tensor itself until the tensor is written: vLLM writes adapter
+    slots in place, which bumps the tensor's version counter. No cache for inference tensors
+    (they have no version counter)."""
+    try:
+        version = weights._version
+    except RuntimeError:
+        return make(weights)
+    cache = weights.__dict__.setdefault("_loraplane_cache", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] != version:
+        hit = cache[key] = (version, make(weights))
+    return hit[1]
 
 
 def all_zero(weights: torch.Tensor) -> bool:
     """True when no resident adapter has weights in this slice (e.g. gate/up/down for q/k/v/o
-    adapters: vLLM wraps and computes every projection). Cached per tensor until it is written:
-    vLLM writes adapter slots in place, which bumps the tensor's version counter."""
-    try:
-        version = weights._version
-    except RuntimeError:  # inference tensors have no version counter: no cache
-        return not bool(weights.any())
-    key = weights.data_ptr()
-    cached = _ZERO_CACHE.get(key)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    zero = not bool(weights.any())
-    _ZERO_CACHE[key] = (version, zero)
-    return zero
+    adapters: vLLM wraps and computes every projection)."""
+    return _cached(weights, "zero", lambda w: not bool(w.any()))
+
+
+def _side_by_side(weights: torch.Tensor) -> torch.Tensor:
+    """Every adapter's B ([L, out, r]) as one [out, L*r] matrix (a copy: cached)."""
+
+    def make(w: torch.Tensor) -> torch.Tensor:
+        stack = _stack(w)
+        return stack.permute(1, 0, 2).reshape(stack.shape[1], stack.shape[0] * stack.shape[2]).contiguous()
+
+    return _cached(weights, "side_by_side", make)
 
 
 def _stack(weights: torch.Tensor) -> torch.Tensor:
@@ -74,8 +85,10 @@ def _all_adapters(
         return _per_token_gather(inputs, weights, indices, dtype)
     stack = _stack(weights)
     loras, rank, width = stack.shape
-    every = (inputs.to(dtype) @ stack.reshape(loras * rank, width).to(dtype).t()).view(tokens, loras, rank)
-    picked = every[torch.arange(tokens), indices.clamp(min=0)]
+    # In the weights' dtype (fp32 accumulation inside the GEMM); vLLM's expand rounds this result to
+    # the model dtype anyway. Casting every adapter's A to `dtype` per call cost more than the GEMM.
+    every = (inputs.to(stack.dtype) @ stack.reshape(loras * rank, width).t()).view(tokens, loras, rank)
+    picked = every[torch.arange(tokens), indices.clamp(min=0)].to(dtype)
     return picked.masked_fill_((indices < 0).unsqueeze(1), 0)
 
 
@@ -89,8 +102,7 @@ def _blockwise(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tenso
     placed = torch.zeros(tokens, loras, rank, dtype=dtype, device=inputs.device)
     rows = torch.nonzero(indices >= 0).squeeze(1)
     placed[rows, indices[rows]] = inputs[rows, :rank].to(dtype)
-    side_by_side = stack.permute(1, 0, 2).reshape(out, loras * rank).to(dtype)
-    return placed.view(tokens, loras * rank) @ side_by_side.t()
+    return placed.view(tokens, loras * rank) @ _side_by_side(weights).to(dtype).t()
 
 
 def bgmv_shrink(

@@ -28,7 +28,10 @@ def test_shrink_and_expand_match_vllm(dtype: torch.dtype, tokens: int) -> None:
     y_vllm, y_ours = torch.zeros(tokens, RANK), torch.zeros(tokens, RANK)
     vllm_ops.bgmv_shrink(x, a, y_vllm, idx, 0.5)
     ours.bgmv_shrink(x, a, y_ours, idx, 0.5)
-    torch.testing.assert_close(y_ours, y_vllm, rtol=1e-4, atol=1e-3)
+    # bf16 models: ours rounds the shrink result to bf16 (one rounding, 2^-8 relative), which vLLM's
+    # expand does right after anyway; float32 models match to float32 precision.
+    shrink_tol = {"rtol": 8e-3, "atol": 1e-2} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-3}
+    torch.testing.assert_close(y_ours, y_vllm, **shrink_tol)
 
     start = torch.randn(tokens, HIDDEN).to(dtype)
     out_vllm, out_ours = start.clone(), start.clone()
