@@ -12,6 +12,13 @@ by side. With max_loras * rank small (8 x 16 = 128 columns) the extra flops cost
 gathers they replace. Tokens without an adapter (index -1) get no LoRA delta; the torch ops read
 index -1 as the last adapter slot instead.
 
+Linear layers go further: `add_lora_linear` replaces the wrapper's per-slice loop (a shrink and an
+expand op chain for each of q/k/v, gate/up) with one shrink GEMM over every slice and adapter, a
+per-step mask keeping each token's own adapter's block, and one expand GEMM (block-diagonal over
+the slices), both through vLLM's prepacked oneDNN matmul. Each layer's prepacked matrices are kept
+until vLLM writes any of its adapter tensors. The module-level ops stay for the other LoRA paths
+(logits, embeddings) and for layouts the fused path does not cover.
+
 vLLM loads this module in every engine process through the `vllm.general_plugins` entry point
 (pyproject.toml); `register()` patches only the CPU platform and only unless
 LORAPLANE_VLLM_LORA_OPS=vllm (EngineConfig.cpu_lora_ops). This module imports torch: the gateway
@@ -181,6 +188,125 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
     bgmv_expand_slice(inputs, lora_b_weights, output_tensor, indices, slice_offset, slice_size, add_inputs)
 
 
+# Up to this many tokens per call the expand runs as one GEMM against a block-diagonal matrix of
+# every slice's B (fewest ops); above it, one GEMM per slice (no multiply by the zero blocks).
+# Measured on 2 cores, q/k/v of width 576/192/192, 8 adapters x rank 16: 16 tokens 38 vs 49 us,
+# 256 tokens 446 vs 174 us.
+BLOCK_EXPAND_MAX_TOKENS = 32
+
+
+class _Gemm:
+    """`x @ w` for a fixed w ([K, N]) through vLLM's oneDNN matmul with w prepacked (what vLLM's own
+    CPU linear layers use: 1.3-2x faster than torch.mm at decode sizes here), else torch.mm."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        self.handler = None
+        self.w = w.contiguous()
+        try:
+            from vllm import _custom_ops as ops
+
+            if ops._supports_onednn:
+                self.handler = ops.create_onednn_mm(self.w, 32)
+                self.onednn_mm = ops.onednn_mm
+                self.w = None  # the handler holds its own packed copy
+        except (ImportError, RuntimeError, AttributeError):
+            self.handler = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.handler is not None:
+            return self.onednn_mm(self.handler, x, None)
+        return x @ self.w
+
+
+class _LayerPlan:
+    """What add_lora_linear needs for one wrapped layer, built from its stacked A and B tensors
+    (A: S x [L, 1, r, in], B: S x [L, 1, out_s, r]) and rebuilt when vLLM writes any of them."""
+
+    def __init__(self, lora_a_stacked: tuple[torch.Tensor, ...], lora_b_stacked: tuple[torch.Tensor, ...]) -> None:
+        a_stacks = [_stack(a) for a in lora_a_stacked]
+        b_stacks = [_stack(b) for b in lora_b_stacked]
+        self.empty = not any(bool(a.any()) for a in a_stacks) or not any(bool(b.any()) for b in b_stacks)
+        self.loras, self.rank, _ = a_stacks[0].shape
+        self.dtype = a_stacks[0].dtype
+        self.sizes = [b.shape[1] for b in b_stacks]
+        if self.empty:
+            return
+        # shrink: x [T, in] @ [in, S*L*r], every slice's every adapter at once
+        self.shrink = _Gemm(torch.cat([a.reshape(-1, a.shape[-1]) for a in a_stacks]).t())
+        # expand, per slice: [T, L*r] @ [L*r, out_s] (each adapter's B side by side)
+        sides = [b.permute(0, 2, 1).reshape(-1, b.shape[1]) for b in b_stacks]  # [L*r, out_s]
+        self.slices = [_Gemm(side) for side in sides]
+        block = torch.zeros(sum(side.shape[0] for side in sides), sum(self.sizes), dtype=self.dtype)
+        row = col = 0
+        for side in sides:
+            block[row : row + side.shape[0], col : col + side.shape[1]] = side
+            row, col = row + side.shape[0], col + side.shape[1]
+        self.block = self.slices[0] if len(sides) == 1 else _Gemm(block)
+
+
+def _plan(lora_a_stacked: tuple[torch.Tensor, ...], lora_b_stacked: tuple[torch.Tensor, ...]) -> _LayerPlan:
+    """The layer's plan, kept on its first A tensor until any A or B tensor is written (vLLM loads
+    an adapter by copying into a slot in place, which bumps the tensor's version counter)."""
+    try:
+        key = tuple(t._version for t in (*lora_a_stacked, *lora_b_stacked))
+    except RuntimeError:  # inference tensors have no version counter: no cache
+        return _LayerPlan(lora_a_stacked, lora_b_stacked)
+    holder = lora_a_stacked[0].__dict__
+    hit = holder.get("_loraplane_plan")
+    if hit is None or hit[0] != key:
+        hit = holder["_loraplane_plan"] = (key, _LayerPlan(lora_a_stacked, lora_b_stacked))
+    return hit[1]
+
+
+def _token_mask(wrapper, loras: int, rank: int, dtype: torch.dtype, scale: float) -> torch.Tensor | None:  # noqa: ANN001
+    """[T, L*r]: `scale` in the block of each token's own adapter, 0 elsewhere and for tokens
+    without one (index -1). Built once per step (the wrapper rewrites its index buffer in place
+    every step, which bumps its version counter), or None when no token has an adapter."""
+    indices = wrapper.token_lora_indices
+    key = (wrapper._token_lora_indices._version, indices.shape[0], loras, rank, dtype, scale)
+    hit = getattr(wrapper, "_loraplane_mask", None)
+    if hit is None or hit[0] != key:
+        onehot = indices.unsqueeze(1) == torch.arange(loras, device=indices.device)
+        mask = onehot.repeat_interleave(rank, dim=1).to(dtype) * scale if bool(onehot.any()) else None
+        hit = wrapper._loraplane_mask = (key, mask)
+    return hit[1]
+
+
+def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs):  # noqa: ANN001, ANN201
+    """PunicaWrapperCPU.add_lora_linear as two or three GEMMs per layer: one shrink for every slice
+    (q/k/v, gate/up) and every adapter, a mask keeping each token's own adapter's block, and the
+    expand (one block-diagonal GEMM, or one per slice for large batches), instead of a chain of
+    small ops per slice. A decode step calls this once per wrapped linear layer, so at small
+    batches the number and the speed of its ops are what cost."""
+    if self.is_prefill and self.no_lora:  # vLLM's own early exit (base-only steps)
+        return None
+    plan = _plan(lora_a_stacked, lora_b_stacked)
+    if plan.empty:  # no resident adapter touches this layer (e.g. MLP layers for q/k/v/o adapters)
+        return None
+    x2 = x.view(-1, x.shape[-1])
+    y2 = y.view(-1, y.shape[-1])
+    mask = _token_mask(self, plan.loras, plan.rank, plan.dtype, scale)
+    if mask is None:
+        return None
+    if mask.shape[0] != x2.shape[0] or list(output_slices) != plan.sizes or sum(plan.sizes) != y2.shape[-1]:
+        # layouts this does not cover (padded batches, sharded slices): vLLM's per-slice path, our ops
+        return _vllm_add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer)
+    tokens, width = x2.shape[0], plan.loras * plan.rank
+    xs = x2 if x2.dtype == plan.dtype else x2.to(plan.dtype)
+    shrunk = plan.shrink(xs).view(tokens, -1, width).mul_(mask.unsqueeze(1))
+    if tokens <= BLOCK_EXPAND_MAX_TOKENS or len(plan.slices) == 1:
+        y2.add_(plan.block(shrunk.view(tokens, -1)))
+        return None
+    offset = 0
+    for i, (gemm, size) in enumerate(zip(plan.slices, plan.sizes, strict=True)):
+        y2[:, offset : offset + size].add_(gemm(shrunk[:, i]))
+        offset += size
+    return None
+
+
+_vllm_add_lora_linear = None
+
+
 def register() -> None:
     """vLLM general plugin: swap the CPU punica wrapper's ops for the ones above."""
     if os.environ.get(ENV, "loraplane") == "vllm":
@@ -192,7 +318,12 @@ def register() -> None:
     import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
     from vllm.logger import init_logger
 
+    global _vllm_add_lora_linear
     for name in OPS:
         setattr(punica_cpu, name, globals()[name])
+    wrapper = punica_cpu.PunicaWrapperCPU
+    if wrapper.add_lora_linear is not add_lora_linear:
+        _vllm_add_lora_linear = wrapper.add_lora_linear
+        wrapper.add_lora_linear = add_lora_linear
     logger = init_logger("vllm.plugins.loraplane")  # under vLLM's logger, so it reaches the engine log
     logger.info_once("loraplane: CPU LoRA ops are dense all-adapter matmuls (%s=vllm keeps vLLM's)", ENV)

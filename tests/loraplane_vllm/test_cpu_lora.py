@@ -84,12 +84,19 @@ def test_register_patches_the_cpu_punica_wrapper(monkeypatch: pytest.MonkeyPatch
 
     for name in ours.OPS:
         monkeypatch.setattr(punica_cpu, name, getattr(vllm_ops, name))
+    wrapper = punica_cpu.PunicaWrapperCPU
+    original = ours._vllm_add_lora_linear or wrapper.add_lora_linear
+    monkeypatch.setattr(wrapper, "add_lora_linear", original)
+    monkeypatch.setattr(ours, "_vllm_add_lora_linear", None)
     monkeypatch.setenv(ours.ENV, "vllm")
     ours.register()
-    assert punica_cpu.bgmv_shrink is vllm_ops.bgmv_shrink
+    assert punica_cpu.bgmv_shrink is vllm_ops.bgmv_shrink and wrapper.add_lora_linear is original
     monkeypatch.setenv(ours.ENV, "loraplane")
     ours.register()
     assert all(getattr(punica_cpu, name) is getattr(ours, name) for name in ours.OPS)
+    assert wrapper.add_lora_linear is ours.add_lora_linear and ours._vllm_add_lora_linear is original
+    ours.register()  # twice (vLLM loads plugins in every process): the original is still vLLM's
+    assert ours._vllm_add_lora_linear is original
 
 
 def test_empty_slices_are_skipped_until_an_adapter_is_written_into_them() -> None:
@@ -113,3 +120,99 @@ def test_empty_slices_are_skipped_until_an_adapter_is_written_into_them() -> Non
     vllm_ops.bgmv_expand(expected_y, empty_b, expected_out, idx, False)
     ours.bgmv_expand(expected_y, empty_b, got_out, idx, False)
     torch.testing.assert_close(got_out, expected_out, rtol=1e-5, atol=1e-4)
+
+
+def _wrapper(idx: torch.Tensor):  # noqa: ANN202
+    """vLLM's CPU punica wrapper with a step's per-token adapter slots set, as its update_metadata does."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    wrapper = PunicaWrapperCPU(max_num_batched_tokens=256, max_batches=256, device="cpu")
+    wrapper._token_lora_indices[: idx.shape[0]].copy_(idx)
+    wrapper.indices_len[:] = [idx.shape[0]] * 4
+    wrapper.is_prefill = True  # vLLM V1 marks every step so
+    wrapper._update_prefill_metadata(wrapper.token_lora_indices)  # sets no_lora too
+    return wrapper
+
+
+def _layer(sizes: tuple[int, ...], dtype: torch.dtype, seed: int) -> tuple:
+    gen = torch.Generator().manual_seed(seed)
+    a = tuple(torch.randn(LORAS, 1, RANK, HIDDEN, generator=gen).to(dtype) for _ in sizes)
+    b = tuple(torch.randn(LORAS, 1, size, RANK, generator=gen).to(dtype) for size in sizes)
+    return a, b
+
+
+def _reference(y, x, a, b, idx, scale, sizes):  # noqa: ANN001, ANN202
+    """y[t, slice s] += scale * x[t] @ A_s[idx[t]]^T @ B_s[idx[t]]^T, in float64; nothing where idx is -1."""
+    out = y.double().clone()
+    for t, slot in enumerate(idx.tolist()):
+        if slot < 0:
+            continue
+        offset = 0
+        for a_s, b_s, size in zip(a, b, sizes, strict=True):
+            delta = scale * (x[t].double() @ a_s[slot, 0].double().t()) @ b_s[slot, 0].double().t()
+            out[t, offset : offset + size] += delta
+            offset += size
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [3, 16, 40])  # block-diagonal expand up to 32 tokens, per slice above
+@pytest.mark.parametrize("sizes", [(HIDDEN,), (HIDDEN, 24, 24)])  # o_proj-like, qkv-like (3 slices)
+def test_fused_add_lora_linear_matches_the_per_token_math(dtype: torch.dtype, tokens: int, sizes: tuple) -> None:
+    a, b = _layer(sizes, dtype, seed=tokens + len(sizes))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(tokens, HIDDEN, generator=gen).to(dtype)
+    idx = torch.randint(-1, LORAS, (tokens,), generator=gen)
+    idx[0], idx[1] = -1, 2  # at least one base token and one adapter token
+    y = torch.randn(tokens, sum(sizes), generator=gen).to(dtype)
+    expected = _reference(y, x, a, b, idx, 0.5, sizes)
+    ours.add_lora_linear(_wrapper(idx), y, x, a, b, 0.5, sizes)
+    tol = {"rtol": 3e-2, "atol": 1.0} if dtype == torch.bfloat16 else {"rtol": 1e-4, "atol": 1e-3}
+    torch.testing.assert_close(y.double(), expected, **tol)
+    assert torch.equal(y[0].double(), _reference(y[:1], x[:1], a, b, idx[:1], 0.5, sizes)[0])  # base token: as is
+
+
+def test_fused_add_lora_linear_follows_adapter_writes_and_skips_what_it_can() -> None:
+    sizes = (HIDDEN, 24, 24)
+    a, b = _layer(sizes, torch.float32, seed=11)
+    empty_a, empty_b = tuple(torch.zeros_like(t) for t in a), tuple(torch.zeros_like(t) for t in b)
+    x = torch.randn(12, HIDDEN)
+    idx = torch.tensor([0, 1, 2, 3, -1, 2] * 2)
+    y = torch.randn(12, sum(sizes))
+    before = y.clone()
+    ours.add_lora_linear(_wrapper(idx), y, x, empty_a, empty_b, 1.0, sizes)
+    assert torch.equal(y, before)  # no resident adapter touches the layer
+    for a_s, b_s, src_a, src_b in zip(empty_a, empty_b, a, b, strict=True):  # vLLM loads slot 2 in place
+        a_s[2].copy_(src_a[2])
+        b_s[2].copy_(src_b[2])
+    ours.add_lora_linear(_wrapper(idx), y, x, empty_a, empty_b, 1.0, sizes)
+    expected = _reference(before, x, empty_a, empty_b, idx, 1.0, sizes)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-3)
+    assert not torch.equal(y[idx == 2], before[idx == 2]) and torch.equal(y[idx != 2], before[idx != 2])
+    # a base-only step (vLLM's no_lora) adds nothing, whatever is resident
+    base_only = y.clone()
+    ours.add_lora_linear(_wrapper(torch.full((12,), -1)), base_only, x, a, b, 1.0, sizes)
+    assert torch.equal(base_only, y)
+
+
+def test_fused_add_lora_linear_falls_back_to_the_per_slice_path_for_other_layouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An output wider than the slices (not a layout vLLM's CPU layers make today) goes to vLLM's
+    per-slice path, run with our ops: same result, the extra columns untouched."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    if ours._vllm_add_lora_linear is None:  # register() not run in this process
+        monkeypatch.setattr(ours, "_vllm_add_lora_linear", PunicaWrapperCPU.add_lora_linear)
+    for name in ours.OPS:
+        monkeypatch.setattr(f"vllm.lora.punica_wrapper.punica_cpu.{name}", getattr(ours, name))
+    sizes = (HIDDEN, 24, 24)
+    a, b = _layer(sizes, torch.float32, seed=13)
+    idx = torch.tensor([1, -1, 3, 0] * 3)
+    x = torch.randn(12, HIDDEN)
+    y = torch.randn(12, sum(sizes) + 5)
+    expected = _reference(y[:, : sum(sizes)], x, a, b, idx, 1.0, sizes)
+    extra = y[:, sum(sizes) :].clone()
+    ours.add_lora_linear(_wrapper(idx), y, x, a, b, 1.0, sizes)
+    torch.testing.assert_close(y[:, : sum(sizes)].double(), expected, rtol=1e-4, atol=1e-3)
+    assert torch.equal(y[:, sum(sizes) :], extra)
