@@ -15,9 +15,10 @@ index -1 as the last adapter slot instead.
 Linear layers go further: `add_lora_linear` replaces the wrapper's per-slice loop (a shrink and an
 expand op chain for each of q/k/v, gate/up) with one shrink GEMM over every slice and adapter, a
 per-step mask keeping each token's own adapter's block, and one expand GEMM (block-diagonal over
-the slices), both through vLLM's prepacked oneDNN matmul. Each layer's prepacked matrices are kept
-until vLLM writes any of its adapter tensors. The module-level ops stay for the other LoRA paths
-(logits, embeddings) and for layouts the fused path does not cover.
+the slices; per slice for large batches). Each layer's matrices are kept until vLLM writes any of
+its adapter tensors, and from their second use run on vLLM's prepacked oneDNN matmul, as vLLM's
+own CPU linear layers do. The module-level ops stay for the other LoRA paths (logits,
+embeddings) and for layouts the fused path does not cover.
 
 vLLM loads this module in every engine process through the `vllm.general_plugins` entry point
 (pyproject.toml); `register()` patches only the CPU platform and only unless
@@ -189,19 +190,29 @@ def sgmv_expand_slice(inputs, lora_b_weights, output_tensor, b_seq_start_loc, se
 
 
 # Up to this many tokens per call the expand runs as one GEMM against a block-diagonal matrix of
-# every slice's B (fewest ops); above it, one GEMM per slice (no multiply by the zero blocks).
+# every slice's B (fewest ops); above it, one torch addmm per slice (no multiply by the zero blocks).
 # Measured on 2 cores, q/k/v of width 576/192/192, 8 adapters x rank 16: 16 tokens 38 vs 49 us,
 # 256 tokens 446 vs 174 us.
 BLOCK_EXPAND_MAX_TOKENS = 32
 
 
+# A layer's matrices are packed for oneDNN on its second call with the same adapters, not its first:
+# packing (and oneDNN's first call at each batch size) costs ~0.5-1 ms per matrix, 60 matrices a
+# step here, and every adapter load invalidates them all. The step right after a load (the new
+# adapter's first prefill, its time to first token) and each load of a burst use torch.mm instead.
+PACK_AFTER_CALLS = 1
+
+
 class _Gemm:
-    """`x @ w` for a fixed w ([K, N]) through vLLM's oneDNN matmul with w prepacked (what vLLM's own
-    CPU linear layers use: 1.3-2x faster than torch.mm at decode sizes here), else torch.mm."""
+    """`x @ w` for a fixed w ([K, N]): torch.mm at first, then vLLM's oneDNN matmul with w prepacked
+    (what vLLM's own CPU linear layers use: 1.3-2x faster than torch.mm at decode sizes here)."""
 
     def __init__(self, w: torch.Tensor) -> None:
+        self.w: torch.Tensor | None = w.contiguous()
         self.handler = None
-        self.w = w.contiguous()
+        self.calls = 0
+
+    def _pack(self) -> None:
         try:
             from vllm import _custom_ops as ops
 
@@ -213,9 +224,13 @@ class _Gemm:
             self.handler = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.handler is not None:
-            return self.onednn_mm(self.handler, x, None)
-        return x @ self.w
+        if self.handler is None:
+            self.calls += 1
+            if self.calls == PACK_AFTER_CALLS + 1:
+                self._pack()
+            if self.handler is None:
+                return x @ self.w
+        return self.onednn_mm(self.handler, x, None)
 
 
 class _LayerPlan:
@@ -233,15 +248,17 @@ class _LayerPlan:
             return
         # shrink: x [T, in] @ [in, S*L*r], every slice's every adapter at once
         self.shrink = _Gemm(torch.cat([a.reshape(-1, a.shape[-1]) for a in a_stacks]).t())
-        # expand, per slice: [T, L*r] @ [L*r, out_s] (each adapter's B side by side)
-        sides = [b.permute(0, 2, 1).reshape(-1, b.shape[1]) for b in b_stacks]  # [L*r, out_s]
-        self.slices = [_Gemm(side) for side in sides]
-        block = torch.zeros(sum(side.shape[0] for side in sides), sum(self.sizes), dtype=self.dtype)
+        # expand, per slice (large batches, torch.mm): [T, L*r] @ [L*r, out_s], each adapter's B side by side
+        self.sides = [b.permute(0, 2, 1).reshape(-1, b.shape[1]).contiguous() for b in b_stacks]
+        if len(self.sides) == 1:
+            self.block = _Gemm(self.sides[0])
+            return
+        block = torch.zeros(sum(side.shape[0] for side in self.sides), sum(self.sizes), dtype=self.dtype)
         row = col = 0
-        for side in sides:
+        for side in self.sides:
             block[row : row + side.shape[0], col : col + side.shape[1]] = side
             row, col = row + side.shape[0], col + side.shape[1]
-        self.block = self.slices[0] if len(sides) == 1 else _Gemm(block)
+        self.block = _Gemm(block)
 
 
 def _plan(lora_a_stacked: tuple[torch.Tensor, ...], lora_b_stacked: tuple[torch.Tensor, ...]) -> _LayerPlan:
@@ -294,12 +311,15 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     tokens, width = x2.shape[0], plan.loras * plan.rank
     xs = x2 if x2.dtype == plan.dtype else x2.to(plan.dtype)
     shrunk = plan.shrink(xs).view(tokens, -1, width).mul_(mask.unsqueeze(1))
-    if tokens <= BLOCK_EXPAND_MAX_TOKENS or len(plan.slices) == 1:
+    if tokens <= BLOCK_EXPAND_MAX_TOKENS or len(plan.sides) == 1:
         y2.add_(plan.block(shrunk.view(tokens, -1)))
         return None
     offset = 0
-    for i, (gemm, size) in enumerate(zip(plan.slices, plan.sizes, strict=True)):
-        y2[:, offset : offset + size].add_(gemm(shrunk[:, i]))
+    for i, (side, size) in enumerate(zip(plan.sides, plan.sizes, strict=True)):
+        if y2.dtype == plan.dtype:
+            y2[:, offset : offset + size].addmm_(shrunk[:, i], side)
+        else:  # adapters kept in another dtype than the model's
+            y2[:, offset : offset + size].add_(shrunk[:, i] @ side)
         offset += size
     return None
 
