@@ -39,12 +39,12 @@ DENSE_FROM_TOKENS = 8
 OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink", "sgmv_expand", "sgmv_expand_slice")
 
 
-def _cached(weights: torch.Tensor, key: str, make):  # noqa: ANN001, ANN202
-    """`make(weights)`, kept on the tensor itself until the tensor is written: vLLM writes adapter
-    slots in place, which bumps the tensor's version counter. No cache for inference tensors
-    (they have no version counter)."""
+def _cached(weights: torch.Tensor, key: str, make, also: tuple[torch.Tensor, ...] = ()):  # noqa: ANN001, ANN202
+    """`make(weights)`, kept on the tensor itself until it (or a tensor in `also`) is written: vLLM
+    writes adapter slots in place, which bumps the tensor's version counter. No cache for inference
+    tensors (they have no version counter)."""
     try:
-        version = weights._version
+        version = tuple(t._version for t in (weights, *also)) if also else weights._version
     except RuntimeError:
         return make(weights)
     cache = weights.__dict__.setdefault("_loraplane_cache", {})
@@ -239,17 +239,16 @@ class _LayerPlan:
 
     def __init__(self, lora_a_stacked: tuple[torch.Tensor, ...], lora_b_stacked: tuple[torch.Tensor, ...]) -> None:
         a_stacks = [_stack(a) for a in lora_a_stacked]
-        b_stacks = [_stack(b) for b in lora_b_stacked]
-        self.empty = not any(bool(a.any()) for a in a_stacks) or not any(bool(b.any()) for b in b_stacks)
+        self.empty = all(all_zero(a) for a in lora_a_stacked) or all(all_zero(b) for b in lora_b_stacked)
         self.loras, self.rank, _ = a_stacks[0].shape
         self.dtype = a_stacks[0].dtype
-        self.sizes = [b.shape[1] for b in b_stacks]
+        self.sizes = [_stack(b).shape[1] for b in lora_b_stacked]
         if self.empty:
             return
         # shrink: x [T, in] @ [in, S*L*r], every slice's every adapter at once
         self.shrink = _Gemm(torch.cat([a.reshape(-1, a.shape[-1]) for a in a_stacks]).t())
         # expand, per slice (large batches, torch.mm): [T, L*r] @ [L*r, out_s], each adapter's B side by side
-        self.sides = [b.permute(0, 2, 1).reshape(-1, b.shape[1]).contiguous() for b in b_stacks]
+        self.sides = [_side_by_side(b).t() for b in lora_b_stacked]
         if len(self.sides) == 1:
             self.block = _Gemm(self.sides[0])
             return
@@ -262,17 +261,13 @@ class _LayerPlan:
 
 
 def _plan(lora_a_stacked: tuple[torch.Tensor, ...], lora_b_stacked: tuple[torch.Tensor, ...]) -> _LayerPlan:
-    """The layer's plan, kept on its first A tensor until any A or B tensor is written (vLLM loads
-    an adapter by copying into a slot in place, which bumps the tensor's version counter)."""
-    try:
-        key = tuple(t._version for t in (*lora_a_stacked, *lora_b_stacked))
-    except RuntimeError:  # inference tensors have no version counter: no cache
-        return _LayerPlan(lora_a_stacked, lora_b_stacked)
-    holder = lora_a_stacked[0].__dict__
-    hit = holder.get("_loraplane_plan")
-    if hit is None or hit[0] != key:
-        hit = holder["_loraplane_plan"] = (key, _LayerPlan(lora_a_stacked, lora_b_stacked))
-    return hit[1]
+    """The layer's plan, kept on its first A tensor until any of its A or B tensors is written."""
+    return _cached(
+        lora_a_stacked[0],
+        "plan",
+        lambda _: _LayerPlan(lora_a_stacked, lora_b_stacked),
+        (*lora_a_stacked[1:], *lora_b_stacked),
+    )
 
 
 def _token_mask(wrapper, loras: int, rank: int, dtype: torch.dtype, scale: float) -> torch.Tensor | None:  # noqa: ANN001

@@ -129,8 +129,8 @@ def test_our_ops_give_vllms_numbers_for_adapter_requests(serving_config, base_di
                    for (ops, model, size), ours in results.items() if ops == "loraplane")  # fmt: skip
     assert compared >= 24, f"only {compared} tokens compared: the runs diverged early"
     for name in paths:  # the adapters really move the numbers, far beyond that tolerance
-        ours = [seq for size in ("long", "short") for seq in results["loraplane", name, size]]
-        base = [seq for size in ("long", "short") for seq in results["loraplane", BASE_NAME, size]]
-        seqs = list(zip(ours, base, strict=True))
-        pairs = [(a, b) for ours, base in seqs for a, b in zip(ours, base, strict=False)]
+        runs = [(results["loraplane", name, size], results["loraplane", BASE_NAME, size]) for size in ("long", "short")]
+        pairs = [
+            (a, b) for ours, base in runs for o, bs in zip(ours, base, strict=True) for a, b in zip(o, bs, strict=False)
+        ]
         assert any(a[0] != b[0] or abs(a[1] - b[1]) > 0.5 for a, b in pairs), name
