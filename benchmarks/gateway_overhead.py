@@ -1,6 +1,6 @@
 """What the gateway adds to latency: the same load test straight to an engine and through the gateway.
 
-The engine is the mock (`loadtest.mock_upstream`: fixed TTFT and inter-token delay, no model),
+The engine is the mock (`fakes.engine`: fixed TTFT and inter-token delay, no model),
 so every difference is the gateway's own cost: routing, adapter bookkeeping, SSE relay, metrics.
 Three runs, one after the other, same plan (seed):
   direct      loadtest -> mock engine, base model
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from loadtest.mock_registry import write_mock_registry
+from fakes.registry import write_mock_registry
 
 REPO = Path(__file__).resolve().parents[1]
 BASE, ADAPTER = "mock-base", "bench-adapter"
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tmp) / "serving.yaml"
         config.write_text(f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n")
         try:
-            procs.append(start([sys.executable, "-m", "loadtest.mock_upstream", "--port", str(engine_port),
+            procs.append(start([sys.executable, "-m", "fakes.engine", "--port", str(engine_port),
                                 "--base", BASE, "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
                                 "--itl-ms", str(args.itl_ms)], engine_url, args.out / "engine.log"))  # fmt: skip
             procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(config),

@@ -107,7 +107,7 @@ def main() -> int:
     e_port, g_port = free_port(), free_port()
     engine_url, gateway_url = f"http://127.0.0.1:{e_port}", f"http://127.0.0.1:{g_port}"
     engine = spawn(
-        [py, "-m", "loadtest.mock_upstream", "--port", str(e_port), "--tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
+        [py, "-m", "fakes.engine", "--port", str(e_port), "--tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
         engine_url,
         1,
         logs / "mock.log",
@@ -124,7 +124,7 @@ def main() -> int:
             "--port",
             str(g_port),
             "--config",
-            "configs/serving.yaml",
+            "configs/serving/default.yaml",
         ],
         gateway_url,
         0,

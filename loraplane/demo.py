@@ -28,8 +28,8 @@ from loraplane.demo_report import ab_from_metrics, evaluate_model, print_tables,
 BASE = "smollm2-135m-instruct"
 ADAPTER = "demo-json"
 EXPERIMENT = "demo-json-ab"
-TRAIN_CONFIGS = {"v1": Path("configs/demo.yaml"), "v2": Path("configs/demo-v2.yaml")}
-SERVING_CONFIG = Path("configs/demo-serving.yaml")
+TRAIN_CONFIGS = {"v1": Path("configs/train/demo.yaml"), "v2": Path("configs/train/demo-v2.yaml")}
+SERVING_CONFIG = Path("configs/serving/demo.yaml")
 
 
 def step(title: str) -> None:

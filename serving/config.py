@@ -1,6 +1,6 @@
 """The serving config: one typed object, every default here; YAML files only override it.
 
-cfg = load_config(Path("configs/serving.yaml"), overrides={"gateway.port": 9000})
+cfg = load_config(Path("configs/serving/default.yaml"), overrides={"gateway.port": 9000})
 """
 
 from __future__ import annotations

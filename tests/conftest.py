@@ -49,7 +49,7 @@ def train_adapter(adapters_dir: Path, run_dir: Path, version: str, *overrides: s
         "loraplane",
         "train",
         "--config",
-        str(REPO / "configs/demo.yaml"),
+        str(REPO / "configs/train/demo.yaml"),
         "--train.max_steps",
         "3",
         "--eval.max_examples",

@@ -1,7 +1,7 @@
 """`loraplane train --config FILE [--section.key value ...]`: train, evaluate, publish.
 
-    loraplane train --config configs/demo.yaml --train.max_steps 3 --publish.version v9
-    loraplane train --config configs/demo.yaml --print-config     # show the resolved config
+    loraplane train --config configs/train/demo.yaml --train.max_steps 3 --publish.version v9
+    loraplane train --config configs/train/demo.yaml --print-config     # show the resolved config
 
 Any config key can be overridden with its dotted name (`--lora.r 8`, `--data.packing true`).
 `--skip-bad-lines` is short for `--data.skip_bad_lines true`.

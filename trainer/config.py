@@ -1,6 +1,6 @@
 """The trainer's typed config: every default lives here; YAML files and CLI flags only override.
 
-    cfg = load_config("configs/demo.yaml", ["--train.max_steps", "3", "--publish.version", "v2"])
+    cfg = load_config("configs/train/demo.yaml", ["--train.max_steps", "3", "--publish.version", "v2"])
 
 Keys are dotted paths into the dataclass tree (`train.max_steps`, `lora.r`, `publish.name`).
 An unknown key or a value of the wrong type raises ConfigError naming the key and the fix.

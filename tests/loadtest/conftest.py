@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtest.mock_registry import write_mock_registry
-from loadtest.mock_upstream import MockSettings, create_app
+from fakes.engine import MockSettings, create_app
+from fakes.registry import write_mock_registry
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "mock-base"

@@ -10,11 +10,11 @@ from serving.config import load_config
 from serving.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SERVING_YAMLS = sorted(REPO.glob("configs/*serving*.yaml"))
+SERVING_YAMLS = sorted(REPO.glob("configs/serving/*.yaml"))
 
 
 def test_there_are_serving_configs() -> None:
-    assert {p.name for p in SERVING_YAMLS} >= {"serving.yaml", "demo-serving.yaml"}
+    assert {p.name for p in SERVING_YAMLS} >= {"default.yaml", "demo.yaml"}
 
 
 @pytest.mark.parametrize("path", SERVING_YAMLS, ids=lambda p: p.name)
@@ -24,7 +24,7 @@ def test_shipped_yaml_loads(path: Path) -> None:
 
 
 def test_demo_experiment_is_90_10() -> None:
-    cfg = load_config(REPO / "configs/demo-serving.yaml")
+    cfg = load_config(REPO / "configs/serving/demo.yaml")
     assert cfg.experiments[0].variants == {"demo-json@v1": 90, "demo-json@v2": 10}
 
 

@@ -16,8 +16,8 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from loadtest.mock_upstream import MockSettings
-from loadtest.mock_upstream import create_app as mock_engine_app
+from fakes.engine import MockSettings
+from fakes.engine import create_app as mock_engine_app
 from serving.auth import hash_key
 from serving.config import load_config
 from serving.gateway.app import create_app

@@ -11,13 +11,8 @@ from trainer.config import Config, load_config, parse_overrides
 from trainer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-# Trainer configs are configs/demo*.yaml and configs/deepseek-*.yaml; *serving* files (e.g.
-# configs/demo-serving.yaml) belong to the serving component.
-TRAINER_CONFIGS = [
-    p
-    for p in sorted(REPO.glob("configs/demo*.yaml")) + sorted(REPO.glob("configs/deepseek-*.yaml"))
-    if "serving" not in p.name
-]
+# Trainer configs live in configs/train/, serving configs in configs/serving/.
+TRAINER_CONFIGS = sorted(REPO.glob("configs/train/*.yaml"))
 
 
 def test_defaults_build_without_yaml():
@@ -112,16 +107,16 @@ def test_every_shipped_trainer_yaml_loads(path):
 
 
 def test_qlora_config_is_nf4_double_quant():
-    cfg = load_config(REPO / "configs/deepseek-llm-7b-qlora.yaml")
+    cfg = load_config(REPO / "configs/train/deepseek-llm-7b-qlora.yaml")
     assert (cfg.model.quantization, cfg.model.double_quant) == ("nf4", True)
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (16, 32, ["q_proj", "v_proj"])
     assert 0.05 <= cfg.lora.dropout <= 0.1 and cfg.train.lr == 2e-4 and cfg.train.scheduler == "cosine"
     assert 0.03 <= cfg.train.warmup_ratio <= 0.05
-    assert load_config(REPO / "configs/deepseek-llm-7b-lora-all-linear.yaml").lora.target_modules == "all-linear"
+    assert load_config(REPO / "configs/train/deepseek-llm-7b-lora-all-linear.yaml").lora.target_modules == "all-linear"
 
 
 def test_demo_v1_and_v2_are_two_versions_of_one_adapter():
-    v1, v2 = load_config(REPO / "configs/demo.yaml"), load_config(REPO / "configs/demo-v2.yaml")
+    v1, v2 = load_config(REPO / "configs/train/demo.yaml"), load_config(REPO / "configs/train/demo-v2.yaml")
     assert v1.publish.name == v2.publish.name == "demo-json"
     assert (v1.publish.version, v2.publish.version) == ("v1", "v2")
     assert (v1.lora, v1.train) != (v2.lora, v2.train), "v2 must be a different configuration"

@@ -21,7 +21,7 @@ def heldout_subset(tmp_path: Path, n: int) -> Path:
 
 def demo_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--config", str(REPO / "configs/demo.yaml"),
+        "--config", str(REPO / "configs/train/demo.yaml"),
         "--models_dir", str(MODELS_DIR),
         "--data.train", str(REPO / "data/demo/train.jsonl"),
         "--out_dir", str(tmp_path / "run"),
@@ -100,6 +100,6 @@ def test_truncating_every_answer_away_is_an_error(tmp_path, capsys, base_dir):
 
 
 def test_skip_bad_lines_flag_and_print_config(capsys):
-    assert main(["--config", str(REPO / "configs/demo.yaml"), "--skip-bad-lines", "--print-config"]) == 0
+    assert main(["--config", str(REPO / "configs/train/demo.yaml"), "--skip-bad-lines", "--print-config"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["data"]["skip_bad_lines"] is True and resolved["publish"]["version"] == "v1"

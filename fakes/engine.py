@@ -7,7 +7,7 @@ vLLM's runtime LoRA endpoints (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter
 vLLM's own messages and status codes. Faults to inject: `error_rate` (HTTP 500s) and
 `slow_ms` (extra time to first token for some model names, e.g. to make one A/B variant slower).
 
-    python -m loadtest.mock_upstream --port 8100 --tokens 32 --itl-ms 5
+    python -m fakes.engine --port 8100 --tokens 32 --itl-ms 5
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = MockSettings()
-    p = argparse.ArgumentParser(prog="python -m loadtest.mock_upstream", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m fakes.engine", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
     p.add_argument("--base", default=defaults.base, help="served base model name")
