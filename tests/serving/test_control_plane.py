@@ -7,16 +7,17 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from serving.auth import hash_key
 from serving.store import Store
 from serving.store.connect import create_db_engine
 from tests.conftest import GatewayThread, free_port
-from tests.serving.test_gateway_faults import BASE, MSG, chat, dirs, engine, gateway_app  # noqa: F401
+from tests.serving import test_gateway_faults as faults
+from tests.serving.test_gateway_faults import BASE, MSG, chat, engine, gateway_app
 from tests.serving.test_registry import make_adapter
 
+dirs = faults.dirs  # the fixture: a base manifest and adapters bot, other, third @v1
 ADMIN = {"Authorization": "Bearer admin"}
 AUTH = {
     "auth.enabled": True,
