@@ -23,6 +23,8 @@ BASE_NAME = "smollm2-135m-instruct"
 BASE_DIR = REPO / "models" / BASE_NAME
 ADAPTER = "test-adapter"
 EXPERIMENT = "test-ab"
+ADMIN_KEY = "test-admin-key"  # the session gateway's admin key (the admin API is closed without one)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -80,6 +82,7 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Pa
 
 @pytest.fixture(scope="session")
 def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from serving.auth import hash_key
     from serving.config import load_config
 
     return load_config(
@@ -90,6 +93,7 @@ def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory)
             "engine.port": free_port(),
             "engine.max_cpu_loras": 4,
             "gateway.port": free_port(),
+            "auth.admin_key_sha256": hash_key(ADMIN_KEY),
             "experiments": [{"name": EXPERIMENT, "variants": {f"{ADAPTER}@v1": 50, f"{ADAPTER}@v2": 50}}],
         },
     )

@@ -67,7 +67,10 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             f"the gateway is at its limit of {state.cfg.gateway.max_in_flight} requests in flight; retry shortly",
             retry_after_s=1,
         )
-    target = state.resolve(model, request_key(request, body, principal), request.headers.get("x-loraplane-variant"))
+    pinned = request.headers.get("x-loraplane-variant")
+    if pinned is not None:
+        state.keys.check_pin(principal, request.headers.get("authorization"))
+    target = state.resolve(model, request_key(request, body, principal), pinned)
     path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
     call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
     state.in_flight += 1
