@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from fastapi import APIRouter, Request
@@ -10,31 +9,12 @@ from fastapi.responses import Response
 
 from serving.auth import Principal
 from serving.errors import BadRequest, RateLimited
+from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.proxy import Call, forward
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
 from serving.registry import check_model_field
 
 router = APIRouter()
-
-
-async def read_body(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON ({exc}); send a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
-    return body
-
-
-def check_limits(body: dict, max_tokens_limit: int) -> None:
-    for field in ("max_tokens", "max_completion_tokens"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= max_tokens_limit:
-            raise BadRequest(f"`{field}` must be an integer in 1..{max_tokens_limit}, got {value!r}", param=field)
 
 
 def request_key(request: Request, body: dict, principal: Principal) -> str:
@@ -51,7 +31,7 @@ def request_key(request: Request, body: dict, principal: Principal) -> str:
 
 async def handle(request: Request, state: GatewayState, principal: Principal, route: str) -> Response:
     started = time.perf_counter()
-    body = await read_body(request)
+    body = await read_body(request, state.cfg.gateway.max_body_bytes)
     required = "messages" if route == "chat" else "prompt"
     model = check_model_field(body.get("model"))
     value = body.get(required)
@@ -59,7 +39,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         raise BadRequest("`messages` is required: a non-empty list of {role, content} objects", param="messages")
     if route == "completions" and not isinstance(value, (str, list)):
         raise BadRequest("`prompt` is required: a string or a list of strings", param="prompt")
-    check_limits(body, state.cfg.gateway.max_tokens_limit)
+    apply_limits(body, route, state.cfg)
     state.keys.authorize(principal, model)
     state.limiter.take(principal)
     if state.in_flight >= state.cfg.gateway.max_in_flight:
