@@ -13,14 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.config import ServingConfig
-from serving.errors import RateLimited, ServingError
+from serving.errors import ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    retry_after = getattr(exc, "retry_after_s", None)  # RateLimited, Overloaded
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -28,11 +29,14 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(cfg.gateway.read_timeout_s, connect=cfg.gateway.connect_timeout_s)
+        upstream = (
+            cfg.gateway.max_upstream_connections or cfg.gateway.max_in_flight
+        ) + 16  # admission waits, not aiohttp
         limits = httpx.Limits(max_connections=cfg.gateway.max_in_flight + 16, max_keepalive_connections=64)
         session_timeout = aiohttp.ClientTimeout(
             sock_connect=cfg.gateway.connect_timeout_s, sock_read=cfg.gateway.read_timeout_s
         )
-        connector = aiohttp.TCPConnector(limit=cfg.gateway.max_in_flight + 16, limit_per_host=0)
+        connector = aiohttp.TCPConnector(limit=upstream, limit_per_host=0)
         async with (
             httpx.AsyncClient(timeout=timeout, limits=limits) as client,
             aiohttp.ClientSession(

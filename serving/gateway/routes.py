@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.auth import Principal
-from serving.errors import BadRequest, RateLimited
+from serving.errors import BadRequest
+from serving.gateway.admission import Leased
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.proxy import Call, forward
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
@@ -42,22 +43,20 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
     apply_limits(body, route, state.cfg)
     state.keys.authorize(principal, model)
     state.limiter.take(principal)
-    if state.in_flight >= state.cfg.gateway.max_in_flight:
-        raise RateLimited(
-            f"the gateway is at its limit of {state.cfg.gateway.max_in_flight} requests in flight; retry shortly",
-            retry_after_s=1,
-        )
-    pinned = request.headers.get("x-loraplane-variant")
-    if pinned is not None:
-        state.keys.check_pin(principal, request.headers.get("authorization"))
-    target = state.resolve(model, request_key(request, body, principal), pinned)
-    path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
-    call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
-    state.in_flight += 1
+    lease = state.admission.admit()
     try:
-        return await forward(state, call)
-    finally:
-        state.in_flight -= 1
+        pinned = request.headers.get("x-loraplane-variant")
+        if pinned is not None:
+            state.keys.check_pin(principal, request.headers.get("authorization"))
+        target = state.resolve(model, request_key(request, body, principal), pinned)
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
+        await lease.wait_upstream()
+        response = await forward(state, call)
+    except BaseException:
+        lease.release()
+        raise
+    return Leased(response, lease.release)  # a stream holds its lease until it ends
 
 
 @router.post("/v1/chat/completions")

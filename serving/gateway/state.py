@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from serving.auth import KeyStore, Principal, RateLimiter
 from serving.config import ServingConfig
 from serving.experiments import Experiment, ExperimentTable
+from serving.gateway.admission import Admission
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
@@ -58,7 +59,7 @@ class GatewayState:
         self.limiter = RateLimiter()
         self.validated: set[str] = set()  # adapter keys that passed validation
         self.started_at = time.time()  # `created` of the models /v1/models lists
-        self.in_flight = 0  # requests in progress, capped at gateway.max_in_flight
+        self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
 
     @property
     def base_model(self) -> str:
