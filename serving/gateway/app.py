@@ -11,10 +11,12 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServingConfig
 from serving.errors import ServingError
 from serving.gateway.admin import admin, ops
+from serving.gateway.refusals import count_error
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
 
@@ -55,11 +57,19 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 
     @app.exception_handler(ServingError)
-    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        count_error(request, exc.status)
         return _error_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        count_error(request, exc.status_code)  # unknown paths (404), wrong methods (405)
+        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_error(request, 400)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body")
         body = {
@@ -73,7 +83,8 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        count_error(request, 500)
         body = {
             "error": {
                 "message": f"internal gateway error: {type(exc).__name__}",

@@ -104,11 +104,7 @@ async def forward(state: GatewayState, call: Call) -> Response:
     wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
     if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
         call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
-    try:
-        engine, resp = await open_upstream(state, call)
-    except ServingError as exc:
-        _finish(state, call, exc.status)
-        raise
+    engine, resp = await open_upstream(state, call)  # errors are counted by the app's handlers
     if not stream or resp.status != 200:
         return await _relay_json(state, call, engine, resp)
     engine.in_flight += 1
@@ -125,7 +121,6 @@ async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aio
         raw = await resp.read()
     except UPSTREAM_ERRORS as exc:
         state.pool.mark_down(engine, "read")
-        _finish(state, call, 503)
         raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
     finally:
         resp.release()

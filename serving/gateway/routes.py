@@ -12,6 +12,7 @@ from serving.errors import BadRequest
 from serving.gateway.admission import Leased
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.proxy import Call, forward
+from serving.gateway.refusals import model_label, remember_labels
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
 from serving.registry import check_model_field
 
@@ -35,6 +36,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
     body = await read_body(request, state.cfg.gateway.max_body_bytes)
     required = "messages" if route == "chat" else "prompt"
     model = check_model_field(body.get("model"))
+    remember_labels(request, model_label(state, model))
     value = body.get(required)
     if route == "chat" and (not isinstance(value, list) or not value):
         raise BadRequest("`messages` is required: a non-empty list of {role, content} objects", param="messages")
@@ -49,6 +51,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         if pinned is not None:
             state.keys.check_pin(principal, request.headers.get("authorization"))
         target = state.resolve(model, request_key(request, body, principal), pinned)
+        remember_labels(request, target.model_label, target.variant_label)
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
         call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
         await lease.wait_upstream()
