@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from serving.auth import Principal
 from serving.errors import BadRequest
+from serving.gateway.abkey import random_key, request_key
 from serving.gateway.admission import Leased
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.proxy import Call, forward
@@ -17,18 +18,6 @@ from serving.gateway.state import GatewayState, PrincipalDep, StateDep
 from serving.registry import check_model_field
 
 router = APIRouter()
-
-
-def request_key(request: Request, body: dict, principal: Principal) -> str:
-    """The A/B key: the `user` field, else X-User-Id, else the API key, else the client address."""
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return f"user:{user}"
-    if header := request.headers.get("x-user-id"):
-        return f"user:{header}"
-    if principal.key_hash:
-        return f"key:{principal.key_hash}"
-    return f"addr:{request.client.host if request.client else 'unknown'}"
 
 
 async def handle(request: Request, state: GatewayState, principal: Principal, route: str) -> Response:
@@ -50,7 +39,10 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         pinned = request.headers.get("x-loraplane-variant")
         if pinned is not None:
             state.keys.check_pin(principal, request.headers.get("authorization"))
-        target = state.resolve(model, request_key(request, body, principal), pinned)
+        key = request_key(request, body, principal, state.cfg.gateway.ab_key_sources)
+        if key is None and model in state.experiments:
+            state.metrics.unkeyed_requests.labels(route).inc()
+        target = state.resolve(model, key or random_key(), pinned)
         remember_labels(request, target.model_label, target.variant_label)
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
         call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
