@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServingConfig
+from serving.engine import engine_auth_headers
 from serving.errors import ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.refusals import count_error
@@ -39,10 +40,15 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
             sock_connect=cfg.gateway.connect_timeout_s, sock_read=cfg.gateway.read_timeout_s
         )
         connector = aiohttp.TCPConnector(limit=upstream, limit_per_host=0)
+        engine_auth = engine_auth_headers()  # LORAPLANE_ENGINE_API_KEY, on every engine call
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            httpx.AsyncClient(timeout=timeout, limits=limits, headers=engine_auth) as client,
             aiohttp.ClientSession(
-                timeout=session_timeout, connector=connector, auto_decompress=False, read_bufsize=2**20
+                timeout=session_timeout,
+                connector=connector,
+                auto_decompress=False,
+                read_bufsize=2**20,
+                headers=engine_auth,
             ) as session,
         ):
             state = GatewayState(cfg, engine_urls, client, session)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.engine import ENGINE_KEY_ENV
 from serving.errors import EngineUnavailable, ServingError
 from serving.gateway.state import GatewayState, Target
 from serving.metrics import status_class
@@ -125,6 +126,10 @@ async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aio
     finally:
         resp.release()
     status = resp.status
+    if status == 401:  # the engine refused the gateway itself, not the client
+        text = raw[:200].decode(errors="replace")
+        message = f"engine {engine.index} refused the gateway ({text}): set {ENGINE_KEY_ENV} to the engines' API key"
+        raw, status = json.dumps(ServingError(message, code="engine_auth").body()).encode(), 502
     try:
         payload = json.loads(raw)
     except ValueError:  # e.g. a plain-text 500 page: still this request's error, in OpenAI's shape
