@@ -225,6 +225,8 @@ class EngineProcess:
 
 
 def local_engines(cfg: ServingConfig, base_dir: Path, served_name: str, log_dir: Path) -> list[EngineProcess]:
+    if cfg.engine.replicas == 0:  # a gateway-only process needs no model weights
+        return []
     if not (base_dir / "config.json").is_file():
         raise ConfigError(f"base model directory {base_dir} has no config.json; run `loraplane base pull {cfg.base}`")
     return [EngineProcess(cfg, base_dir, served_name, i, log_dir) for i in range(cfg.engine.replicas)]

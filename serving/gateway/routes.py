@@ -33,7 +33,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         raise BadRequest("`prompt` is required: a string or a list of strings", param="prompt")
     apply_limits(body, route, state.cfg)
     state.keys.authorize(principal, model)
-    state.limiter.take(principal)
+    await state.limiter.take(principal)
     lease = state.admission.admit()
     try:
         pinned = request.headers.get("x-loraplane-variant")

@@ -10,12 +10,13 @@ import aiohttp
 import httpx
 from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal, RateLimiter
+from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
 from serving.experiments import Experiment, ExperimentTable
 from serving.gateway.admission import Admission
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
+from serving.ratelimit import make_limiter
 from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
 
 
@@ -56,7 +57,7 @@ class GatewayState:
         self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)
         self.keys = KeyStore(cfg.auth)
-        self.limiter = RateLimiter()
+        self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.validated: set[str] = set()  # adapter keys that passed validation
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
