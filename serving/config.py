@@ -5,7 +5,6 @@ cfg = load_config(Path("configs/serving/default.yaml"), overrides={"gateway.port
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,9 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError
-
-ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
+from serving.registry import ADAPTER_NAME_RE, VERSION_RE  # the registry contract's patterns
 
 
 class Strict(BaseModel):
