@@ -40,6 +40,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def move_into_place(tmp: Path, target: Path, manifest_name: str, manifest: dict[str, Any], replace: bool) -> None:
+    """The trainer's one atomic writer: write the manifest into the complete `tmp` dir, fsync every
+    file and the dir, rename it to `target` (first removing an old one when `replace`), fsync the parent.
+    """
+    (tmp / manifest_name).write_text(json.dumps(manifest, indent=2) + "\n")
+    for file in tmp.iterdir():
+        _fsync_file(file)
+    tmp.chmod(0o755)
+    _fsync_dir(tmp)
+    if replace and target.exists():
+        shutil.rmtree(target)
+    if target.exists():  # someone published the same name while we wrote
+        raise PublishError(f"{target} appeared while publishing; choose a new name or version")
+    os.rename(tmp, target)  # atomic on one filesystem
+    _fsync_dir(target.parent)
+
+
 def publish_adapter(
     adapter_dir: Path,
     adapters_dir: Path,
@@ -67,14 +84,7 @@ def publish_adapter(
         for file in PEFT_FILES:
             shutil.copyfile(adapter_dir / file, tmp / file)
         manifest = {**manifest, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for file in tmp.iterdir():
-            _fsync_file(file)
-        _fsync_dir(tmp)
-        if target.exists():  # someone published the same version while we copied
-            raise PublishError(f"{target} appeared while publishing; choose a new --publish.version")
-        os.rename(tmp, target)  # atomic on one filesystem; fails if target is a non-empty dir
-        _fsync_dir(parent)
+        move_into_place(tmp, target, ADAPTER_MANIFEST, manifest, replace=False)
     except OSError as exc:
         raise PublishError(f"could not publish to {target}: {exc}") from None
     finally:

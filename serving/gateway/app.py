@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from serving.config import ServingConfig
-from serving.errors import RateLimited, ServingError
+from serving.errors import BadRequest, RateLimited, ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
@@ -58,26 +58,12 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body")
-        body = {
-            "error": {
-                "message": f"{param or 'request'}: {first['msg']}",
-                "type": "invalid_request_error",
-                "param": param or None,
-                "code": None,
-            }
-        }
+        body = BadRequest(f"{param or 'request'}: {first['msg']}", param=param or None).body()
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        body = {
-            "error": {
-                "message": f"internal gateway error: {type(exc).__name__}",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
+        body = ServingError(f"internal gateway error: {type(exc).__name__}").body()
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)

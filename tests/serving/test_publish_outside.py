@@ -16,10 +16,10 @@ from safetensors.numpy import save_file
 
 from fakes.engine import MockSettings
 from fakes.engine import create_app as create_mock_engine
+from fakes.servers import ServerThread
 from serving.cli import adapters_main, eval_summary
 from serving.publish import base_weight_shapes
 from tests.conftest import BASE_NAME, REPO
-from tests.loadtest.conftest import ServerThread
 
 
 @pytest.fixture()
