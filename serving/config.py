@@ -50,7 +50,6 @@ class EngineConfig(Strict):
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # CPU KV cache
     quantization: str | None = None  # vLLM --quantization; None: read from the checkpoint's config
     startup_timeout_s: float = Field(300.0, gt=0)
-    restart_on_crash: bool = True
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     # CPU engines: "auto" binds each local replica's OpenMP threads to its own share of the usable

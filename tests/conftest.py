@@ -16,6 +16,8 @@ import pytest
 
 from fakes.servers import ServerThread, free_port
 
+pytest_plugins = ["tests.shipped_configs"]  # fails a whole-suite run that loads some configs/*.yaml in no test
+
 REPO = Path(__file__).resolve().parents[1]
 BASE_NAME = "smollm2-135m-instruct"
 BASE_DIR = REPO / "models" / BASE_NAME

@@ -286,7 +286,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values = read_yaml(path) if path is not None else {}
     values = _merge(values, parse_overrides(overrides or []))
     return _build(Config, values)
-
-
-def config_from_dict(values: dict[str, Any]) -> Config:
-    return _build(Config, values)
