@@ -27,10 +27,11 @@ demo: base
 	$(BIN)/loraplane demo
 
 test: base
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+# Needs the base too: several fast tests read models/smollm2-135m-instruct (its shapes, tokenizer).
+test-fast: base
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import json
-import socket
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
+
+from fakes.servers import free_port, wait_healthy  # noqa: F401  (free_port: re-exported)
+from loadtest.quantiles import percentile  # noqa: F401  (re-exported)
+from loadtest.scenarios import PlannedRequest
+from loadtest.stream import stream_request
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_DIR = REPO / "models" / "smollm2-135m-instruct"
 PROMPTS = [json.loads(line)["messages"][0]["content"] for line in (REPO / "data/demo/heldout.jsonl").open()]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def spawn_healthy(
+    cmd: list[str], url: str, log: Path, cpu: int | None = None, timeout_s: float = 60
+) -> subprocess.Popen:
+    """Start `cmd` (pinned to core `cpu` with taskset when given) and wait until `url`/health is 200."""
+    if cpu is not None and (os.cpu_count() or 1) > 1:
+        cmd = ["taskset", "-c", str(cpu), *cmd]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    if wait_healthy(url, timeout_s, alive=lambda: proc.poll() is None):
+        return proc
+    if proc.poll() is not None:
+        raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
+    proc.terminate()
+    raise RuntimeError(f"{url} did not become healthy in {timeout_s:.0f} s; see {log}")
 
 
 def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
@@ -59,7 +74,7 @@ def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
 
 
 def stream_chat(client: httpx.Client, url: str, model: str, prompt: str, max_tokens: int) -> dict:
-    """One streamed chat completion: TTFT, end-to-end and output tokens (from usage)."""
+    """One streamed chat completion, timed by the load test's SSE client: TTFT, end-to-end, tokens."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -69,29 +84,11 @@ def stream_chat(client: httpx.Client, url: str, model: str, prompt: str, max_tok
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
-    started = time.perf_counter()
-    ttft, tokens = None, 0
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=300) as resp:
-        resp.raise_for_status()
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - started
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    return {"ttft_s": ttft or 0.0, "e2e_s": time.perf_counter() - started, "tokens": tokens}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    planned = PlannedRequest(index=0, at_s=0.0, model=model, user_key=None, prompt_kind="bench", body=body)
+    sample = stream_request(client, f"{url}/v1/chat/completions", planned, t0=time.perf_counter())
+    if sample.error:
+        raise RuntimeError(f"{model} via {url}: {sample.error}")
+    return {"ttft_s": sample.ttft_s or 0.0, "e2e_s": sample.e2e_s or 0.0, "tokens": sample.output_tokens or 0}
 
 
 def machine() -> str:

@@ -15,42 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 from fakes.registry import write_mock_registry
+from fakes.servers import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import spawn_healthy  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE, ADAPTER = "mock-base", "bench-adapter"
 QUANTILES = ("p50", "p95", "p99")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(cmd: list[str], url: str, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"{url} did not become healthy in 60 s; see {log}")
 
 
 def loadtest(host: str, model: str, out: Path, args: argparse.Namespace) -> dict:
@@ -89,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         config = Path(tmp) / "serving.yaml"
         config.write_text(f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n")
         try:
-            procs.append(start([sys.executable, "-m", "fakes.engine", "--port", str(engine_port),
+            procs.append(spawn_healthy([sys.executable, "-m", "fakes.engine", "--port", str(engine_port),
                                 "--base", BASE, "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
                                 "--itl-ms", str(args.itl_ms)], engine_url, args.out / "engine.log"))  # fmt: skip
-            procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
+            procs.append(spawn_healthy([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
                                 "--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)],
                                gateway_url, args.out / "gateway.log"))  # fmt: skip
             runs = {

@@ -23,23 +23,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, exit_on_sigterm, free_port, percentile, shown_args, write_result
+from bench_common import REPO, exit_on_sigterm, free_port, percentile, shown_args, spawn_healthy, write_result
 
 BASE = "smollm2-135m-instruct"
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
-
-
-def spawn(cmd: list[str], url: str, cpu: int | None, log: Path) -> subprocess.Popen[bytes]:
-    if cpu is not None and os.cpu_count() and os.cpu_count() > 1:
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{cmd} did not become healthy; see {log}")
 
 
 async def one(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
@@ -63,7 +50,7 @@ async def added_latency(engine: str, gateway: str, pairs: int) -> dict:
             via.append(await one(client, gateway))
     out = {}
     for i, key in enumerate(("ttft", "e2e")):
-        for q, p in (("p50", 0.5), ("p99", 0.99)):
+        for q, p in (("p50", 50), ("p99", 99)):
             d, g = percentile([r[i] for r in direct], p), percentile([r[i] for r in via], p)
             out[f"{key}_{q}"] = {"direct_ms": 1000 * d, "gateway_ms": 1000 * g, "added_ms": 1000 * (g - d)}
     return out
@@ -106,13 +93,13 @@ def main() -> int:
     py = sys.executable
     e_port, g_port = free_port(), free_port()
     engine_url, gateway_url = f"http://127.0.0.1:{e_port}", f"http://127.0.0.1:{g_port}"
-    engine = spawn(
+    engine = spawn_healthy(
         [py, "-m", "fakes.engine", "--port", str(e_port), "--tokens", "8", "--ttft-ms", "0", "--itl-ms", "0"],
         engine_url,
-        1,
         logs / "mock.log",
+        cpu=1,
     )
-    gateway = spawn(
+    gateway = spawn_healthy(
         [
             py,
             "-m",
@@ -127,8 +114,9 @@ def main() -> int:
             "configs/serving/default.yaml",
         ],
         gateway_url,
-        0,
         logs / "gateway.log",
+        cpu=0,
+        timeout_s=30,
     )
     try:
         taskset_self = ["taskset", "-p", "-c", "1", str(os.getpid())]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +38,7 @@ from bench_common import (
     write_result,
 )
 
+from fakes.servers import ServerThread
 from serving.config import load_config
 from serving.engine import EngineProcess, choose_dtype
 
@@ -58,23 +58,6 @@ def throughput(url: str, models: list[str], n_requests: int, concurrency: int, m
     return sum(r["tokens"] for r in rows) / (time.perf_counter() - started)
 
 
-def run_gateway(cfg, engine_url: str):
-    import uvicorn
-
-    from serving.gateway.app import create_app
-
-    app = create_app(cfg, [engine_url])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=cfg.gateway.port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    url = f"http://127.0.0.1:{cfg.gateway.port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-
-
 def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) -> dict:
     cfg = load_config(
         None,
@@ -90,8 +73,10 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
     )
     engine = EngineProcess(cfg, BASE_DIR, BASE, 0, REPO / "runs/bench/logs")
     out: dict = {"dtype": choose_dtype(args.dtype), "cpu_lora_ops": args.lora_ops}
-    with engine.running(900):
-        server, gw = run_gateway(cfg, engine.url)
+    from serving.gateway.app import create_app
+
+    with engine.running(900), ServerThread(create_app(cfg, [engine.url]), cfg.gateway.port) as gateway:
+        gw = gateway.url
         client = httpx.Client()
         # 2. hot-load TTFT through the gateway: each adapter's first request (load + first token),
         # then the same request once it is loaded
@@ -102,9 +87,9 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
         out["hotload"] = {
             "cold_ttft_s": cold,
             "warm_ttft_s": warm,
-            "cold_ttft_ms_median": 1000 * percentile(cold, 0.5),
+            "cold_ttft_ms_median": 1000 * percentile(cold, 50),
             "cold_ttft_ms_max": 1000 * max(cold),
-            "added_by_load_ms_median": 1000 * (percentile(cold, 0.5) - percentile(warm, 0.5)),
+            "added_by_load_ms_median": 1000 * (percentile(cold, 50) - percentile(warm, 50)),
         }
         # 1. base-only vs 8 adapters mixed, alternated
         base_rates, mixed_rates = [], []
@@ -127,7 +112,7 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
                     "direct_ms": 1000 * percentile([r[key] for r in direct], p),
                     "gateway_ms": 1000 * percentile([r[key] for r in via], p),
                 }
-                for q, p in (("p50", 0.5), ("p99", 0.99))
+                for q, p in (("p50", 50), ("p99", 99))
             }
             for key in ("ttft_s", "e2e_s")
         }
@@ -135,7 +120,6 @@ def bench_vllm(args: argparse.Namespace, adapters: list[str], registry: Path) ->
         out["vllm_mixed_concurrent_tok_s"] = throughput(
             engine.url, adapters, args.naive_requests * 2, 16, args.max_tokens
         )
-        server.should_exit = True
     return out
 
 

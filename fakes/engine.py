@@ -46,6 +46,8 @@ class MockSettings:
 
 
 def _error(status: int, err_type: str, message: str, param: str | None = None) -> JSONResponse:
+    """vLLM's own error body (its `code` is the HTTP status), not the gateway's: this fake imitates vLLM
+    and must not import serving/, the code it stands in front of in tests."""
     body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
     return JSONResponse(body, status_code=status)
 

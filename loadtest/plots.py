@@ -30,12 +30,8 @@ def plot_distributions(path: Path, samples: list[RequestSample]) -> None:
     for ax, title in zip(axes, ("TTFT", "inter-token gap", "end-to-end"), strict=True):
         ax.set(title=f"{title} (CDF)", xlabel="seconds", ylabel="fraction of samples", ylim=(0, 1.02))
         ax.axhline(0.95, color="grey", lw=0.5, ls=":")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        _finish_axes(ax)
+    _save(fig, path)
 
 
 def plot_ttft_over_time(path: Path, samples: list[RequestSample]) -> None:
@@ -47,9 +43,17 @@ def plot_ttft_over_time(path: Path, samples: list[RequestSample]) -> None:
     if failed:
         ax.scatter([s.start_s for s in failed], [0.0] * len(failed), marker="x", color="red", label="failed")
     ax.set(title="TTFT over time", xlabel="request start (s after run start)", ylabel="TTFT (s)")
+    _finish_axes(ax)
+    _save(fig, path)
+
+
+def _finish_axes(ax) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

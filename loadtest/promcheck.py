@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtest.quantiles import histogram_quantile
+
 TTFT_HISTOGRAM = "loraplane_time_to_first_token_seconds"
 CHECK_QUANTILES = (50.0, 95.0, 99.0)
 
@@ -43,20 +45,7 @@ class Histogram:
 
     def quantile(self, q: float) -> tuple[float, float, float] | None:
         """(estimate, bucket lower bound, bucket upper bound) for q in [0, 100], like histogram_quantile."""
-        bounds = sorted(self.buckets)
-        total = self.buckets[bounds[-1]] if bounds else 0.0
-        if total <= 0:
-            return None
-        rank, lower, below = q / 100 * total, 0.0, 0.0
-        for upper in bounds:
-            count = self.buckets[upper]
-            if count >= rank:
-                if math.isinf(upper):  # PromQL answers the highest finite bound here
-                    return lower, lower, upper
-                share = (rank - below) / (count - below) if count > below else 1.0
-                return lower + (upper - lower) * share, lower, upper
-            lower, below = upper, count
-        return None
+        return histogram_quantile(self.buckets, q)
 
 
 def parse_histograms(text: str, name: str = TTFT_HISTOGRAM) -> dict[SeriesKey, Histogram]:

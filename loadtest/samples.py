@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.quantiles import percentile
+
 LATENCY_METRICS = ("ttft", "itl", "e2e")
 REPORT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 
@@ -49,10 +51,6 @@ class RequestSample:
     def lag_s(self) -> float:
         """How late the request started against the arrival plan (client saturation)."""
         return self.start_s - self.scheduled_s
-
-
-def percentile(values: np.ndarray, q: float) -> float | None:
-    return float(np.percentile(values, q)) if values.size else None
 
 
 class RunStats:

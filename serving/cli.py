@@ -6,10 +6,8 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +19,7 @@ import httpx
 from serving.config import ServingConfig, load_config
 from serving.engine import EngineProcess, check_cpu_lora_plugin, choose_dtype, local_engines
 from serving.errors import ServingError
-from serving.registry import ADAPTER_MANIFEST, AdapterRef, AdapterRegistry, parse_model_name, read_base
+from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
 
 
 def _config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -165,36 +163,6 @@ def run_gateway(cfg: ServingConfig, engine_urls: list[str]) -> None:
     print("gateway: stopped", flush=True)
 
 
-def _publish(registry: AdapterRegistry, src: Path, name: str, version: str) -> Path:
-    """Copy a PEFT adapter directory into the registry atomically, after validating it there."""
-    parse_model_name(f"{name}@{version}")
-    target = registry.adapters_dir / name / version
-    if target.exists():
-        raise ServingError(f"{target} already exists; versions are immutable, publish a new version")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=target.parent))
-    try:
-        for item in ("adapter_config.json", "adapter_model.safetensors", ADAPTER_MANIFEST):
-            if not (src / item).is_file():
-                raise ServingError(
-                    f"{src} has no {item}; an adapter directory needs adapter_config.json, "
-                    f"adapter_model.safetensors and {ADAPTER_MANIFEST}"
-                )
-            shutil.copyfile(src / item, tmp / item)
-        manifest = json.loads((tmp / ADAPTER_MANIFEST).read_text())
-        manifest.update(name=name, version=version)
-        (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        registry.validate(AdapterRef(name, version), path=tmp)
-        for written in tmp.iterdir():
-            with written.open("rb") as fh:
-                os.fsync(fh.fileno())
-        tmp.chmod(0o755)
-        os.rename(tmp, target)
-        return target
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _admin(gateway: str, action: str, model: str) -> dict:
     name, version = parse_model_name(model)
     if version is None:
@@ -213,6 +181,16 @@ def _admin(gateway: str, action: str, model: str) -> dict:
     return resp.json()
 
 
+def eval_summary(manifest: dict) -> str:
+    """'exact_match=0.583 (28/48)' from a manifest's eval block; 'eval unknown' when there is none."""
+    result = manifest.get("eval") or {}
+    value, n = result.get("value"), result.get("n")
+    if not isinstance(value, int | float):
+        return "eval unknown"
+    count = f" ({round(value * n)}/{n})" if isinstance(n, int) and n > 0 else ""
+    return f"{result.get('metric', 'metric')}={value:.3f}{count}"
+
+
 def adapters_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="loraplane adapters", description="the adapter registry")
     parser.add_argument("--config", action="append", default=[])
@@ -221,6 +199,7 @@ def adapters_main(argv: list[str]) -> int:
     pub = sub.add_parser("publish", help="validate an adapter directory and publish it as NAME@VERSION")
     pub.add_argument("src", type=Path)
     pub.add_argument("model", help="NAME@VERSION, e.g. support-bot@v3")
+    pub.add_argument("--base", help="the served base's name, when adapter_config.json names it otherwise")
     for action, help_ in (
         ("load", "load NAME@VERSION into a running gateway's engines"),
         ("unload", "unload NAME@VERSION from a running gateway's engines"),
@@ -239,15 +218,14 @@ def adapters_main(argv: list[str]) -> int:
             cfg.registry.adapters_dir, read_base(cfg.registry.models_dir, cfg.base), cfg.engine.max_lora_rank
         )
         if args.action == "publish":
-            name, version = parse_model_name(args.model)
-            print(f"published {_publish(registry, args.src, name, version or '')}")
+            from serving.publish import publish_adapter_dir
+
+            print(f"published {publish_adapter_dir(registry, args.src, args.model, args.base)}")
             return 0
         for name in registry.names():
             for version in registry.versions(name):
                 try:
-                    manifest = registry.validate(AdapterRef(name, version))
-                    metric = manifest.get("eval", {})
-                    status = f"ok  {metric.get('metric', '')}={metric.get('value', '')}"
+                    status = f"ok  {eval_summary(registry.validate(AdapterRef(name, version)))}"
                 except ServingError as exc:
                     status = f"REJECTED: {exc}"
                 print(f"{name}@{version:<8} {status}")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,10 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError
-
-ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
-
+from serving.registry import ADAPTER_NAME_RE, VERSION_RE  # the registry contract's patterns
 
 ABKeySource = Literal["user", "header", "api_key"]
 AB_KEY_SOURCES: tuple[ABKeySource, ...] = ("user", "header", "api_key")
@@ -71,7 +67,6 @@ class EngineConfig(Strict):
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # CPU KV cache
     quantization: str | None = None  # vLLM --quantization; None: read from the checkpoint's config
     startup_timeout_s: float = Field(300.0, gt=0)
-    restart_on_crash: bool = True
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     # CPU engines: "auto" binds each local replica's OpenMP threads to its own share of the usable

@@ -1,8 +1,10 @@
-"""Read side of the registry (docs/registry.md): resolve and validate adapters, without torch.
+"""The registry contract on the serving side, and its read side (docs/registry.md); no torch.
 
 The registry directory is the source of truth. A version is servable when its PEFT files
 parse, its rank fits the engine, its tensors' header is sound and its manifest pins the
 served base's weights (or the full-precision base a quantized base was made from).
+trainer/registry_contract.py holds the same rules for the trainer (the two never import each
+other); tests/test_registry_contract.py asserts both give the same verdicts.
 """
 
 from __future__ import annotations
@@ -12,14 +14,95 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from serving.capabilities import check_adapter_base
-from serving.config import ADAPTER_NAME_RE, VERSION_RE
 from serving.errors import AdapterRejected, BadRequest, NotFound
 
+# --- the contract (trainer/registry_contract.py holds the same) ---
+ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
 ADAPTER_MANIFEST = "loraplane-adapter.json"
 BASE_MANIFEST = "loraplane-base.json"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_FILES = (PEFT_CONFIG, PEFT_WEIGHTS)
+ADAPTER_FILES = (*PEFT_FILES, ADAPTER_MANIFEST)  # what a published version directory holds
+# The trainer's rules plus what only the serving side reads: the manifest and the tensor file.
+RULES = ("name", "version", "files", "peft_type", "modules_to_save", "dora", "rank", "base", "manifest", "tensors")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class Problem(NamedTuple):
+    rule: str  # one of RULES
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def name_problems(name: str, version: str) -> list[Problem]:
+    problems = []
+    if not ADAPTER_NAME_RE.match(name):
+        problems.append(Problem("name", f"adapter name {name!r} must match {ADAPTER_NAME_RE.pattern}"))
+    if not VERSION_RE.match(version):
+        problems.append(Problem("version", f"adapter version {version!r} must look like v1, v2, ..."))
+    return problems
+
+
+def peft_problems(peft_config: dict[str, Any], max_lora_rank: int) -> list[Problem]:
+    """Why vLLM would refuse to load this PEFT adapter config (empty list: it can)."""
+    problems = []
+    if peft_config.get("peft_type", "LORA") != "LORA":
+        problems.append(Problem("peft_type", f"peft_type {peft_config.get('peft_type')!r} is not LORA"))
+    if peft_config.get("modules_to_save"):
+        problems.append(
+            Problem(
+                "modules_to_save",
+                f"modules_to_save {peft_config['modules_to_save']} cannot be served by vLLM; retrain without it",
+            )
+        )
+    if peft_config.get("use_dora"):
+        problems.append(Problem("dora", "DoRA adapters cannot be served by vLLM"))
+    rank = int(peft_config.get("r", 0))
+    if not 0 < rank <= max_lora_rank:
+        problems.append(
+            Problem(
+                "rank",
+                f"rank {rank} is outside 1..{max_lora_rank} (engine.max_lora_rank); "
+                "raise the limit or retrain with a smaller r",
+            )
+        )
+    return problems
+
+
+def adapter_base_matches(adapter_base_sha256: str, base_manifest: dict) -> bool:
+    """The adapter's base is this base, or the full-precision base this one was quantized from."""
+    accepted = {base_manifest.get("weights_sha256"), base_manifest.get("source_weights_sha256")}
+    return adapter_base_sha256 in accepted - {None}
+
+
+def base_problems(adapter_manifest: dict, base_manifest: dict) -> list[Problem]:
+    adapter_sha = (adapter_manifest.get("base") or {}).get("weights_sha256", "")
+    if adapter_base_matches(adapter_sha, base_manifest):
+        return []
+    source = base_manifest.get("source_weights_sha256")
+    also = f" or its source base's {source}" if source else ""
+    return [
+        Problem(
+            "base",
+            f"trained on base weights_sha256 {adapter_sha or '<missing>'}, but base "
+            f"{base_manifest.get('name', '?')!r} has weights_sha256 {base_manifest.get('weights_sha256')}{also}; "
+            "retrain the adapter on this base (or its full-precision source) or serve the base it was trained on",
+        )
+    ]
+
+
+def check_adapter_base(adapter_manifest: dict, base_manifest: dict) -> None:
+    """Raise AdapterRejected naming both checksums when the adapter was trained on another base."""
+    problems = base_problems(adapter_manifest, base_manifest)
+    if problems:
+        name = f"{adapter_manifest.get('name', '?')}@{adapter_manifest.get('version', '?')}"
+        raise AdapterRejected(f"adapter {name} was {problems[0]}", code="adapter_base_mismatch")
 
 
 @dataclass(frozen=True)
@@ -143,51 +226,42 @@ class AdapterRegistry:
         except (OSError, ValueError) as exc:
             raise AdapterRejected(f"adapter {ref.key}: cannot read {ADAPTER_MANIFEST}: {exc}") from None
 
-    def validate(self, ref: AdapterRef, path: Path | None = None) -> dict:
-        """Raise AdapterRejected naming the reason when a version cannot be served; else its manifest.
-
-        `path` validates a directory that is not (yet) at its registry place, e.g. before publishing.
-        """
+    def problems(self, ref: AdapterRef, path: Path | None = None) -> list[Problem]:
+        """Every reason `ref` (or the directory `path`, e.g. before publishing) cannot be served here."""
         path = path or self.path(ref)
-        manifest = self.manifest(ref, path)
-        self._check_base(ref, manifest)
+        problems = name_problems(ref.name, ref.version)
+        missing = [f for f in ADAPTER_FILES if not (path / f).is_file()]
+        if missing:
+            return [*problems, Problem("files", f"{path} lacks {', '.join(missing)}")]
         try:
-            peft_config = json.loads((path / "adapter_config.json").read_text())
+            manifest = json.loads((path / ADAPTER_MANIFEST).read_text())
+            peft_config = json.loads((path / PEFT_CONFIG).read_text())
         except (OSError, ValueError) as exc:
-            raise AdapterRejected(f"adapter {ref.key}: adapter_config.json unreadable: {exc}") from None
-        self._check_peft(ref, peft_config)
+            return [*problems, Problem("manifest", f"cannot read {ADAPTER_MANIFEST} or {PEFT_CONFIG}: {exc}")]
+        problems += base_problems(manifest, self.base_manifest())
+        problems += peft_problems(peft_config, self.max_lora_rank)
         try:
-            header = safetensors_header(path / "adapter_model.safetensors")
+            header = safetensors_header(path / PEFT_WEIGHTS)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AdapterRejected(f"adapter {ref.key}: adapter_model.safetensors is broken: {exc}") from None
+            return [*problems, Problem("tensors", f"{PEFT_WEIGHTS} is broken: {exc}")]
         if not any(key.endswith("lora_A.weight") for key in header):
-            raise AdapterRejected(f"adapter {ref.key}: adapter_model.safetensors holds no lora_A weights")
-        return manifest
+            problems.append(Problem("tensors", f"{PEFT_WEIGHTS} holds no lora_A weights"))
+        return problems
 
-    def _check_base(self, ref: AdapterRef, manifest: dict) -> None:
-        base_manifest = {
+    def validate(self, ref: AdapterRef, path: Path | None = None) -> dict:
+        """Raise AdapterRejected naming the reasons when a version cannot be served; else its manifest."""
+        problems = self.problems(ref, path)
+        if problems:
+            code = "adapter_base_mismatch" if any(p.rule == "base" for p in problems) else None
+            raise AdapterRejected(f"adapter {ref.key}: " + "; ".join(map(str, problems)), code=code)
+        return self.manifest(ref, path)
+
+    def base_manifest(self) -> dict:
+        return {
             "name": self.base.name,
             "weights_sha256": self.base.weights_sha256,
             "source_weights_sha256": self.base.source_weights_sha256,
         }
-        check_adapter_base({**manifest, "name": ref.name, "version": ref.version}, base_manifest)
-
-    def _check_peft(self, ref: AdapterRef, peft_config: dict) -> None:
-        if peft_config.get("peft_type", "LORA") != "LORA":
-            raise AdapterRejected(f"adapter {ref.key}: peft_type {peft_config.get('peft_type')!r} is not LORA")
-        if peft_config.get("modules_to_save"):
-            raise AdapterRejected(
-                f"adapter {ref.key}: modules_to_save {peft_config['modules_to_save']} "
-                "cannot be served by vLLM; retrain without it"
-            )
-        if peft_config.get("use_dora"):
-            raise AdapterRejected(f"adapter {ref.key}: DoRA adapters cannot be served by vLLM")
-        rank = int(peft_config.get("r", 0))
-        if not 0 < rank <= self.max_lora_rank:
-            raise AdapterRejected(
-                f"adapter {ref.key}: rank {rank} is outside 1..{self.max_lora_rank} "
-                "(engine.max_lora_rank); raise the limit or retrain with a smaller r"
-            )
 
 
 def check_model_field(value: object) -> str:

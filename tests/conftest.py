@@ -7,16 +7,17 @@ Started once per test session (vLLM takes ~40-90 s to start on 2 cores).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from fakes.servers import ServerThread, free_port
+
+pytest_plugins = ["tests.shipped_configs"]  # fails a whole-suite run that loads some configs/*.yaml in no test
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_NAME = "smollm2-135m-instruct"
@@ -28,12 +29,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -108,31 +103,11 @@ def engine(serving_config, base_dir: Path, tmp_path_factory: pytest.TempPathFact
         yield proc
 
 
-class GatewayThread:
-    """A real uvicorn server for a gateway app, on a loopback port, in a thread."""
+class GatewayThread(ServerThread):
+    """The real gateway app in a uvicorn thread; ready once /health answers (503: no engine yet)."""
 
-    def __init__(self, app, port: int):
-        import uvicorn
-
-        self.url = f"http://127.0.0.1:{port}"
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> GatewayThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code in (200, 503):
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("gateway did not start")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+    def __init__(self, app, port: int | None = None):
+        super().__init__(app, port, ready_statuses=(200, 503))
 
     @property
     def state(self):

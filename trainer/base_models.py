@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import BaseModelError, TrainerError
-
-MANIFEST_NAME = "loraplane-base.json"
+from trainer.registry_contract import BASE_MANIFEST as MANIFEST_NAME
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ An unknown key or a value of the wrong type raises ConfigError naming the key an
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,9 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from trainer.errors import ConfigError
+from trainer.registry_contract import ADAPTER_NAME_RE, ADAPTER_VERSION_RE
 
-ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-ADAPTER_VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
 DATA_FORMATS = ("auto", "chat", "alpaca", "sharegpt", "prompt_completion")
 
 
@@ -287,8 +285,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- dotted CLI overrides, validated."""
     values = read_yaml(path) if path is not None else {}
     values = _merge(values, parse_overrides(overrides or []))
-    return _build(Config, values)
-
-
-def config_from_dict(values: dict[str, Any]) -> Config:
     return _build(Config, values)

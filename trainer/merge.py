@@ -22,6 +22,7 @@ from trainer.base_models import MANIFEST_NAME as BASE_MANIFEST
 from trainer.base_models import read_manifest, resolve_base, weights_sha256
 from trainer.errors import TrainerError
 from trainer.publish import MANIFEST_NAME as ADAPTER_MANIFEST
+from trainer.publish import move_into_place
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -80,14 +81,7 @@ def merge(adapter_dir: Path, out_dir: Path, models_dir: Path, base: str | None, 
             "merged_from": {"adapter": {k: adapter[k] for k in ("name", "version", "lora")}, "base": adapter["base"]},
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (tmp / BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for file in tmp.iterdir():
-            with file.open("rb") as fh:
-                os.fsync(fh.fileno())
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        move_into_place(tmp, out_dir, BASE_MANIFEST, manifest, replace=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,36 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import PublishError
+from trainer.registry_contract import ADAPTER_MANIFEST, PEFT_FILES, adapter_dir_problems, servability_problems
 
-MANIFEST_NAME = "loraplane-adapter.json"
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def servability_problems(adapter_config: dict[str, Any], max_lora_rank: int) -> list[str]:
-    """Why vLLM would refuse this PEFT adapter config (empty list: it can serve it)."""
-    problems = []
-    if adapter_config.get("modules_to_save"):
-        problems.append(
-            f"modules_to_save={adapter_config['modules_to_save']} (vLLM loads only LoRA matrices; "
-            "set lora.modules_to_save to [])"
-        )
-    if adapter_config.get("use_dora"):
-        problems.append("DoRA (vLLM cannot serve DoRA adapters; set lora.use_dora false)")
-    rank = int(adapter_config.get("r", 0))
-    if rank > max_lora_rank:
-        problems.append(
-            f"rank {rank} > max_lora_rank {max_lora_rank} (the engine's --max-lora-rank; "
-            "lower lora.r or raise publish.max_lora_rank together with the server's limit)"
-        )
-    if adapter_config.get("peft_type", "LORA") != "LORA":
-        problems.append(f"peft_type {adapter_config['peft_type']} (only LORA adapters are served)")
-    return problems
+MANIFEST_NAME = ADAPTER_MANIFEST  # re-exported for trainer.merge and tests
 
 
 def check_servable(adapter_config: dict[str, Any], max_lora_rank: int) -> None:
     problems = servability_problems(adapter_config, max_lora_rank)
     if problems:
-        raise PublishError("refusing to publish an adapter vLLM cannot load: " + "; ".join(problems))
+        raise PublishError("refusing to publish an adapter vLLM cannot load: " + "; ".join(map(str, problems)))
 
 
 def _fsync_file(path: Path) -> None:
@@ -61,14 +40,39 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def move_into_place(tmp: Path, target: Path, manifest_name: str, manifest: dict[str, Any], replace: bool) -> None:
+    """The trainer's one atomic writer: write the manifest into the complete `tmp` dir, fsync every
+    file and the dir, rename it to `target` (first removing an old one when `replace`), fsync the parent.
+    """
+    (tmp / manifest_name).write_text(json.dumps(manifest, indent=2) + "\n")
+    for file in tmp.iterdir():
+        _fsync_file(file)
+    tmp.chmod(0o755)
+    _fsync_dir(tmp)
+    if replace and target.exists():
+        shutil.rmtree(target)
+    if target.exists():  # someone published the same name while we wrote
+        raise PublishError(f"{target} appeared while publishing; choose a new name or version")
+    os.rename(tmp, target)  # atomic on one filesystem
+    _fsync_dir(target.parent)
+
+
 def publish_adapter(
-    adapter_dir: Path, adapters_dir: Path, name: str, version: str, manifest: dict[str, Any], max_lora_rank: int
+    adapter_dir: Path,
+    adapters_dir: Path,
+    name: str,
+    version: str,
+    manifest: dict[str, Any],
+    max_lora_rank: int,
+    base_manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """Copy a saved PEFT adapter + manifest into the registry atomically; return the version dir."""
-    missing = [f for f in ADAPTER_FILES if not (adapter_dir / f).is_file()]
-    if missing:
-        raise PublishError(f"{adapter_dir} lacks {', '.join(missing)}; is it a saved PEFT adapter?")
-    check_servable(json.loads((adapter_dir / "adapter_config.json").read_text()), max_lora_rank)
+    """Copy a saved PEFT adapter + manifest into the registry atomically; return the version dir.
+
+    `base_manifest` (the trained-on base's loraplane-base.json) also checks the manifest's base pin.
+    """
+    problems = adapter_dir_problems(adapter_dir, name, version, max_lora_rank, manifest, base_manifest)
+    if problems:
+        raise PublishError(f"refusing to publish {name}@{version}: " + "; ".join(map(str, problems)))
     parent = adapters_dir / name
     target = parent / version
     if target.exists():
@@ -77,17 +81,10 @@ def publish_adapter(
     tmp = parent / f".tmp-{version}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        for file in ADAPTER_FILES:
+        for file in PEFT_FILES:
             shutil.copyfile(adapter_dir / file, tmp / file)
         manifest = {**manifest, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        for file in tmp.iterdir():
-            _fsync_file(file)
-        _fsync_dir(tmp)
-        if target.exists():  # someone published the same version while we copied
-            raise PublishError(f"{target} appeared while publishing; choose a new --publish.version")
-        os.rename(tmp, target)  # atomic on one filesystem; fails if target is a non-empty dir
-        _fsync_dir(parent)
+        move_into_place(tmp, target, ADAPTER_MANIFEST, manifest, replace=False)
     except OSError as exc:
         raise PublishError(f"could not publish to {target}: {exc}") from None
     finally:

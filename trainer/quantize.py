@@ -27,6 +27,7 @@ from pathlib import Path
 
 from trainer.base_models import MANIFEST_NAME, read_manifest, resolve_base, weights_sha256
 from trainer.errors import BaseModelError, ConfigError, DataError, TrainerError
+from trainer.publish import move_into_place
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUANT_VENV = Path(".venv-quant")  # relative to the repo root
@@ -184,18 +185,6 @@ def _manifest(opts: QuantizeOptions, name: str, source_dir: Path, out: Path, cal
     }
 
 
-def _finish(tmp: Path, target: Path, manifest: dict) -> None:
-    """Write the manifest, fsync, and rename into place (readers see no base or a whole one)."""
-    (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    for path in tmp.iterdir():
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())
-    tmp.chmod(0o755)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-
-
 def quantize(opts: QuantizeOptions) -> Path:
     """Validate everything, run the worker in .venv-quant, publish models/<name>/ atomically."""
     source_dir = resolve_base(opts.base, opts.models_dir)
@@ -239,7 +228,7 @@ def quantize(opts: QuantizeOptions) -> Path:
             raise TrainerError(f"the quantizer failed for {source_dir.name} (see its output above)")
         job_file.unlink()
         manifest = _manifest(opts, name, source_dir, tmp, calib_sha, len(samples))
-        _finish(tmp, target, manifest)
+        move_into_place(tmp, target, MANIFEST_NAME, manifest, replace=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

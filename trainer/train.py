@@ -351,7 +351,9 @@ def publish(run: Run, adapter_dir: Path, eval_result: dict[str, Any]) -> Path:
 
     pub = run.cfg.publish
     manifest = build_manifest(name=pub.name, version=pub.version, eval_result=eval_result, **manifest_parts(run))
-    return publish_adapter(adapter_dir, Path(pub.adapters_dir), pub.name, pub.version, manifest, pub.max_lora_rank)
+    return publish_adapter(
+        adapter_dir, Path(pub.adapters_dir), pub.name, pub.version, manifest, pub.max_lora_rank, run.base_manifest
+    )
 
 
 def finish(run: Run) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from serving.config import ExperimentConfig
-from serving.errors import BadRequest
+from serving.errors import BadRequest, EngineUnavailable
 from serving.gateway.state import GatewayState, StateDep
 from serving.registry import parse_model_name
 
@@ -120,15 +120,8 @@ async def health(state: StateDep) -> Response:
     ]
     if any(e.healthy for e in state.pool.engines):
         return JSONResponse({"status": "ok", "engines": engines})
-    body = {
-        "error": {
-            "message": "the engine is unavailable: no healthy vLLM engine",
-            "type": "server_error",
-            "param": None,
-            "code": "engine_unavailable",
-        },
-        "engines": engines,
-    }
+    unavailable = EngineUnavailable("the engine is unavailable: no healthy vLLM engine", code="engine_unavailable")
+    body = {**unavailable.body(), "engines": engines}
     return JSONResponse(body, status_code=503)
 
 

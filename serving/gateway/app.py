@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServingConfig
 from serving.engine import engine_auth_headers
-from serving.errors import ServingError
+from serving.errors import BadRequest, ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.feedback import router as feedback_router
 from serving.gateway.refusals import count_error
@@ -79,7 +79,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         count_error(request, exc.status_code)  # unknown paths (404), wrong methods (405)
-        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}}
+        body = BadRequest(str(exc.detail)).body()  # OpenAI's shape, type invalid_request_error
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -87,27 +87,13 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         count_error(request, 400)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body")
-        body = {
-            "error": {
-                "message": f"{param or 'request'}: {first['msg']}",
-                "type": "invalid_request_error",
-                "param": param or None,
-                "code": None,
-            }
-        }
+        body = BadRequest(f"{param or 'request'}: {first['msg']}", param=param or None).body()
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         count_error(request, 500)
-        body = {
-            "error": {
-                "message": f"internal gateway error: {type(exc).__name__}",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
+        body = ServingError(f"internal gateway error: {type(exc).__name__}").body()
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)

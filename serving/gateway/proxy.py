@@ -191,7 +191,7 @@ async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aio
 
 
 def _error_event(message: str) -> str:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": "engine_unavailable"}}
+    body = EngineUnavailable(message, code="engine_unavailable").body()
     return f"data: {json.dumps(body)}\n\n"
 
 

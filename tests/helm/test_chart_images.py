@@ -16,7 +16,10 @@ import pytest
 import yaml
 from helm_release import CHART_DIR, case_values
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (requires-python): the same parser from PyPI, a dev dependency there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER_DIR = ROOT / "docker"

@@ -6,19 +6,16 @@ subprocess (`python -m loraplane loadtest ...`), because Locust monkey-patches i
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fakes.engine import MockSettings, create_app
 from fakes.registry import write_mock_registry
+from fakes.servers import ServerThread, free_port  # noqa: F401  (free_port: for the suite's tests)
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "mock-base"
@@ -26,41 +23,6 @@ ADAPTER = "lt-adapter"
 EXPERIMENT = "lt-ab"
 SLOW_VARIANT = f"{ADAPTER}@v2"
 SLOW_MS = 100.0  # injected extra time to first token for SLOW_VARIANT on the mock engine
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerThread:
-    """A uvicorn server for an ASGI app on a free loopback port, in a daemon thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"server on {self.url} did not become healthy")
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from fakes.servers import free_port
 from tests.trainer.sample_data import MODELS_DIR, REPO
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_args(dataset: Path, out_dir: Path, grad_accum: int) -> list[str]:

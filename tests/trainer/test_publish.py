@@ -56,7 +56,7 @@ def test_existing_version_is_refused(tmp_path):
     [
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"use_dora": True}, "DoRA"),
-        ({"r": 32}, "rank 32 > max_lora_rank 16"),
+        ({"r": 32}, "rank 32 is outside 1..16"),
     ],
 )
 def test_unservable_adapters_are_refused_with_the_reason(tmp_path, config, reason):

@@ -35,7 +35,7 @@ def demo_args(tmp_path: Path, *extra: str) -> list[str]:
 def test_unservable_rank_fails_before_training(tmp_path, capsys):
     assert main(demo_args(tmp_path, "--lora.r", "32")) == 2
     err = capsys.readouterr().err
-    assert err.startswith("loraplane train: error:") and "rank 32 > max_lora_rank 16" in err
+    assert err.startswith("loraplane train: error:") and "rank 32 is outside 1..16" in err
     assert not (tmp_path / "run").exists()
 
 

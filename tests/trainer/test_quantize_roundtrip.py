@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.capabilities import check_adapter_base, check_base_servable, detect_machine
+from serving.capabilities import check_base_servable, detect_machine
 from serving.errors import ConfigError
+from serving.registry import check_adapter_base
 from trainer.base_models import weights_sha256
 
 # GPTQ on 2 shared cores: ~4 min alone, far longer when other jobs share them.

@@ -12,13 +12,12 @@ import pytest
 from serving.capabilities import (
     AVX512_FLAGS,
     Machine,
-    adapter_base_matches,
-    check_adapter_base,
     check_base_servable,
     detect_machine,
     read_cpu_flags,
 )
 from serving.errors import AdapterRejected, ConfigError
+from serving.registry import adapter_base_matches, check_adapter_base
 
 REPO = Path(__file__).resolve().parents[2]
 AVX2 = frozenset({"fpu", "sse4_2", "avx", "avx2", "fma"})
