@@ -132,17 +132,20 @@ def test_auth_hashes_come_from_a_secret_layered_as_a_second_config(releases, tmp
 
 
 def test_existing_auth_secret_is_mounted_and_not_rendered(render):
-    release = render({"gateway": {"auth": {"enabled": True, "existingSecret": "prod-keys", "secretKey": "keys.yaml"}}})
-    assert release.kinds("Secret") == []
+    auth = {"enabled": True, "existingSecret": "prod-keys", "secretKey": "keys.yaml"}
+    release = render({"gateway": {"auth": auth}, "helmTest": {"enabled": False}})
+    assert [s["metadata"]["name"] for s in release.kinds("Secret")] == [f"{PREFIX}-engine-key"]
     container = release.container(release.gateway, "gateway")
     assert container["args"][-2:] == ["--config", "/etc/loraplane/secret/keys.yaml"]
     volumes = {v["name"]: v for v in release.pod_spec(release.gateway)["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == "prod-keys"
 
 
-def test_auth_without_any_key_is_refused_at_render(render):
-    with pytest.raises(helm_python.HelmError, match="no key is configured"):
-        render({"gateway": {"auth": {"enabled": True}}})
+def test_auth_without_an_admin_key_is_refused_at_render(render):
+    """Closed by default: with auth on, the admin API needs a key, so the chart wants its hash."""
+    keys = [{"name": "team", "sha256": "0" * 64}]
+    with pytest.raises(helm_python.HelmError, match=r"gateway.auth.adminKeySha256 is empty"):
+        render({"gateway": {"auth": {"enabled": True, "keys": keys}}, "helmTest": {"enabled": False}})
 
 
 def test_changed_weights_roll_the_gateway_pods(render):
@@ -166,7 +169,9 @@ def test_gateway_hpa_ingress_and_pdb(releases):
     assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-example-com-tls"}]
     assert release.find("PodDisruptionBudget", f"{PREFIX}-gateway")["spec"]["minAvailable"] == 1
     default = releases["default"]
-    assert default.kinds("Ingress") == [] and default.gateway["spec"]["replicas"] == 2
+    assert default.kinds("Ingress") == [] and default.gateway["spec"]["replicas"] == 1
+    # one gateway pod: no gateway PDB (minAvailable 1 of 1 would block every node drain)
+    assert [pdb["metadata"]["name"] for pdb in default.kinds("PodDisruptionBudget")] == [f"{PREFIX}-engine"]
 
 
 def test_rendered_config_file_is_plain_yaml_with_no_unset_values(release):

@@ -68,7 +68,7 @@ def test_every_object_in_the_schema_is_closed_or_a_free_form_kubernetes_field():
     free_form = {
         "commonLabels", "podSecurityContext", "containerSecurityContext", "env", "nodeSelector",
         "affinity", "podAnnotations", "annotations", "labels", "requests", "limits", "seccompProfile",
-        "tolerations[]",
+        "tolerations[]", "namespaceSelector", "podSelector",
     }  # fmt: skip
 
     def walk(node: dict, name: str) -> None:
