@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from helm_release import PREFIX
-
-
-def engine_args(release) -> dict[str, str | None]:
-    """--flag=value -> {flag: value}; a bare --flag -> {flag: None}."""
-    args = release.container(release.engine, "engine")["args"]
-    parsed: dict[str, str | None] = {}
-    for arg in args:
-        flag, _, value = arg.partition("=")
-        parsed[flag] = value or None
-    return parsed
+from helm_release import PREFIX, engine_args
 
 
 def test_vllm_serves_the_base_from_the_model_volume_with_lora_enabled(release):

@@ -7,37 +7,11 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from helm_release import PREFIX
+from helm_release import PREFIX, gateway_config_files, load_gateway_config
 
-from serving.config import ServingConfig, load_config
+from serving.config import load_config
 
 ROLLOUT_SET_JSON = 'experiments=[{"name":"demo-json","variants":{"demo-json@v1":90,"demo-json@v2":10}}]'
-
-
-def gateway_config_files(release, tmp_path: Path) -> list[Path]:
-    """The files the gateway container gets, in its --config order, written where the test can read them."""
-    container = release.container(release.gateway, "gateway")
-    args = container["args"]
-    config_paths = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in release.pod_spec(release.gateway)["volumes"]}
-    files = []
-    for index, path in enumerate(config_paths):
-        directory, _, key = path.rpartition("/")
-        volume = volumes[mounts[directory]]  # the path lies in a mounted ConfigMap or Secret
-        if "configMap" in volume:
-            data = release.find("ConfigMap", volume["configMap"]["name"])["data"]
-        else:
-            data = release.find("Secret", volume["secret"]["secretName"])["stringData"]
-            assert volume["secret"]["items"] == [{"key": key, "path": key}]
-        local = tmp_path / f"{index}-{key}"
-        local.write_text(data[key])
-        files.append(local)
-    return files
-
-
-def load_gateway_config(release, tmp_path: Path) -> ServingConfig:
-    return load_config(gateway_config_files(release, tmp_path))
 
 
 def test_rendered_config_loads_with_the_serving_schema(release, tmp_path):
