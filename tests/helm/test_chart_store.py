@@ -108,3 +108,14 @@ def test_autoscaling_case_is_valid_for_several_gateways(releases):
     assert env["LORAPLANE_STORE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "loraplane-store", "key": "url"}
     assert release.values["gateway"]["auth"]["enabled"] is True
     assert release.kinds("Ingress")
+
+
+def test_notes_name_the_store_the_admin_key_and_unshared_rate_limits(render, releases):
+    notes = "loraplane/templates/NOTES.txt"
+    default = releases["default"].templates[notes]
+    assert f"SQLite on PVC {PREFIX}-store" in default and "admin API answers 403" in default
+    autoscaling = releases["autoscaling"].templates[notes]
+    assert "the URL in Secret loraplane-store" in autoscaling and "LORAPLANE_ADMIN_KEY" in autoscaling
+    assert "counted per gateway pod" not in autoscaling  # shared through ratelimit.redisUrlSecret
+    unshared = render({"gateway": {"replicas": 2}, **PG_SECRET}).templates[notes]
+    assert "Per-key rate limits are counted per gateway pod" in unshared
