@@ -37,6 +37,16 @@ BAD_VALUES = [
     ({"gateway": {"auth": {"keys": [{"name": "a", "sha": "0" * 64}]}}}, "/gateway/auth/keys/0", "'sha'"),
     ({"gateway": {"replicas": 1.5}}, "/gateway/replicas", "want integer"),
     ({"engine": {"replicas": 0}}, "/engine/replicas", "minimum: got 0, want 1"),
+    ({"ratelimit": {"redisUrl": "redis://:pw@h:6379"}}, "/ratelimit/redisUrl", "does not match pattern"),
+    ({"gateway": {"abKeySources": ["ip"]}}, "/gateway/abKeySources/0", "must be one of 'user', 'header'"),
+    ({"gateway": {"maxBodyBytes": 0}}, "/gateway/maxBodyBytes", "minimum: got 0, want 1"),
+    ({"store": {"urlSecret": {"name": "pg", "key": ""}}}, "/store/urlSecret/key", "minLength"),
+    (
+        {"networkPolicy": {"metricsScraper": {"namespace": "Bad NS"}}},
+        "/networkPolicy/metricsScraper/namespace",
+        "Bad NS",
+    ),
+    ({"engine": {"apiKey": {"secretKey": "a b"}}}, "/engine/apiKey/secretKey", "a b"),
 ]
 
 
