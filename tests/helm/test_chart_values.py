@@ -165,7 +165,7 @@ def test_packaged_chart_keeps_the_files_its_templates_read(tmp_path):
     archive = helm_python.package(str(CHART_DIR), destination=str(tmp_path))
     with helm_python.Chart.load(archive) as packaged:
         names = {f["name"] for f in packaged.files}
-        assert {"files/adapter-sync.sh", "dashboards/loraplane.json"} <= names
+        assert {"files/adapter-sync.sh", "files/engine_key_guard.py", "dashboards/loraplane.json"} <= names
         assert not any(name.startswith("ci/") for name in names)
         rendered = packaged.render(case_values("keda-s3-auth"), name="lp", namespace="ai")
     script = yaml.safe_load(rendered["loraplane/templates/adapter-sync-configmap.yaml"])["data"]["adapter-sync.sh"]
