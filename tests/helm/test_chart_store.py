@@ -3,10 +3,17 @@ for several), migrations before the gateway serves, and no evaluator besides the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import helm_python
 import pytest
-from helm_release import POD_KINDS, PREFIX
+import sqlalchemy as sa
+from helm_release import POD_KINDS, PREFIX, gateway_config_files, load_gateway_config
 from sqlalchemy.engine import make_url
+
+from serving.store.connect import URL_ENV, head_revision, store_url
 
 PG_SECRET = {"store": {"urlSecret": {"name": "pg-url", "key": "url"}}}
 
@@ -119,3 +126,33 @@ def test_notes_name_the_store_the_admin_key_and_unshared_rate_limits(render, rel
     assert "counted per gateway pod" not in autoscaling  # shared through ratelimit.redisUrlSecret
     unshared = render({"gateway": {"replicas": 2}, **PG_SECRET}).templates[notes]
     assert "Per-key rate limits are counted per gateway pod" in unshared
+
+
+def test_the_store_reads_the_env_the_chart_sets(releases, monkeypatch, tmp_path):
+    for case in ("default", "autoscaling"):
+        release = releases[case]
+        env = env_of(release.container(release.gateway, "gateway"))
+        assert URL_ENV in env  # the name serving/store/connect.py reads
+        url = env[URL_ENV].get("value", "postgresql+psycopg://lp:pw@pg:5432/loraplane")  # a Secret's content
+        monkeypatch.setenv(URL_ENV, url)
+        (tmp_path / case).mkdir()
+        assert store_url(load_gateway_config(release, tmp_path / case)) == url
+
+
+def test_the_migration_init_container_migrates_the_rendered_config_to_head(releases, tmp_path):
+    """Runs the init container's own command line (`loraplane store migrate --config ...`) on the
+    rendered ConfigMap, with its SQLite URL moved from the PVC mount into tmp_path."""
+    release = releases["default"]
+    migrate = release.container(release.gateway, "store-migrate")
+    (config,) = gateway_config_files(release, tmp_path)[:1]
+    url = env_of(migrate)[URL_ENV]["value"].replace("/var/lib/loraplane", str(tmp_path / "store"))
+    args = [a if not a.endswith("/serving.yaml") else str(config) for a in migrate["args"]]
+    env = {**os.environ, URL_ENV: url}
+    done = subprocess.run(
+        [sys.executable, "-m", migrate["command"][0], *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "(head)" in done.stdout
+    with sa.create_engine(url).connect() as conn:
+        revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
+    assert revision == head_revision()
