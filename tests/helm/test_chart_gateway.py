@@ -11,7 +11,7 @@ from helm_release import PREFIX, gateway_config_files, load_gateway_config
 
 from serving.config import load_config
 
-ROLLOUT_SET_JSON = 'experiments=[{"name":"demo-json","variants":{"demo-json@v1":90,"demo-json@v2":10}}]'
+ROLLOUT_SET_JSON = 'experiments=[{"name":"demo-json-ab","variants":{"demo-json@v1":90,"demo-json@v2":10}}]'
 
 
 def test_rendered_config_loads_with_the_serving_schema(release, tmp_path):
@@ -100,7 +100,7 @@ def test_auth_hashes_come_from_a_secret_layered_as_a_second_config(releases, tmp
     assert cfg.auth.enabled is True
     assert cfg.auth.admin_key_sha256 == auth["adminKeySha256"]
     assert [(k.name, k.sha256, k.models, k.rate_limit_per_minute) for k in cfg.auth.keys] == [
-        ("team-a", auth["keys"][0]["sha256"], ["demo-json"], 600),
+        ("team-a", auth["keys"][0]["sha256"], ["demo-json", "demo-json-ab"], 600),
         ("ops", auth["keys"][1]["sha256"], ["*"], 0),
     ]
 
@@ -124,7 +124,7 @@ def test_auth_without_an_admin_key_is_refused_at_render(render):
 
 def test_changed_weights_roll_the_gateway_pods(render):
     def checksum(weights: dict[str, int]) -> str:
-        release = render({"experiments": [{"name": "demo-json", "variants": weights}]})
+        release = render({"experiments": [{"name": "demo-json-ab", "variants": weights}]})
         return release.gateway["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
     assert checksum({"demo-json@v1": 90, "demo-json@v2": 10}) != checksum({"demo-json@v1": 50, "demo-json@v2": 50})

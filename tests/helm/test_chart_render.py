@@ -161,6 +161,6 @@ def test_service_monitor_scrapes_metrics_of_gateway_and_engines(release):
 def test_notes_tell_how_to_reach_the_gateway_and_show_experiments(releases):
     notes = releases["gpu"].templates["loraplane/templates/NOTES.txt"]
     assert f"port-forward svc/{PREFIX}-gateway 8000:80" in notes
-    assert 'Experiment "demo-json": demo-json@v1=90 demo-json@v2=10' in notes
+    assert 'Experiment "demo-json-ab": demo-json@v1=90 demo-json@v2=10' in notes
     assert "startup budget:\n1800 s" in notes
     assert "Authorization: Bearer" in releases["keda-s3-auth"].templates["loraplane/templates/NOTES.txt"]

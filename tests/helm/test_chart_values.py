@@ -146,7 +146,16 @@ CROSS_FIELD = [
     ({"engine": {"maxLoras": 8, "maxCpuLoras": 4}}, "engine.maxCpuLoras (4) must be >= engine.maxLoras (8)"),
     ({"engine": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}}, "engine.autoscaling.minReplicas (5)"),
     ({"gateway": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}}, "gateway.autoscaling.minReplicas (3)"),
-    (experiment("demo-json", {"demo-json@v1": 0, "demo-json@v2": 0}), 'experiment "demo-json": variant weights sum'),
+    (experiment("demo-ab", {"demo-json@v1": 0, "demo-json@v2": 0}), 'experiment "demo-ab": variant weights sum'),
+    (
+        experiment("demo-json", {"demo-json@v1": 90, "demo-json@v2": 10}),
+        'experiment "demo-json" has the name of adapter',
+    ),
+    (experiment("smollm2-135m-instruct", {"a@v1": 1}), 'experiment "smollm2-135m-instruct" has the name of the base'),
+    (
+        {"experiments": [{"name": "a", "variants": {"b@v1": 1}}, {"name": "b", "variants": {"c@v1": 1}}]},
+        'experiment "b" has the name of adapter "b"',
+    ),
     (
         {"experiments": [{"name": "a", "variants": {"a@v1": 1}}, {"name": "a", "variants": {"a@v2": 1}}]},
         'experiment "a" is defined twice',
