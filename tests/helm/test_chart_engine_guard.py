@@ -49,7 +49,8 @@ def test_the_guard_can_be_turned_off(render):
     release = render({"engine": {"apiKey": {"guardAllPaths": False}}})
     assert "--middleware" not in engine_args(release)
     assert not [c for c in release.kinds("ConfigMap") if c["metadata"]["name"].endswith("key-guard")]
-    assert "--api-key" in engine_args(release)  # vLLM's own /v1 guard stays
+    env = {e["name"] for e in release.container(release.engine, "engine")["env"]}
+    assert "VLLM_API_KEY" in env  # vLLM's own /v1 guard stays
 
 
 @pytest.fixture
@@ -122,6 +123,7 @@ def test_vllms_own_app_behind_the_guard_refuses_adapter_loads_without_the_key(re
     (tmp_path / "engine_key_guard.py").write_text(rendered_guard_source(release))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("LORAPLANE_ENGINE_API_KEY", KEY)
+    monkeypatch.setenv("VLLM_API_KEY", KEY)  # as the chart sets it: vLLM's --api-key from the env
     monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
     sys.modules.pop("engine_key_guard", None)
     importlib.invalidate_caches()
@@ -130,7 +132,7 @@ def test_vllms_own_app_behind_the_guard_refuses_adapter_loads_without_the_key(re
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     args = engine_args(release)
-    flags = ["--model", "unused", "--enable-lora", f"--api-key={KEY}"]
+    flags = ["--model", "unused", "--enable-lora"]
 
     def client(*extra: str) -> TestClient:
         parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(flags + list(extra))

@@ -52,8 +52,9 @@ def _secret_refs(container: dict) -> set[str]:
 
 def test_engines_require_a_key_that_only_engines_and_gateway_get(release):
     secret = release.values["engine"]["apiKey"]["existingSecret"] or f"{PREFIX}-engine-key"
-    engine = release.container(release.engine, "engine")
-    assert "--api-key=$(LORAPLANE_ENGINE_API_KEY)" in engine["args"]  # Kubernetes expands it from env
+    secret_key = release.values["engine"]["apiKey"]["secretKey"]
+    # VLLM_API_KEY is vLLM's --api-key read from the env (the key stays off the process list)
+    expected = {"engine": {ENGINE_KEY_ENV, "VLLM_API_KEY"}, "gateway": {ENGINE_KEY_ENV}}
     holders = set()
     for doc in release.docs:
         if doc["kind"] not in ("Deployment", "StatefulSet", "Pod", "Job", "CronJob"):
@@ -61,14 +62,14 @@ def test_engines_require_a_key_that_only_engines_and_gateway_get(release):
         spec = release.pod_spec(doc)
         assert secret not in {v.get("secret", {}).get("secretName") for v in spec.get("volumes", []) if "secret" in v}
         for container in spec["containers"] + spec.get("initContainers", []):
-            if secret in _secret_refs(container):
-                holders.add((doc["metadata"]["name"], container["name"]))
-                (env,) = [
-                    e for e in container["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret
-                ]
-                assert env["name"] == ENGINE_KEY_ENV
-                assert env["valueFrom"]["secretKeyRef"]["key"] == release.values["engine"]["apiKey"]["secretKey"]
+            if secret not in _secret_refs(container):
+                continue
+            holders.add((doc["metadata"]["name"], container["name"]))
+            refs = [e for e in container["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret]
+            assert {e["name"] for e in refs} == expected[container["name"]]
+            assert {e["valueFrom"]["secretKeyRef"]["key"] for e in refs} == {secret_key}
     assert holders == {(f"{PREFIX}-engine", "engine"), (f"{PREFIX}-gateway", "gateway")}
+    assert not any("api-key" in arg for arg in release.container(release.engine, "engine")["args"])
 
 
 def test_engine_key_secret_is_created_random_or_taken_from_an_existing_secret(render, releases):

@@ -39,7 +39,7 @@ BAD_VALUES = [
     ({"engine": {"replicas": 0}}, "/engine/replicas", "minimum: got 0, want 1"),
     ({"ratelimit": {"redisUrl": "redis://:pw@h:6379"}}, "/ratelimit/redisUrl", "does not match pattern"),
     ({"gateway": {"abKeySources": ["ip"]}}, "/gateway/abKeySources/0", "must be one of 'user', 'header'"),
-    ({"gateway": {"maxBodyBytes": 0}}, "/gateway/maxBodyBytes", "minimum: got 0, want 1"),
+    ({"gateway": {"maxBodyBytes": 100}}, "/gateway/maxBodyBytes", "minimum: got 100, want 1,024"),
     ({"store": {"urlSecret": {"name": "pg", "key": ""}}}, "/store/urlSecret/key", "minLength"),
     (
         {"networkPolicy": {"metricsScraper": {"namespace": "Bad NS"}}},
