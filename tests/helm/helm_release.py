@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from serving.config import ServingConfig, load_config
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = ROOT / "helm" / "loraplane"
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
@@ -72,3 +74,39 @@ def case_values(case: str) -> dict[str, Any]:
     if case == "default":
         return {}
     return yaml.safe_load((CHART_DIR / "ci" / f"{case}-values.yaml").read_text()) or {}
+
+
+def engine_args(release) -> dict[str, str | None]:
+    """--flag=value -> {flag: value}; a bare --flag -> {flag: None}."""
+    args = release.container(release.engine, "engine")["args"]
+    parsed: dict[str, str | None] = {}
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        parsed[flag] = value or None
+    return parsed
+
+
+def gateway_config_files(release, tmp_path: Path) -> list[Path]:
+    """The files the gateway container gets, in its --config order, written where the test can read them."""
+    container = release.container(release.gateway, "gateway")
+    args = container["args"]
+    config_paths = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in release.pod_spec(release.gateway)["volumes"]}
+    files = []
+    for index, path in enumerate(config_paths):
+        directory, _, key = path.rpartition("/")
+        volume = volumes[mounts[directory]]  # the path lies in a mounted ConfigMap or Secret
+        if "configMap" in volume:
+            data = release.find("ConfigMap", volume["configMap"]["name"])["data"]
+        else:
+            data = release.find("Secret", volume["secret"]["secretName"])["stringData"]
+            assert volume["secret"]["items"] == [{"key": key, "path": key}]
+        local = tmp_path / f"{index}-{key}"
+        local.write_text(data[key])
+        files.append(local)
+    return files
+
+
+def load_gateway_config(release, tmp_path: Path) -> ServingConfig:
+    return load_config(gateway_config_files(release, tmp_path))

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from helm_release import PREFIX
-
-
-def engine_args(release) -> dict[str, str | None]:
-    """--flag=value -> {flag: value}; a bare --flag -> {flag: None}."""
-    args = release.container(release.engine, "engine")["args"]
-    parsed: dict[str, str | None] = {}
-    for arg in args:
-        flag, _, value = arg.partition("=")
-        parsed[flag] = value or None
-    return parsed
+from helm_release import PREFIX, engine_args
 
 
 def test_vllm_serves_the_base_from_the_model_volume_with_lora_enabled(release):
@@ -31,7 +21,7 @@ def test_vllm_serves_the_base_from_the_model_volume_with_lora_enabled(release):
     assert args["--dtype"] == engine["dtype"]
     assert args["--port"] == str(engine["port"])
     assert container["args"][len(container["args"]) - len(engine["extraArgs"]) :] == engine["extraArgs"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert {k: str(v) for k, v in engine["env"].items()}.items() <= env.items()
@@ -68,7 +58,7 @@ def test_cpu_only_case_has_no_gpu_and_a_cpu_image(releases):
     assert "runtimeClassName" not in release.pod_spec(release.engine)
     # Guaranteed QoS (whole CPUs, requests == limits) and vLLM's thread binding over all of them.
     assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"] == "4"
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "auto" and env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
 
 
@@ -111,16 +101,23 @@ def test_volumes_shm_models_and_adapters_are_mounted(release):
 def test_created_claims_are_kept_on_uninstall_and_existing_claims_are_used(render):
     release = render({})
     claims = {c["metadata"]["name"]: c for c in release.kinds("PersistentVolumeClaim")}
-    assert set(claims) == {f"{PREFIX}-models", f"{PREFIX}-adapters"}
+    assert set(claims) == {f"{PREFIX}-models", f"{PREFIX}-adapters", f"{PREFIX}-store"}
     for claim in claims.values():
         assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    existing = render({"models": {"existingClaim": "llm-weights"}, "adapters": {"existingClaim": "registry"}})
+    existing = render(
+        {
+            "models": {"existingClaim": "llm-weights"},
+            "adapters": {"existingClaim": "registry"},
+            "store": {"sqlite": {"existingClaim": "control-plane"}},
+        }
+    )
     assert existing.kinds("PersistentVolumeClaim") == []
     volumes = {v["name"]: v for v in existing.pod_spec(existing.engine)["volumes"]}
     assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "llm-weights"
     assert volumes["adapters"]["persistentVolumeClaim"]["claimName"] == "registry"
     gateway_volumes = {v["name"]: v for v in existing.pod_spec(existing.gateway)["volumes"]}
     assert gateway_volumes["adapters"]["persistentVolumeClaim"]["claimName"] == "registry"
+    assert gateway_volumes["store"]["persistentVolumeClaim"]["claimName"] == "control-plane"
 
 
 def test_gpu_scheduling_values_reach_the_pod(releases):

@@ -7,37 +7,11 @@ from pathlib import Path
 import helm_python
 import pytest
 import yaml
-from helm_release import PREFIX
+from helm_release import PREFIX, gateway_config_files, load_gateway_config
 
-from serving.config import ServingConfig, load_config
+from serving.config import load_config
 
-ROLLOUT_SET_JSON = 'experiments=[{"name":"demo-json","variants":{"demo-json@v1":90,"demo-json@v2":10}}]'
-
-
-def gateway_config_files(release, tmp_path: Path) -> list[Path]:
-    """The files the gateway container gets, in its --config order, written where the test can read them."""
-    container = release.container(release.gateway, "gateway")
-    args = container["args"]
-    config_paths = [args[i + 1] for i, arg in enumerate(args) if arg == "--config"]
-    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
-    volumes = {v["name"]: v for v in release.pod_spec(release.gateway)["volumes"]}
-    files = []
-    for index, path in enumerate(config_paths):
-        directory, _, key = path.rpartition("/")
-        volume = volumes[mounts[directory]]  # the path lies in a mounted ConfigMap or Secret
-        if "configMap" in volume:
-            data = release.find("ConfigMap", volume["configMap"]["name"])["data"]
-        else:
-            data = release.find("Secret", volume["secret"]["secretName"])["stringData"]
-            assert volume["secret"]["items"] == [{"key": key, "path": key}]
-        local = tmp_path / f"{index}-{key}"
-        local.write_text(data[key])
-        files.append(local)
-    return files
-
-
-def load_gateway_config(release, tmp_path: Path) -> ServingConfig:
-    return load_config(gateway_config_files(release, tmp_path))
+ROLLOUT_SET_JSON = 'experiments=[{"name":"demo-json-ab","variants":{"demo-json@v1":90,"demo-json@v2":10}}]'
 
 
 def test_rendered_config_loads_with_the_serving_schema(release, tmp_path):
@@ -126,28 +100,31 @@ def test_auth_hashes_come_from_a_secret_layered_as_a_second_config(releases, tmp
     assert cfg.auth.enabled is True
     assert cfg.auth.admin_key_sha256 == auth["adminKeySha256"]
     assert [(k.name, k.sha256, k.models, k.rate_limit_per_minute) for k in cfg.auth.keys] == [
-        ("team-a", auth["keys"][0]["sha256"], ["demo-json"], 600),
+        ("team-a", auth["keys"][0]["sha256"], ["demo-json", "demo-json-ab"], 600),
         ("ops", auth["keys"][1]["sha256"], ["*"], 0),
     ]
 
 
 def test_existing_auth_secret_is_mounted_and_not_rendered(render):
-    release = render({"gateway": {"auth": {"enabled": True, "existingSecret": "prod-keys", "secretKey": "keys.yaml"}}})
-    assert release.kinds("Secret") == []
+    auth = {"enabled": True, "existingSecret": "prod-keys", "secretKey": "keys.yaml"}
+    release = render({"gateway": {"auth": auth}, "helmTest": {"enabled": False}})
+    assert [s["metadata"]["name"] for s in release.kinds("Secret")] == [f"{PREFIX}-engine-key"]
     container = release.container(release.gateway, "gateway")
     assert container["args"][-2:] == ["--config", "/etc/loraplane/secret/keys.yaml"]
     volumes = {v["name"]: v for v in release.pod_spec(release.gateway)["volumes"]}
     assert volumes["auth"]["secret"]["secretName"] == "prod-keys"
 
 
-def test_auth_without_any_key_is_refused_at_render(render):
-    with pytest.raises(helm_python.HelmError, match="no key is configured"):
-        render({"gateway": {"auth": {"enabled": True}}})
+def test_auth_without_an_admin_key_is_refused_at_render(render):
+    """Closed by default: with auth on, the admin API needs a key, so the chart wants its hash."""
+    keys = [{"name": "team", "sha256": "0" * 64}]
+    with pytest.raises(helm_python.HelmError, match=r"gateway.auth.adminKeySha256 is empty"):
+        render({"gateway": {"auth": {"enabled": True, "keys": keys}}, "helmTest": {"enabled": False}})
 
 
 def test_changed_weights_roll_the_gateway_pods(render):
     def checksum(weights: dict[str, int]) -> str:
-        release = render({"experiments": [{"name": "demo-json", "variants": weights}]})
+        release = render({"experiments": [{"name": "demo-json-ab", "variants": weights}]})
         return release.gateway["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
     assert checksum({"demo-json@v1": 90, "demo-json@v2": 10}) != checksum({"demo-json@v1": 50, "demo-json@v2": 50})
@@ -166,7 +143,9 @@ def test_gateway_hpa_ingress_and_pdb(releases):
     assert ingress["spec"]["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-example-com-tls"}]
     assert release.find("PodDisruptionBudget", f"{PREFIX}-gateway")["spec"]["minAvailable"] == 1
     default = releases["default"]
-    assert default.kinds("Ingress") == [] and default.gateway["spec"]["replicas"] == 2
+    assert default.kinds("Ingress") == [] and default.gateway["spec"]["replicas"] == 1
+    # one gateway pod: no gateway PDB (minAvailable 1 of 1 would block every node drain)
+    assert [pdb["metadata"]["name"] for pdb in default.kinds("PodDisruptionBudget")] == [f"{PREFIX}-engine"]
 
 
 def test_rendered_config_file_is_plain_yaml_with_no_unset_values(release):

@@ -7,6 +7,7 @@ import json
 import helm_python
 import kubernetes_validate
 import pytest
+import yaml
 from helm_release import CASES, CHART_DIR, POD_KINDS, PREFIX, case_values
 from kubernetes_validate import utils as kv_utils
 from yamllint import linter
@@ -24,6 +25,7 @@ YAMLLINT = YamlLintConfig(
     "extends: default\nrules:\n  line-length: disable\n  document-start: disable\n"
     "  indentation: {spaces: consistent, indent-sequences: whatever}\n"
 )
+CHART_VERSION = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["version"]
 STANDARD_LABELS = {
     "app.kubernetes.io/name": "loraplane",
     "app.kubernetes.io/instance": "lp",
@@ -79,7 +81,7 @@ def test_every_resource_has_standard_labels_and_a_prefixed_name(release):
         assert meta["name"].startswith(PREFIX) and len(meta["name"]) <= 63, meta["name"]
         labels = meta.get("labels", {})
         assert STANDARD_LABELS.items() <= labels.items(), f"{doc['kind']}/{meta['name']}: {labels}"
-        assert labels["helm.sh/chart"] == "loraplane-0.1.0"
+        assert labels["helm.sh/chart"] == f"loraplane-{CHART_VERSION}"
 
 
 def test_selectors_match_their_pod_templates_and_services_find_pods(release):
@@ -159,6 +161,6 @@ def test_service_monitor_scrapes_metrics_of_gateway_and_engines(release):
 def test_notes_tell_how_to_reach_the_gateway_and_show_experiments(releases):
     notes = releases["gpu"].templates["loraplane/templates/NOTES.txt"]
     assert f"port-forward svc/{PREFIX}-gateway 8000:80" in notes
-    assert 'Experiment "demo-json": demo-json@v1=90 demo-json@v2=10' in notes
+    assert 'Experiment "demo-json-ab": demo-json@v1=90 demo-json@v2=10' in notes
     assert "startup budget:\n1800 s" in notes
     assert "Authorization: Bearer" in releases["keda-s3-auth"].templates["loraplane/templates/NOTES.txt"]

@@ -37,6 +37,16 @@ BAD_VALUES = [
     ({"gateway": {"auth": {"keys": [{"name": "a", "sha": "0" * 64}]}}}, "/gateway/auth/keys/0", "'sha'"),
     ({"gateway": {"replicas": 1.5}}, "/gateway/replicas", "want integer"),
     ({"engine": {"replicas": 0}}, "/engine/replicas", "minimum: got 0, want 1"),
+    ({"ratelimit": {"redisUrl": "redis://:pw@h:6379"}}, "/ratelimit/redisUrl", "does not match pattern"),
+    ({"gateway": {"abKeySources": ["ip"]}}, "/gateway/abKeySources/0", "must be one of 'user', 'header'"),
+    ({"gateway": {"maxBodyBytes": 100}}, "/gateway/maxBodyBytes", "minimum: got 100, want 1,024"),
+    ({"store": {"urlSecret": {"name": "pg", "key": ""}}}, "/store/urlSecret/key", "minLength"),
+    (
+        {"networkPolicy": {"metricsScraper": {"namespace": "Bad NS"}}},
+        "/networkPolicy/metricsScraper/namespace",
+        "Bad NS",
+    ),
+    ({"engine": {"apiKey": {"secretKey": "a b"}}}, "/engine/apiKey/secretKey", "a b"),
 ]
 
 
@@ -68,7 +78,7 @@ def test_every_object_in_the_schema_is_closed_or_a_free_form_kubernetes_field():
     free_form = {
         "commonLabels", "podSecurityContext", "containerSecurityContext", "env", "nodeSelector",
         "affinity", "podAnnotations", "annotations", "labels", "requests", "limits", "seccompProfile",
-        "tolerations[]",
+        "tolerations[]", "namespaceSelector", "podSelector",
     }  # fmt: skip
 
     def walk(node: dict, name: str) -> None:
@@ -136,7 +146,16 @@ CROSS_FIELD = [
     ({"engine": {"maxLoras": 8, "maxCpuLoras": 4}}, "engine.maxCpuLoras (4) must be >= engine.maxLoras (8)"),
     ({"engine": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}}, "engine.autoscaling.minReplicas (5)"),
     ({"gateway": {"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}}, "gateway.autoscaling.minReplicas (3)"),
-    (experiment("demo-json", {"demo-json@v1": 0, "demo-json@v2": 0}), 'experiment "demo-json": variant weights sum'),
+    (experiment("demo-ab", {"demo-json@v1": 0, "demo-json@v2": 0}), 'experiment "demo-ab": variant weights sum'),
+    (
+        experiment("demo-json", {"demo-json@v1": 90, "demo-json@v2": 10}),
+        'experiment "demo-json" has the name of adapter',
+    ),
+    (experiment("smollm2-135m-instruct", {"a@v1": 1}), 'experiment "smollm2-135m-instruct" has the name of the base'),
+    (
+        {"experiments": [{"name": "a", "variants": {"b@v1": 1}}, {"name": "b", "variants": {"c@v1": 1}}]},
+        'experiment "b" has the name of adapter "b"',
+    ),
     (
         {"experiments": [{"name": "a", "variants": {"a@v1": 1}}, {"name": "a", "variants": {"a@v2": 1}}]},
         'experiment "a" is defined twice',
@@ -155,7 +174,7 @@ def test_packaged_chart_keeps_the_files_its_templates_read(tmp_path):
     archive = helm_python.package(str(CHART_DIR), destination=str(tmp_path))
     with helm_python.Chart.load(archive) as packaged:
         names = {f["name"] for f in packaged.files}
-        assert {"files/adapter-sync.sh", "dashboards/loraplane.json"} <= names
+        assert {"files/adapter-sync.sh", "files/engine_key_guard.py", "dashboards/loraplane.json"} <= names
         assert not any(name.startswith("ci/") for name in names)
         rendered = packaged.render(case_values("keda-s3-auth"), name="lp", namespace="ai")
     script = yaml.safe_load(rendered["loraplane/templates/adapter-sync-configmap.yaml"])["data"]["adapter-sync.sh"]

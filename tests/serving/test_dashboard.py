@@ -15,6 +15,8 @@ def declared_names() -> set[str]:
     names = set()
     for family in GatewayMetrics().registry.collect():
         names |= {s.name for s in family.samples} | {family.name, f"{family.name}_total", f"{family.name}_bucket"}
+        if family.type in ("summary", "histogram"):  # a labelled family has no samples until first use
+            names |= {f"{family.name}_sum", f"{family.name}_count"}
     return names
 
 

@@ -175,3 +175,58 @@ failureThreshold: {{ .probe.failureThreshold }}
     readOnly: true
 {{- end }}
 {{- end }}
+
+{{/* The fewest gateway pods: the fixed count, or the HPA's minimum. */}}
+{{- define "loraplane.gatewayMinPods" -}}
+{{- if .Values.gateway.autoscaling.enabled }}{{ .Values.gateway.autoscaling.minReplicas }}{{ else }}{{ .Values.gateway.replicas }}{{ end }}
+{{- end }}
+
+{{/* "true" when more than one gateway pod may run: they then need a shared (PostgreSQL) store. */}}
+{{- define "loraplane.gatewayIsReplicated" -}}
+{{- if or .Values.gateway.autoscaling.enabled (gt (int .Values.gateway.replicas) 1) }}true{{ end }}
+{{- end }}
+
+{{/* The engine key Secret (vLLM --api-key): given, or created by the chart. */}}
+{{- define "loraplane.engineKeySecret" -}}
+{{- default (printf "%s-key" (include "loraplane.engineName" .)) .Values.engine.apiKey.existingSecret }}
+{{- end }}
+
+{{/* Env var LORAPLANE_ENGINE_API_KEY from the engine key Secret: the engines and the gateway only. */}}
+{{- define "loraplane.engineKeyEnv" -}}
+- name: LORAPLANE_ENGINE_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "loraplane.engineKeySecret" . }}
+      key: {{ .Values.engine.apiKey.secretKey }}
+{{- end }}
+
+{{/* The SQLite store (no store.urlSecret): a PVC mounted at storeDir. */}}
+{{- define "loraplane.storeDir" -}}/var/lib/loraplane{{- end }}
+{{- define "loraplane.storeClaim" -}}
+{{- default (printf "%s-store" (include "loraplane.fullname" .)) .Values.store.sqlite.existingClaim }}
+{{- end }}
+
+{{/* Env of the gateway and its migration init container: the store URL and the shared rate-limit URL. */}}
+{{- define "loraplane.gatewayStoreEnv" -}}
+{{- $store := .Values.store }}
+{{- $rl := .Values.ratelimit }}
+- name: LORAPLANE_STORE_URL
+{{- if $store.urlSecret.name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $store.urlSecret.name }}
+      key: {{ $store.urlSecret.key }}
+{{- else }}
+  value: {{ printf "sqlite:///%s/loraplane.db" (include "loraplane.storeDir" .) | quote }}
+{{- end }}
+{{- if $rl.redisUrlSecret.name }}
+- name: LORAPLANE_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $rl.redisUrlSecret.name }}
+      key: {{ $rl.redisUrlSecret.key }}
+{{- else if $rl.redisUrl }}
+- name: LORAPLANE_REDIS_URL
+  value: {{ $rl.redisUrl | quote }}
+{{- end }}
+{{- end }}
