@@ -71,9 +71,7 @@ def test_dpo_loss_matches_trl():
 def test_distill_kl_matches_kl_div():
     torch.manual_seed(1)
     student, teacher, t = torch.randn(9, 50), torch.randn(9, 50) * 2, 2.5
-    expected = F.kl_div(
-        (student / t).log_softmax(-1), (teacher / t).log_softmax(-1), reduction="sum", log_target=True
-    )
+    expected = F.kl_div((student / t).log_softmax(-1), (teacher / t).log_softmax(-1), reduction="sum", log_target=True)
     assert distill_kl(student, teacher, t).item() == pytest.approx(expected.item(), rel=1e-5)
     assert distill_kl(teacher, teacher, t).item() == pytest.approx(0.0, abs=1e-5)
 
