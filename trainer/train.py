@@ -132,6 +132,12 @@ def build_objective(cfg: Config, peft_model, tokenizer, base_dir: Path, manifest
     return SFT(peft_model)
 
 
+def reference_pairs(batches: Batches, max_steps: int) -> list[Pair]:
+    """The pairs this process trains on in steps 0..max_steps-1 (batches are a function of the step)."""
+    seen = {id(p): p for step in range(max_steps) for micro in batches.for_step(step)[0] for p in micro}
+    return list(seen.values())
+
+
 def setup(cfg: Config) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -153,9 +159,13 @@ def setup(cfg: Config) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     objective = build_objective(cfg, model, tokenizer, base_dir, manifest, precision)
     eval_pairs = encode_pairs(tokenizer, eval_data, cfg.data.max_seq_len) if eval_data and eval_data.rejected else []
+    batches = Batches(
+        examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, cfg.train.length_grouping,
+        accelerator.num_processes, accelerator.process_index,
+    )  # fmt: skip
     if cfg.train.method == "dpo":  # reference = the starting point, before any step
-        for pairs in (examples, eval_pairs):
-            set_reference(pairs, model, tokenizer.pad_token_id, cfg.eval.batch_size, accelerator.device, parent is None)
+        seen = reference_pairs(batches, cfg.train.max_steps) + eval_pairs
+        set_reference(seen, model, tokenizer.pad_token_id, cfg.eval.batch_size, accelerator.device, parent is None)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = math.ceil(cfg.train.warmup_ratio * cfg.train.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -163,10 +173,6 @@ def setup(cfg: Config) -> Run:
         lambda s: lr_lambda(s, cfg.train.max_steps, warmup, cfg.train.scheduler, cfg.train.min_lr_ratio),
     )
     prepared, optimizer = accelerator.prepare(objective, optimizer)
-    batches = Batches(
-        examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, cfg.train.length_grouping,
-        accelerator.num_processes, accelerator.process_index,
-    )  # fmt: skip
     reporter = Reporter(Path(cfg.out_dir), accelerator.is_main_process)
     run = Run(
         cfg, accelerator, tokenizer, prepared, optimizer, scheduler, batches, train_data, eval_data, eval_examples,
