@@ -27,13 +27,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 REPORT = REPO / "benchmarks" / "reports" / "train_methods.json"
 HELDOUT, HELDOUT_PAIRS = "data/demo/heldout.jsonl", "data/demo/preferences-heldout.jsonl"
+THREADS = os.environ.get("BENCH_THREADS")  # OMP_NUM_THREADS for the training subprocesses
 
 
 def train(config: str, out: Path, adapters: Path, *extra: str) -> dict:
     cmd = [sys.executable, "-m", "loraplane", "train", "--config", config, "--out_dir", str(out)]
     cmd += ["--publish.adapters_dir", str(adapters), "--resume", "false", *extra]
     started = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if THREADS:  # on a shared, oversubscribed CPU one thread per process wastes less in OpenMP barriers
+        env["OMP_NUM_THREADS"] = THREADS
+    subprocess.run(cmd, cwd=REPO, check=True, env=env)
     summary = json.loads((out / "summary.json").read_text())
     return {"wall_s": round(time.perf_counter() - started, 1), "eval": summary["eval"], "steps": summary["steps"]}
 
@@ -88,7 +92,7 @@ def main() -> None:
     runs = REPO / args.runs
     adapters = runs / "adapters"
     report = json.loads(REPORT.read_text()) if REPORT.is_file() else {}
-    report |= {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    report |= {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "omp_threads": THREADS}
     loads = report.setdefault("loadavg_1min", {})
     v1 = adapters / "demo-json" / "v1"
     if "sft" in only and not v1.is_dir():

@@ -46,7 +46,7 @@ class LoraConfig:
     use_dora: bool = False  # trainable, but the publisher refuses it (vLLM cannot load DoRA)
     modules_to_save: list[str] = field(default_factory=list)  # likewise refused at publish
     # continue training an existing adapter: adapters/NAME/vN, NAME@vN (in publish.adapters_dir) or a
-    # run's adapter dir. Its own r/alpha/target_modules then apply; the manifest records it as parent.
+    # run's adapter dir. Its own r/alpha/dropout/target_modules then apply; the manifest records it as parent.
     init_from: str | None = None
 
     def __post_init__(self) -> None:

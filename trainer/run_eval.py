@@ -107,12 +107,14 @@ def restore_best(run: Run) -> None:
     state = run.state
     if not (run.cfg.train.restore_best and run.eval_examples and run.cfg.train.eval_every):
         return
-    if not state.eval_losses or state.eval_losses[-1][0] != state.step:
-        periodic_eval(run, state.step)  # the last step's weights compete too
+    if state.best_step is None or state.best_step == state.step:
+        return
+    last_evaluated = bool(state.eval_losses) and state.eval_losses[-1][0] == state.step
+    if not last_evaluated and current_eval_loss(run) < state.best_eval - 1e-4:
+        return  # the last step's weights are the best (final_eval logs their loss)
     run.accelerator.wait_for_everyone()
-    if state.best_step is not None and state.best_step != state.step:
-        checkpoint.load_lora(run.peft_model, checkpoint.best_file(run.out_dir / "checkpoints", state.best_step))
-        run.log(f"restored the best eval checkpoint (step {state.best_step}, eval loss {state.best_eval:.4f})")
+    checkpoint.load_lora(run.peft_model, checkpoint.best_file(run.out_dir / "checkpoints", state.best_step))
+    run.log(f"restored the best eval checkpoint (step {state.best_step}, eval loss {state.best_eval:.4f})")
 
 
 def final_eval(run: Run) -> dict[str, Any]:
