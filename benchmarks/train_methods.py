@@ -97,8 +97,8 @@ def main() -> None:
     v1 = adapters / "demo-json" / "v1"
     if "sft" in only and not v1.is_dir():
         report["sft"] = train("configs/train/demo.yaml", runs / "sft", adapters)
-    if "sft" in only or "reference" not in report:
-        report["reference"] = reference_numbers(v1)
+    if only & {"sft", "dpo"} and ("sft" in only or "reference" not in report):
+        report["reference"] = reference_numbers(v1)  # a lone --only distill reads it from the report
     if v1.is_dir() and "sft" not in report:
         report["sft"] = {"eval": json.loads((v1 / "loraplane-adapter.json").read_text())["eval"]}
     for method, config in (("dpo", "configs/train/demo-dpo.yaml"), ("distill", "configs/train/demo-distill.yaml")):
@@ -106,6 +106,11 @@ def main() -> None:
             loads[f"{method}_start"] = os.getloadavg()[0]
             report[method] = train(config, runs / method, adapters, "--publish.enabled", "false")
             loads[f"{method}_end"] = os.getloadavg()[0]
+    if REPORT.is_file():  # another invocation (--only) may have written its results meanwhile
+        latest = json.loads(REPORT.read_text())
+        ours = {k for k in ("sft", "reference", "dpo", "distill") if k in only or k not in latest}
+        report = latest | {k: report[k] for k in ours if k in report} | {"date": report["date"]}
+        report["loadavg_1min"] = latest.get("loadavg_1min", {}) | loads
     report["targets"] = targets(report)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
@@ -113,7 +118,9 @@ def main() -> None:
 
 
 def targets(report: dict) -> dict:
-    out = {}
+    out: dict = {}
+    if "reference" not in report or "sft" not in report:
+        return out
     sft_em, base_em = report["sft"]["eval"]["value"], report["reference"]["base_exact_match"]
     if "dpo" in report:
         ev = report["dpo"]["eval"]

@@ -120,7 +120,7 @@ def test_early_stopping_publishes_the_best_checkpoint_not_the_last_step(tmp_path
     out, adapters = tmp_path / "run", tmp_path / "adapters"
     heldout = head(tmp_path, "data/demo/heldout.jsonl", 4)  # unrelated to the tiny data: eval loss rises
     flags = ["--data.train", str(tiny_dataset), "--data.eval", str(heldout), "--train.lr", "1e-2"]
-    flags += ["--train.max_steps", "6", "--train.eval_every", "1", "--train.early_stopping_patience", "2"]
+    flags += ["--train.max_steps", "4", "--train.eval_every", "1", "--train.early_stopping_patience", "2"]
     flags += ["--train.save_every", "1", "--train.histogram_every", "1", "--publish.version", "v1"]
     assert main(args(out, adapters, *flags)) == 0
     summary = json.loads((out / "summary.json").read_text())
