@@ -9,10 +9,12 @@ run killed mid-write leaves no directory that `latest()` would pick.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,34 @@ import torch
 from trainer.errors import TrainerError
 
 STATE_FILE = "trainer_state.json"
+BEST_DIR = "best"  # checkpoints/best/: the LoRA weights of the best eval so far
+
+
+@dataclass
+class RunState:
+    """Everything the loop carries between steps, saved and restored as a whole."""
+
+    step: int = 0  # optimizer steps done
+    train_losses: list[list[float]] = field(default_factory=list)  # [step, loss]
+    eval_losses: list[list[float]] = field(default_factory=list)  # [step, eval loss] of periodic evals
+    best_eval: float | None = None  # lowest eval loss so far
+    best_step: int | None = None  # the step whose weights are in checkpoints/best/
+    bad_evals: int = 0  # evals in a row without improvement (early stopping)
+    train_seconds: float = 0.0  # summed over resumes
+    tokens_per_s: float | None = None  # of the last (resumed) session
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # config keys a resume must match
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunState:
+        values = json.loads(text)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TrainerError(f"trainer state has unknown fields {unknown}; written by another version?")
+        return cls(**values)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -73,18 +103,48 @@ def write_process_rng(root: Path, step: int, rank: int) -> None:
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
 
 
-def commit(root: Path, step: int, peft_model, optimizer, scheduler, state: dict[str, Any], keep: int = 2) -> Path:
-    """Main process: write weights/optimizer/state into the temp dir, rename it, prune old ones."""
+def save_lora(peft_model, path: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    save_file(weights, path)
+
+
+def load_lora(peft_model, path: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(peft_model, load_file(path))
+
+
+def best_file(root: Path, step: int) -> Path:
+    return root / BEST_DIR / f"step-{step:06d}.safetensors"
+
+
+def save_best(root: Path, step: int, peft_model) -> Path:
+    """Write the live LoRA weights as checkpoints/best/step-N.safetensors (atomically).
+
+    Earlier bests stay until the run finishes: a resumed checkpoint may name one of them.
+    """
+    final = best_file(root, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(".tmp-" + final.name)
+    save_lora(peft_model, tmp)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def commit(root: Path, step: int, peft_model, optimizer, scheduler, state: RunState, keep: int = 2) -> Path:
+    """Main process: write weights/optimizer/state into the temp dir, rename it, prune old ones."""
     tmp = tmp_dir(root, step)
     tmp.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
-    save_file(weights, tmp / "adapter_model.safetensors")
+    save_lora(peft_model, tmp / "adapter_model.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / STATE_FILE).write_text(json.dumps(state))  # last: its presence marks completeness
+    (tmp / STATE_FILE).write_text(state.to_json())  # last: its presence marks completeness
     _fsync_tree(tmp)
     final = step_dir(root, step)
     if final.exists():
@@ -95,19 +155,16 @@ def commit(root: Path, step: int, peft_model, optimizer, scheduler, state: dict[
     return final
 
 
-def restore(path: Path, peft_model, optimizer, scheduler, rank: int) -> dict[str, Any]:
+def restore(path: Path, peft_model, optimizer, scheduler, rank: int) -> RunState:
     """Load a checkpoint into the live objects; return the saved trainer state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     rng_file = path / f"rng-{rank}.pt"
     if not rng_file.is_file():
         raise TrainerError(
             f"{path} has no RNG state for process {rank}; resume with the same number of processes "
             "or start a fresh out_dir"
         )
-    set_peft_model_state_dict(peft_model, load_file(path / "adapter_model.safetensors"))
+    load_lora(peft_model, path / "adapter_model.safetensors")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())
+    return RunState.from_json((path / STATE_FILE).read_text())

@@ -43,6 +43,9 @@ class LoraConfig:
     rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
     use_dora: bool = False  # trainable, but the publisher refuses it (vLLM cannot load DoRA)
     modules_to_save: list[str] = field(default_factory=list)  # likewise refused at publish
+    # continue training an existing adapter: adapters/NAME/vN, NAME@vN (in publish.adapters_dir) or a
+    # run's adapter dir. Its own r/alpha/dropout/target_modules then apply; the manifest records it as parent.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.r < 1:
@@ -99,6 +102,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evals without eval-loss improvement before stopping; 0: off
     save_every: int = 0  # steps between resumable checkpoints; 0: none
     length_grouping: bool = True  # batch samples of similar length together (less padding)
+    method: Literal["sft", "dpo", "distill"] = "sft"  # the objective (trainer/objectives.py)
+    histogram_every: int = 10  # steps between LoRA weight/gradient histograms in TensorBoard; 0: off
+    restore_best: bool = True  # with eval_every: publish the best-eval-loss weights, not the last step's
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum"):
@@ -108,11 +114,37 @@ class TrainConfig:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        for key in ("log_every", "eval_every", "save_every", "early_stopping_patience"):
+        for key in ("log_every", "eval_every", "save_every", "early_stopping_patience", "histogram_every"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if self.early_stopping_patience and not self.eval_every:
             raise ConfigError("train.early_stopping_patience needs train.eval_every > 0 (evals to compare)")
+
+
+@dataclass
+class DpoConfig:
+    """train.method dpo: sigmoid DPO against the starting point (reference log-probs computed once)."""
+
+    beta: float = 0.1  # strength of the KL pull to the reference (TRL's default)
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class DistillConfig:
+    """train.method distill: loss = (1-w)*CE + w*T^2*KL(teacher||student) on answer tokens."""
+
+    teacher: str | None = None  # a local HF model dir, or an adapter (NAME@vN, adapters/NAME/vN, run dir)
+    kl_weight: float = 0.5  # w
+    temperature: float = 2.0  # T: both distributions are softened by T
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.kl_weight <= 1.0:
+            raise ConfigError(f"distill.kl_weight must be in [0, 1], got {self.kl_weight}")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -160,6 +192,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.method == "distill" and self.distill.teacher is None:
+            raise ConfigError("train.method distill needs distill.teacher (a model dir or an adapter NAME@vN)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Dataset:
     conversations: list[Messages]
     skipped: int  # bad records skipped (only with skip_bad_lines)
     sha256: str  # of the file bytes, pinned in the adapter manifest
+    rejected: list[Messages] = field(default_factory=list)  # preference data: parallel to conversations
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -164,7 +165,8 @@ def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset
     n_val = max(1, round(len(order) * ratio))
     if n_val >= len(order):
         raise DataError(f"{dataset.path}: {len(order)} examples are too few for data.val_ratio {ratio}")
-    pick = lambda idx: [dataset.conversations[i] for i in sorted(idx)]  # noqa: E731
-    val = Dataset(dataset.path, pick(order[:n_val]), 0, dataset.sha256)
-    train = Dataset(dataset.path, pick(order[n_val:]), dataset.skipped, dataset.sha256)
+    pick = lambda rows, idx: [rows[i] for i in sorted(idx)] if rows else []  # noqa: E731
+    c, r = dataset.conversations, dataset.rejected
+    val = Dataset(dataset.path, pick(c, order[:n_val]), 0, dataset.sha256, pick(r, order[:n_val]))
+    train = Dataset(dataset.path, pick(c, order[n_val:]), dataset.skipped, dataset.sha256, pick(r, order[n_val:]))
     return train, val

@@ -27,6 +27,12 @@ class Reporter:
         with (self.out_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": step, **values}) + "\n")
 
+    def histograms(self, step: int, values: dict) -> None:
+        """TensorBoard histograms only ({tag: tensor}); too big for metrics.jsonl."""
+        if self.enabled:
+            for tag, tensor in values.items():
+                self.writer.add_histogram(tag, tensor.detach().float().cpu(), step)
+
     def text(self, tag: str, body: str, step: int) -> None:
         if self.enabled:
             self.writer.add_text(tag, body, step)

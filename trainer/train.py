@@ -20,15 +20,20 @@ from typing import Any
 import torch
 
 from trainer import checkpoint
+from trainer.adapters import AdapterRef, check_same_base, resolve_adapter
 from trainer.base_models import read_manifest, resolve_base
+from trainer.checkpoint import RunState
 from trainer.config import Config
-from trainer.data import Dataset, load_dataset_file, split_validation
-from trainer.errors import ConfigError, DataError, PublishError
-from trainer.evaluate import CausalLMLoss, eval_loss, exact_match, perplexity
+from trainer.dashboard import grad_norm, lora_histograms
+from trainer.data import Dataset
+from trainer.errors import ConfigError, PublishError
 from trainer.model import add_lora, choose_precision, load_base_model, load_tokenizer, trainable_parameters
+from trainer.objectives import DPO, SFT, Distill, Pair
 from trainer.publish import check_servable
 from trainer.report import Reporter
-from trainer.tokens import Batches, Encoded, apply_template_override, collate, encode_all, pack
+from trainer.run_eval import final_eval, periodic_eval, restore_best, set_reference
+from trainer.tokens import Batches, Encoded, apply_template_override, encode_all
+from trainer.train_data import encode_pairs, encode_train, load_data
 
 
 def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -47,161 +52,192 @@ class Run:
     cfg: Config
     accelerator: Any
     tokenizer: Any
-    model: Any  # CausalLMLoss around the PEFT model, accelerate-prepared (DDP-wrapped if multi-process)
+    model: Any  # the objective (trainer.objectives) around the PEFT model, accelerate-prepared (maybe DDP)
     optimizer: Any
     scheduler: Any
     batches: Batches
     train_data: Dataset
     eval_data: Dataset | None
-    eval_examples: list[Encoded]
+    eval_examples: list[Encoded]  # eval loss; for dpo the chosen answers
     base_dir: Path
     base_manifest: dict
     reporter: Reporter
-    state: dict[str, Any] = field(default_factory=dict)
+    eval_pairs: list[Pair] = field(default_factory=list)  # dpo only, with reference log-probs
+    parent: AdapterRef | None = None  # lora.init_from
+    state: RunState = field(default_factory=RunState)
+    step_scalars: dict[str, float] = field(default_factory=dict)  # the last step's grad norm, metrics
+
+    @property
+    def objective(self):
+        return self.accelerator.unwrap_model(self.model)
 
     @property
     def peft_model(self):
-        return self.accelerator.unwrap_model(self.model).causal_lm
+        return self.objective.causal_lm
 
     @property
     def out_dir(self) -> Path:
         return Path(self.cfg.out_dir)
 
+    def log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            from tqdm.auto import tqdm
 
-def precheck(cfg: Config) -> None:
-    """Fail before any work on what would only fail at the end."""
+            tqdm.write(message)
+
+
+def precheck(cfg: Config) -> AdapterRef | None:
+    """Fail before any work on what would only fail at the end; returns lora.init_from's adapter."""
     cfg.publish.require_target()
+    parent = (
+        resolve_adapter(cfg.lora.init_from, Path(cfg.publish.adapters_dir), "lora.init_from")
+        if (cfg.lora.init_from)
+        else None
+    )
     if cfg.publish.enabled:
-        check_servable(
-            {"r": cfg.lora.r, "use_dora": cfg.lora.use_dora, "modules_to_save": cfg.lora.modules_to_save},
-            cfg.publish.max_lora_rank,
-        )
+        lora = {"r": cfg.lora.r, "use_dora": cfg.lora.use_dora, "modules_to_save": cfg.lora.modules_to_save}
+        check_servable(parent.adapter_config if parent else lora, cfg.publish.max_lora_rank)
         target = Path(cfg.publish.adapters_dir) / cfg.publish.name / cfg.publish.version
         if target.exists():
             raise PublishError(
                 f"{target} already exists; published versions are immutable, choose a new --publish.version"
             )
+    return parent
 
 
-def load_data(cfg: Config) -> tuple[Dataset, Dataset | None]:
-    train = load_dataset_file(cfg.data.train, cfg.data.format, cfg.data.skip_bad_lines)
-    if cfg.data.eval is not None:
-        return train, load_dataset_file(cfg.data.eval, cfg.data.format, cfg.data.skip_bad_lines)
-    if cfg.data.val_ratio > 0:
-        return split_validation(train, cfg.data.val_ratio, cfg.data.seed)
-    return train, None
+def build_model(cfg: Config, base_dir: Path, manifest: dict, precision, device, parent: AdapterRef | None):
+    """The base with a fresh LoRA adapter, or with lora.init_from's adapter, trainable."""
+    model = load_base_model(base_dir, cfg.model, precision, device)
+    base_name = str(manifest.get("name") or base_dir.name)
+    if parent is None:
+        return add_lora(model, cfg.lora, base_name)
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(parent.path), is_trainable=True)
+    peft_model.peft_config["default"].base_model_name_or_path = base_name
+    return peft_model
+
+
+def build_objective(cfg: Config, peft_model, tokenizer, base_dir: Path, manifest: dict, precision):
+    if cfg.train.method == "dpo":
+        return DPO(peft_model, cfg.dpo.beta)
+    if cfg.train.method == "distill":
+        from trainer.teacher import load_teacher
+
+        teacher = load_teacher(
+            cfg.distill.teacher, peft_model, tokenizer, base_dir, manifest, Path(cfg.publish.adapters_dir),
+            precision.dtype,
+        )  # fmt: skip
+        return Distill(peft_model, teacher, cfg.distill.kl_weight, cfg.distill.temperature)
+    return SFT(peft_model)
+
+
+def reference_pairs(batches: Batches, max_steps: int) -> list[Pair]:
+    """The pairs this process trains on in steps 0..max_steps-1 (batches are a function of the step)."""
+    seen = {id(p): p for step in range(max_steps) for micro in batches.for_step(step)[0] for p in micro}
+    return list(seen.values())
 
 
 def setup(cfg: Config) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    precheck(cfg)
+    parent = precheck(cfg)
     precision = choose_precision(cfg.model.precision)
     accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
     base_dir = resolve_base(cfg.base, Path(cfg.models_dir))
     manifest = read_manifest(base_dir)
+    if parent is not None:
+        check_same_base(parent, manifest, base_dir, "lora.init_from")
     tokenizer = load_tokenizer(base_dir)
     apply_template_override(tokenizer, cfg.data.chat_template)
     train_data, eval_data = load_data(cfg)
-    examples, dropped = encode_all(tokenizer, train_data.conversations, cfg.data.max_seq_len)
-    if not examples:
-        raise DataError(
-            f"{cfg.data.train}: all {dropped} examples lost their answers to truncation at "
-            f"data.max_seq_len={cfg.data.max_seq_len}; raise data.max_seq_len"
-        )
-    if cfg.data.packing:
-        examples = pack(examples, cfg.data.max_seq_len, cfg.data.seed)
+    examples = encode_train(cfg, tokenizer, train_data)
     eval_examples = encode_all(tokenizer, eval_data.conversations, cfg.data.max_seq_len)[0] if eval_data else []
-    model = load_base_model(base_dir, cfg.model, precision, accelerator.device)
-    model = add_lora(model, cfg.lora, str(manifest.get("name") or base_dir.name))
+    model = build_model(cfg, base_dir, manifest, precision, accelerator.device, parent)
     params = [p for p in model.parameters() if p.requires_grad]
+    objective = build_objective(cfg, model, tokenizer, base_dir, manifest, precision)
+    eval_pairs = encode_pairs(tokenizer, eval_data, cfg.data.max_seq_len) if eval_data and eval_data.rejected else []
+    batches = Batches(
+        examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, cfg.train.length_grouping,
+        accelerator.num_processes, accelerator.process_index,
+    )  # fmt: skip
+    if cfg.train.method == "dpo":  # reference = the starting point, before any step
+        seen = reference_pairs(batches, cfg.train.max_steps) + eval_pairs
+        set_reference(seen, model, tokenizer.pad_token_id, cfg.eval.batch_size, accelerator.device, parent is None)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = math.ceil(cfg.train.warmup_ratio * cfg.train.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: lr_lambda(s, cfg.train.max_steps, warmup, cfg.train.scheduler, cfg.train.min_lr_ratio),
     )
-    model, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
-    batches = Batches(
-        examples,
-        cfg.train.batch_size,
-        cfg.train.grad_accum,
-        cfg.train.seed,
-        cfg.train.length_grouping,
-        accelerator.num_processes,
-        accelerator.process_index,
-    )
+    prepared, optimizer = accelerator.prepare(objective, optimizer)
+    reporter = Reporter(Path(cfg.out_dir), accelerator.is_main_process)
     run = Run(
-        cfg,
-        accelerator,
-        tokenizer,
-        model,
-        optimizer,
-        scheduler,
-        batches,
-        train_data,
-        eval_data,
-        eval_examples,
-        base_dir,
-        manifest,
-        Reporter(Path(cfg.out_dir), accelerator.is_main_process),
-    )
-    run.state = {"step": 0, "train_losses": [], "eval_losses": [], "best_eval": None, "bad_evals": 0}
+        cfg, accelerator, tokenizer, prepared, optimizer, scheduler, batches, train_data, eval_data, eval_examples,
+        base_dir, manifest, reporter, eval_pairs, parent,
+    )  # fmt: skip
     trainable, total = trainable_parameters(model)
-    log(
-        run,
-        f"base {base_dir.name}: precision {precision.name}, quantization {cfg.model.quantization}, "
-        f"trainable {trainable / 1e6:.2f}M of {total / 1e6:.1f}M params, {len(examples)} train rows "
-        f"({dropped} dropped after truncation, {train_data.skipped} bad lines skipped)",
+    run.log(
+        f"base {base_dir.name}: method {cfg.train.method}, precision {precision.name}, quantization "
+        f"{cfg.model.quantization}, trainable {trainable / 1e6:.2f}M of {total / 1e6:.1f}M params"
+        + (f", from adapter {parent.path}" if parent else "")
+        + f", {len(examples)} train rows ({train_data.skipped} bad lines skipped)",
     )
     return run
 
 
-def log(run: Run, message: str) -> None:
-    if run.accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        tqdm.write(message)
-
-
-def accumulate_gradients(run: Run, step: int) -> tuple[torch.Tensor, int, int]:
+def accumulate_gradients(run: Run, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int, int]:
     """Backward over this process's micro-batches of `step`; grads end up = d(step loss)/dθ.
 
-    Returns (this process's summed token loss, trained tokens in the whole step, all tokens).
+    Returns (this process's summed loss, its summed metrics, the step's total weight (trained
+    tokens, or pairs for dpo) over all processes, all tokens of the step).
     """
     micro_batches, trained, tokens = run.batches.for_step(step)
     scale = run.accelerator.num_processes / max(trained, 1)  # DDP averages grads over processes
     loss_sum = torch.zeros((), device=run.accelerator.device)
+    metric_sums: dict[str, torch.Tensor] = {}
     for i, micro in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = nullcontext() if last else run.accelerator.no_sync(run.model)
-        batch = {k: v.to(run.accelerator.device) for k, v in collate(micro, run.tokenizer.pad_token_id).items()}
+        batch = run.objective.collate(micro, run.tokenizer.pad_token_id)
+        batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
         with sync, run.accelerator.autocast():
-            loss, _ = run.model(batch)
+            loss, metrics = run.model(batch)
             run.accelerator.backward(loss * scale)
         loss_sum += loss.detach()
-    return loss_sum, trained, tokens
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0) + value
+    return loss_sum, metric_sums, trained, tokens
 
 
 def train_step(run: Run, step: int) -> tuple[float, int]:
-    """One optimizer step; returns (loss per trained token of the step, tokens in the step)."""
-    loss_sum, trained, tokens = accumulate_gradients(run, step)
-    if run.cfg.train.max_grad_norm is not None:
-        run.accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.train.max_grad_norm)
+    """One optimizer step; returns (loss per unit of weight, tokens in the step).
+
+    The step's other scalars (grad norm, the objective's metrics) land in run.step_scalars.
+    """
+    loss_sum, metric_sums, trained, tokens = accumulate_gradients(run, step)
+    scalars = {"train/grad_norm": grad_norm(run)}
+    every = run.cfg.train.histogram_every
+    if every and (step + 1) % every == 0:
+        run.reporter.histograms(step + 1, lora_histograms(run))
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     total = run.accelerator.reduce(loss_sum, reduction="sum")
+    for key, value in metric_sums.items():
+        scalars[f"train/{key}"] = float(run.accelerator.reduce(value, reduction="sum")) / max(trained, 1)
+    run.step_scalars = scalars
     return float(total) / max(trained, 1), tokens
 
 
 def resume_fingerprint(cfg: Config) -> dict[str, Any]:
     """Config keys that must match for a checkpoint to be resumed (max_steps may grow)."""
     values = cfg.to_dict()
-    return {k: values[k] for k in ("base", "model", "lora", "data")} | {
-        "train": {k: v for k, v in values["train"].items() if k not in ("max_steps", "log_every", "eval_every")}
+    ignored = ("max_steps", "log_every", "eval_every", "histogram_every")
+    return {k: values[k] for k in ("base", "model", "lora", "data", "dpo", "distill")} | {
+        "train": {k: v for k, v in values["train"].items() if k not in ignored}
     }
 
 
@@ -215,12 +251,14 @@ def maybe_resume(run: Run) -> None:
     if path is None:
         if run.accelerator.is_main_process:
             (run.out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+            shutil.rmtree(root / checkpoint.BEST_DIR, ignore_errors=True)
+        run.state = RunState(fingerprint=resume_fingerprint(run.cfg))
         return
     state = checkpoint.restore(path, run.peft_model, run.optimizer, run.scheduler, run.accelerator.process_index)
-    if state.get("fingerprint") != resume_fingerprint(run.cfg):
+    if state.fingerprint != resume_fingerprint(run.cfg):
         raise ConfigError(f"{path} was written with a different config; use a fresh out_dir or pass --resume false")
     run.state = state
-    log(run, f"resumed from {path} at step {state['step']}")
+    run.log(f"resumed from {path} at step {state.step}")
 
 
 def save_checkpoint(run: Run, step: int) -> None:
@@ -228,61 +266,33 @@ def save_checkpoint(run: Run, step: int) -> None:
     checkpoint.write_process_rng(root, step, run.accelerator.process_index)
     run.accelerator.wait_for_everyone()
     if run.accelerator.is_main_process:
-        state = {**run.state, "fingerprint": resume_fingerprint(run.cfg)}
-        checkpoint.commit(root, step, run.peft_model, run.optimizer, run.scheduler, state)
+        checkpoint.commit(root, step, run.peft_model, run.optimizer, run.scheduler, run.state)
     run.accelerator.wait_for_everyone()
-
-
-def periodic_eval(run: Run, step: int) -> bool:
-    """Eval loss/perplexity (every process computes the same number); True = stop early."""
-    with run.accelerator.autocast():
-        loss = eval_loss(
-            run.peft_model,
-            run.eval_examples,
-            run.tokenizer.pad_token_id,
-            run.cfg.eval.batch_size,
-            run.accelerator.device,
-        )
-    run.state["eval_losses"].append([step, loss])
-    run.reporter.scalars(step, {"eval/loss": loss, "eval/perplexity": perplexity(loss)})
-    log(run, f"step {step}: eval loss {loss:.4f}, perplexity {perplexity(loss):.3f}")
-    best = run.state["best_eval"]
-    if best is None or loss < best - 1e-4:
-        run.state["best_eval"], run.state["bad_evals"] = loss, 0
-    else:
-        run.state["bad_evals"] += 1
-    patience = run.cfg.train.early_stopping_patience
-    if patience and run.state["bad_evals"] >= patience:
-        log(run, f"early stopping at step {step}: no eval-loss improvement in {patience} evals")
-        return True
-    return False
 
 
 def train_loop(run: Run) -> None:
     from tqdm.auto import tqdm
 
-    cfg = run.cfg.train
+    cfg, state = run.cfg.train, run.state
     bar = tqdm(
-        total=cfg.max_steps,
-        initial=run.state["step"],
-        unit="step",
-        dynamic_ncols=True,
+        total=cfg.max_steps, initial=state.step, unit="step", dynamic_ncols=True,
         disable=not run.accelerator.is_main_process,
-    )
+    )  # fmt: skip
     seen_tokens, started = 0, time.perf_counter()
     run.model.train()
-    for step in range(run.state["step"], cfg.max_steps):
+    for step in range(state.step, cfg.max_steps):
         loss, tokens = train_step(run, step)
         done = step + 1
         seen_tokens += tokens
         tok_s = seen_tokens / (time.perf_counter() - started)  # all processes' tokens, incl. padding-free
-        run.state["step"] = done
-        run.state["train_losses"].append([done, loss])
+        state.step = done
+        state.train_losses.append([done, loss])
         lr = run.scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
         bar.update(1)
         if done % max(cfg.log_every, 1) == 0:
-            run.reporter.scalars(done, {"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s})
+            logged = {"train/loss": loss, "train/lr": lr, "train/tokens_per_s": tok_s}
+            run.reporter.scalars(done, logged | run.step_scalars)
         periodic = bool(run.eval_examples and cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.max_steps)
         stop = periodic and periodic_eval(run, done)  # the last step's eval is the final eval
         if cfg.save_every and done % cfg.save_every == 0:
@@ -290,44 +300,8 @@ def train_loop(run: Run) -> None:
         if stop:
             break
     bar.close()
-    run.state["train_seconds"] = run.state.get("train_seconds", 0.0) + time.perf_counter() - started
-    run.state["tokens_per_s"] = seen_tokens / max(time.perf_counter() - started, 1e-9)
-
-
-def final_eval(run: Run) -> dict[str, Any]:
-    """Eval loss on every process; exact match by greedy generation on the main process."""
-    result: dict[str, Any] = {"metric": "exact_match", "value": None, "n": 0, "eval_loss": None}
-    if run.eval_data is None:
-        return result
-    if run.eval_examples:
-        with run.accelerator.autocast():
-            result["eval_loss"] = eval_loss(
-                run.peft_model,
-                run.eval_examples,
-                run.tokenizer.pad_token_id,
-                run.cfg.eval.batch_size,
-                run.accelerator.device,
-            )
-    if run.cfg.eval.exact_match and run.accelerator.is_main_process:
-        conversations = run.eval_data.conversations[: run.cfg.eval.max_examples]
-        with run.accelerator.autocast():
-            em = exact_match(
-                run.peft_model,
-                run.tokenizer,
-                conversations,
-                run.cfg.eval.batch_size,
-                run.cfg.eval.max_new_tokens,
-                run.accelerator.device,
-            )
-        result.update(value=em.value, n=em.n)
-        log(
-            run,
-            f"exact match {em.value:.3f} ({round(em.value * em.n)}/{em.n}); "
-            + ("misses:" if em.value < 1 else "e.g.:"),
-        )
-        for sample in em.samples:
-            log(run, f"  reference {sample['reference']!r}\n  reply     {sample['reply']!r}")
-    return result
+    state.train_seconds += time.perf_counter() - started
+    state.tokens_per_s = seen_tokens / max(time.perf_counter() - started, 1e-9)
 
 
 def manifest_parts(run: Run) -> dict[str, Any]:
@@ -346,37 +320,55 @@ def manifest_parts(run: Run) -> dict[str, Any]:
     }
 
 
-def publish(run: Run, adapter_dir: Path, eval_result: dict[str, Any]) -> Path:
-    from trainer.publish import build_manifest, publish_adapter
+def adapter_manifest(run: Run, eval_result: dict[str, Any]) -> dict[str, Any]:
+    """The registry manifest (docs/registry.md), with `parent` = lora.init_from's adapter or null."""
+    from trainer.publish import build_manifest
 
     pub = run.cfg.publish
     manifest = build_manifest(name=pub.name, version=pub.version, eval_result=eval_result, **manifest_parts(run))
+    return manifest | {"parent": run.parent.parent if run.parent else None}
+
+
+def save_adapter(run: Run, eval_result: dict[str, Any]) -> Path:
+    """out_dir/adapter: the PEFT adapter (only the trained one) and its manifest beside it."""
+    adapter_dir = run.out_dir / "adapter"
+    run.peft_model.save_pretrained(adapter_dir, save_embedding_layers=False, selected_adapters=["default"])
+    (adapter_dir / "loraplane-adapter.json").write_text(json.dumps(adapter_manifest(run, eval_result), indent=2))
+    return adapter_dir
+
+
+def publish(run: Run, adapter_dir: Path, eval_result: dict[str, Any]) -> Path:
+    from trainer.publish import publish_adapter
+
+    pub = run.cfg.publish
+    manifest = adapter_manifest(run, eval_result)
     return publish_adapter(
         adapter_dir, Path(pub.adapters_dir), pub.name, pub.version, manifest, pub.max_lora_rank, run.base_manifest
     )
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """Final eval, save the adapter and loss plot, publish; returns the run summary (summary.json)."""
+    """Best weights back, final eval, save the adapter and loss plot, publish; returns summary.json."""
+    restore_best(run)
     eval_result = final_eval(run)
+    state = run.state
     summary: dict[str, Any] = {
-        "steps": run.state["step"],
+        "method": run.cfg.train.method,
+        "steps": state.step,
+        "best_step": state.best_step,
         "eval": eval_result,
         "published": None,
-        "train_seconds": run.state.get("train_seconds"),
-        "tokens_per_s": run.state.get("tokens_per_s"),
-        "train_losses": run.state["train_losses"],  # [step, loss], continued across resumes
+        "train_seconds": state.train_seconds,
+        "tokens_per_s": state.tokens_per_s,
+        "train_losses": state.train_losses,  # [step, loss], continued across resumes
     }
     if run.accelerator.is_main_process:
-        adapter_dir = run.out_dir / "adapter"
-        run.peft_model.save_pretrained(adapter_dir, save_embedding_layers=False)
+        adapter_dir = save_adapter(run, eval_result)
         summary["adapter"] = str(adapter_dir)
         final = {"eval/loss": eval_result["eval_loss"], "eval/exact_match": eval_result["value"]}
-        run.reporter.scalars(run.state["step"], {k: v for k, v in final.items() if v is not None})
-        evals = run.state["eval_losses"] + (
-            [[run.state["step"], eval_result["eval_loss"]]] if final["eval/loss"] else []
-        )
-        run.reporter.plot_losses([tuple(x) for x in run.state["train_losses"]], [tuple(x) for x in evals])
+        run.reporter.scalars(state.step, {k: v for k, v in final.items() if v is not None})
+        evals = state.eval_losses + ([[state.step, eval_result["eval_loss"]]] if final["eval/loss"] else [])
+        run.reporter.plot_losses([tuple(x) for x in state.train_losses], [tuple(x) for x in evals])
         if run.cfg.publish.enabled:
             summary["published"] = str(publish(run, adapter_dir, eval_result))
         (run.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,15 @@ def test_list_override():
         (["--data.val_ratio", "0.1"], "Can't set both `data.eval` and `data.val_ratio`"),
         (["--train", "3"], "train must be a mapping"),
         (["--train.max_steps"], "needs a value"),
+        (["--train.method", "ppo"], "train.method must be one of sft, dpo, distill"),
+        (["--train.method", "distill"], "train.method distill needs distill.teacher"),
+        (["--dpo.beta", "0"], "dpo.beta must be > 0"),
+        (["--distill.kl_weight", "1.5"], "distill.kl_weight must be in [0, 1]"),
+        (["--train.histogram_every", "-1"], "train.histogram_every must be >= 0"),
     ],
 )
 def test_bad_values_name_the_key(flags, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", "`")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, flags)
 
 
@@ -120,3 +126,14 @@ def test_demo_v1_and_v2_are_two_versions_of_one_adapter():
     assert v1.publish.name == v2.publish.name == "demo-json"
     assert (v1.publish.version, v2.publish.version) == ("v1", "v2")
     assert (v1.lora, v1.train) != (v2.lora, v2.train), "v2 must be a different configuration"
+
+
+def test_dpo_and_distill_recipes_build_on_demo_v1():
+    from trainer.preferences import is_preference_file
+
+    dpo = load_config(REPO / "configs/train/demo-dpo.yaml")
+    assert (dpo.train.method, dpo.lora.init_from, dpo.publish.name) == ("dpo", "demo-json@v1", "demo-json")
+    assert is_preference_file(str(REPO / dpo.data.train)) and is_preference_file(str(REPO / dpo.data.eval))
+    distill = load_config(REPO / "configs/train/demo-distill.yaml")
+    assert (distill.train.method, distill.distill.teacher, distill.lora.r) == ("distill", "demo-json@v1", 4)
+    assert load_config(REPO / "configs/train/demo.yaml").lora.r == 16  # the teacher's rank
