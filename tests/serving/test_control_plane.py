@@ -197,3 +197,32 @@ def test_unreachable_database_at_start_names_the_url_without_password(dirs, tmp_
     )
     assert out.returncode == 2, out.stderr
     assert "lp:***@127.0.0.1" in out.stderr and "hunter2" not in out.stderr + out.stdout
+
+
+def test_config_experiment_named_like_an_adapter_is_refused_at_start(dirs, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "serving.yaml"
+    config.write_text(
+        f"registry:\n  models_dir: {dirs[0]}\n  adapters_dir: {dirs[1]}\n"
+        "experiments:\n  - name: bot\n    variants: {other@v1: 1}\n"
+    )
+    (dirs[0] / BASE / "config.json").write_text("{}")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loraplane",
+            "serve",
+            "--config",
+            str(config),
+            "--gateway-only",
+            "--engine-url",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "'bot' clashes" in out.stderr, out.stderr
