@@ -226,3 +226,20 @@ def test_config_experiment_named_like_an_adapter_is_refused_at_start(dirs, tmp_p
         timeout=60,
     )
     assert out.returncode == 2 and "'bot' clashes" in out.stderr, out.stderr
+
+
+def test_feedback_right_after_a_stream_ends(dirs, tmp_path: Path) -> None:
+    overrides = {"store.url": f"sqlite:///{tmp_path / 'lp.db'}", "store.log_flush_interval_s": 60.0}
+    with engine() as eng, GatewayThread(gateway_app(dirs, [eng.url], **overrides), free_port()) as gw:
+        for _ in range(5):
+            with httpx.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                json={"model": "bot", "messages": MSG, "stream": True},
+                timeout=30,
+            ) as resp:
+                lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]"
+            rid = httpx.Response(200, content=lines[0][6:]).json()["id"]
+            resp = httpx.post(f"{gw.url}/v1/feedback", json={"id": rid, "score": 1}, timeout=10)
+            assert resp.status_code == 200, resp.text  # the record was queued before [DONE] went out
