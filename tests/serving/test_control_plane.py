@@ -243,3 +243,16 @@ def test_feedback_right_after_a_stream_ends(dirs, tmp_path: Path) -> None:
             rid = httpx.Response(200, content=lines[0][6:]).json()["id"]
             resp = httpx.post(f"{gw.url}/v1/feedback", json={"id": rid, "score": 1}, timeout=10)
             assert resp.status_code == 200, resp.text  # the record was queued before [DONE] went out
+
+
+def test_the_openai_client_ids_are_the_logged_ids(dirs, db_url: str) -> None:
+    import openai
+
+    with engine() as eng, GatewayThread(gateway_app(dirs, [eng.url], **{"store.url": db_url}), free_port()) as gw:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+        plain = client.chat.completions.create(model="bot", messages=MSG, max_tokens=4)
+        chunks = list(client.chat.completions.create(model="bot@v1", messages=MSG, max_tokens=4, stream=True))
+        for rid in (plain.id, chunks[0].id):
+            resp = httpx.post(f"{gw.url}/v1/feedback", json={"id": rid, "score": 1}, timeout=10)
+            assert resp.status_code == 200 and resp.json()["variant"] == "bot@v1", resp.text
+    assert set(open_store(db_url).get_requests([plain.id, chunks[0].id])) == {plain.id, chunks[0].id}
