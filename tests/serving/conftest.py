@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,11 @@ def postgres_server_url() -> Iterator[str]:
     try:
         yield server.get_uri(driver="psycopg")
     finally:
+        postmaster = server.get_postmaster_info().process
+        if postmaster is not None and postmaster.is_running():
+            # immediate shutdown (no final checkpoint: the data is deleted next), seconds faster
+            postmaster.send_signal(signal.SIGQUIT)
+            postmaster.wait(30)
         server.cleanup()
         shutil.rmtree(data.parent, ignore_errors=True)
 
