@@ -65,6 +65,20 @@ class AdapterRejected(ServingError):
     type = "invalid_request_error"
 
 
+class Conflict(ServingError):
+    """The change clashes with what exists (a name taken, a second rollout on one adapter)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class StoreUnavailable(ServingError):
+    """The control-plane database cannot be reached (its URL named without the password)."""
+
+    status = 503
+    type = "server_error"
+
+
 class PayloadTooLarge(ServingError):
     status = 413
     type = "invalid_request_error"

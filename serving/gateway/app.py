@@ -17,9 +17,11 @@ from serving.config import ServingConfig
 from serving.engine import engine_auth_headers
 from serving.errors import ServingError
 from serving.gateway.admin import admin, ops
+from serving.gateway.feedback import router as feedback_router
 from serving.gateway.refusals import count_error
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
+from serving.store import Store
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
@@ -51,14 +53,20 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 headers=engine_auth,
             ) as session,
         ):
-            state = GatewayState(cfg, engine_urls, client, session)
+            store = await asyncio.to_thread(Store.open, cfg)  # StoreUnavailable names the URL
+            state = GatewayState(cfg, engine_urls, client, session, store)
             app.state.gateway = state
+            await state.control.start()
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
+            poll = asyncio.create_task(state.control.poll_loop())
             try:
                 yield
             finally:
                 health.cancel()
+                poll.cancel()
+                await state.control.stop()  # writes what the request log still holds
+                store.close()
                 await state.limiter.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
@@ -103,6 +111,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)
+    app.include_router(feedback_router)
     app.include_router(admin)
     app.include_router(ops)
     return app

@@ -46,7 +46,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         target = state.resolve(model, key or random_key(), pinned)
         remember_labels(request, target.model_label, target.variant_label)
         path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
-        call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
+        call = Call(route, path, {**body, "model": target.upstream_model}, target, started, key_name=principal.name)
         await lease.wait_upstream()
         response = await forward(state, call)
     except BaseException:
@@ -81,6 +81,7 @@ async def models(state: StateDep, principal: PrincipalDep) -> dict:
                 "root": base,
                 "parent": base,
                 "latest": f"{name}@{versions[-1]}",
+                "stable": f"{name}@{state.control.stable_version(name)}",  # what bare `name` serves
                 "versions": versions,
             }
         )
