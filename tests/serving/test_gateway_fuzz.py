@@ -28,7 +28,7 @@ def served_schema(url: str) -> dict:
     for path in ("/v1/chat/completions", "/v1/completions"):
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         body["properties"]["model"] = {"type": "string", "enum": MODELS}
-    for path, ops in schema["paths"].items():
+    for ops in schema["paths"].values():
         for op in ops.values():
             for param in op.get("parameters", []):
                 if param["in"] == "path" and param["name"] in ("name", "version"):
