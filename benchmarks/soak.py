@@ -10,7 +10,7 @@ Pass: 0 gateway 5xx (any 5xx that is not the engine's injected 500) and the gate
 less than 5% from the end of warm-up to the end.
 
     .venv/bin/python benchmarks/soak.py --duration-s 1800
-    # writes benchmarks/reports/soak.json and soak.png
+    # writes benchmarks/reports/serving/soak.json and soak.png
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--error-rate", type=float, default=0.02, help="the mock engine's share of HTTP 500s")
     p.add_argument("--sample-s", type=float, default=15.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks/reports/soak.json")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks/reports/serving/soak.json")
     args = p.parse_args(argv)
     exit_on_sigterm()
     procs: list[subprocess.Popen[bytes]] = []
