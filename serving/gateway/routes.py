@@ -12,6 +12,7 @@ from serving.errors import BadRequest
 from serving.gateway.abkey import random_key, request_key
 from serving.gateway.admission import Leased
 from serving.gateway.limits import apply_limits, read_body
+from serving.gateway.openapi import CHAT_BODY, COMPLETION_BODY, request_body
 from serving.gateway.proxy import Call, forward
 from serving.gateway.refusals import model_label, remember_labels
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
@@ -54,12 +55,12 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
     return Leased(response, lease.release)  # a stream holds its lease until it ends
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=request_body(CHAT_BODY))
 async def chat_completions(request: Request, state: StateDep, principal: PrincipalDep) -> Response:
     return await handle(request, state, principal, "chat")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=request_body(COMPLETION_BODY))
 async def completions(request: Request, state: StateDep, principal: PrincipalDep) -> Response:
     return await handle(request, state, principal, "completions")
 

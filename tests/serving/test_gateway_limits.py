@@ -24,6 +24,7 @@ def body(**extra) -> dict:
         ({"max_tokens": True}, "max_tokens"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         ({"messages": ["hi"]}, "messages[0]"),
+        ({"messages": [{"role": {}, "content": "hi"}]}, "messages[0].role"),  # found by the fuzz test: was a 500
         ({"n": 5}, "n"),
         ({"n": 0}, "n"),
         ({"best_of": 2}, "best_of"),
@@ -32,6 +33,9 @@ def body(**extra) -> dict:
         ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
         ({"ignore_eos": "yes"}, "ignore_eos"),
         ({"max_tokens": 10, "min_tokens": 11}, "min_tokens"),
+        ({"stream": "yes"}, "stream"),
+        ({"stream": True, "stream_options": "usage"}, "stream_options"),  # found by the fuzz test: was a 500
+        ({"stream": True, "stream_options": {"include_usage": "x"}}, "stream_options"),
     ],
 )
 def test_refused_parameters_name_themselves(extra: dict, param: str) -> None:

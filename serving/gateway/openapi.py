@@ -1,0 +1,60 @@
+"""Request-body schemas for the OpenAPI document (/openapi.json) of the two completion routes.
+
+The routes read their bodies themselves (serving/gateway/limits.py: bounded read, then the
+checks), so FastAPI cannot derive these; they document what the gateway accepts and give the
+fuzz test (tests/serving/test_gateway_fuzz.py, schemathesis) something to generate from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.gateway.limits import MAX_LOGPROBS, MAX_N, ROLES
+
+_COMMON: dict[str, Any] = {
+    "model": {"type": "string", "description": "base model, adapter, adapter@vN or experiment name"},
+    "max_tokens": {"type": "integer", "minimum": 1, "description": "default gateway.default_max_tokens"},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+    "n": {"type": "integer", "minimum": 1, "maximum": MAX_N},
+    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "seed": {"type": "integer"},
+    "user": {"type": "string", "description": "end-user id: the A/B key (gateway.ab_key_sources)"},
+    "ignore_eos": {"type": "boolean"},
+    "min_tokens": {"type": "integer", "minimum": 0},
+}
+CHAT_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        **_COMMON,
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {"role": {"type": "string", "enum": sorted(ROLES)}, "content": {"type": "string"}},
+            },
+        },
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "logprobs": {"type": "boolean"},
+        "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+    },
+}
+COMPLETION_BODY: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        **_COMMON,
+        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
+        "echo": {"type": "boolean"},
+    },
+}
+
+
+def request_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
