@@ -203,6 +203,7 @@ def quantize(opts: QuantizeOptions) -> Path:
     python = quant_python(opts)
 
     started = time.monotonic()
+    opts.models_dir.mkdir(parents=True, exist_ok=True)  # a new --models-dir is created, not a traceback
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=opts.models_dir))
     try:
         job = {
