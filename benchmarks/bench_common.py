@@ -35,10 +35,15 @@ def spawn_healthy(
     raise RuntimeError(f"{url} did not become healthy in {timeout_s:.0f} s; see {log}")
 
 
-def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
-    """`count` rank-`rank` LoRA adapters on q/k/v/o with random A and B (same compute as trained ones).
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ATTENTION_MLP = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]  # the demo's v2 shape
+TARGET_SETS = {"attention": ATTENTION, "attention+mlp": ATTENTION_MLP}
 
-    Random weights keep the benchmark quick; a trained adapter of the same shape costs the same.
+
+def make_bench_adapters(root: Path, count: int, rank: int = 16, targets: str = "attention") -> list[Path]:
+    """`count` rank-`rank` LoRA adapters on TARGET_SETS[targets] with random A and B (same compute
+    as trained ones). Random weights keep the benchmark quick; a trained adapter of the same shape
+    costs the same.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -47,14 +52,15 @@ def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
     base = json.loads((BASE_DIR / "loraplane-base.json").read_text())
     paths = []
     for i in range(count):
-        path = root / f"bench-{i}" / "v1"
+        name = f"bench-{i}" if targets == "attention" else f"bench-mlp-{i}"
+        path = root / name / "v1"
         if not (path / "adapter_model.safetensors").is_file():
             torch.manual_seed(i)
             model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=torch.float32)
             cfg = LoraConfig(
                 r=rank,
                 lora_alpha=rank,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                target_modules=TARGET_SETS[targets],
                 init_lora_weights=False,
             )
             peft_model = get_peft_model(model, cfg)
@@ -64,7 +70,7 @@ def make_bench_adapters(root: Path, count: int, rank: int = 16) -> list[Path]:
             peft_model.save_pretrained(path)
             manifest = {
                 "format": 1,
-                "name": f"bench-{i}",
+                "name": name,
                 "version": "v1",
                 "base": {"name": base["name"], "weights_sha256": base["weights_sha256"]},
             }

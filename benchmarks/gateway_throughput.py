@@ -23,31 +23,43 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import REPO, exit_on_sigterm, free_port, percentile, shown_args, spawn_healthy, write_result
+from bench_common import (
+    REPO,
+    exit_on_sigterm,
+    free_port,
+    percentile,
+    shown_args,
+    spawn_healthy,
+    stream_chat,
+    write_result,
+)
 
 BASE = "smollm2-135m-instruct"
 BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True}
 
 
-async def one(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
-    started = time.perf_counter()
-    ttft = 0.0
+async def drain(client: httpx.AsyncClient, url: str) -> None:
+    """One streamed request read to its end (the closed loop counts requests, it does not time them)."""
     async with client.stream("POST", f"{url}/v1/chat/completions", json=BODY) as resp:
-        async for line in resp.aiter_lines():
-            if not ttft and line.startswith("data: {"):
-                ttft = time.perf_counter() - started
-    return ttft, time.perf_counter() - started
+        async for _ in resp.aiter_lines():
+            pass
 
 
-async def added_latency(engine: str, gateway: str, pairs: int) -> dict:
-    async with httpx.AsyncClient(timeout=30) as client:
+def added_latency(engine: str, gateway: str, pairs: int) -> dict:
+    """Sequential pairs, timed by the load test's SSE client (TTFT = first content token)."""
+    with httpx.Client(timeout=30) as client:
+
+        def timed(url: str) -> tuple[float, float]:
+            r = stream_chat(client, url, BASE, "hi", 8)
+            return r["ttft_s"], r["e2e_s"]
+
         for _ in range(50):  # warm up both paths
-            await one(client, engine)
-            await one(client, gateway)
+            timed(engine)
+            timed(gateway)
         direct, via = [], []
         for _ in range(pairs):
-            direct.append(await one(client, engine))
-            via.append(await one(client, gateway))
+            direct.append(timed(engine))
+            via.append(timed(gateway))
     out = {}
     for i, key in enumerate(("ttft", "e2e")):
         for q, p in (("p50", 50), ("p99", 99)):
@@ -70,7 +82,7 @@ async def saturate(url: str, concurrency: int, seconds: float) -> tuple[float, i
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal done
         while time.perf_counter() < deadline:
-            await one(client, url)
+            await drain(client, url)
             done += 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -121,7 +133,7 @@ def main() -> int:
     try:
         taskset_self = ["taskset", "-p", "-c", "1", str(os.getpid())]
         subprocess.run(taskset_self, capture_output=True, check=False)  # load generator beside the engine
-        latency = asyncio.run(added_latency(engine_url, gateway_url, args.pairs))
+        latency = added_latency(engine_url, gateway_url, args.pairs)
         direct_rps, _ = asyncio.run(saturate(engine_url, args.concurrency, args.seconds))
         cpu_before = cpu_seconds(gateway.pid)
         gateway_rps, gateway_done = asyncio.run(saturate(gateway_url, args.concurrency, args.seconds))

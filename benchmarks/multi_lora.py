@@ -6,9 +6,14 @@
    (load + first token) vs the same adapter once loaded;
 3. gateway overhead vs calling vLLM directly: TTFT and end-to-end, p50/p99, interleaved;
 4. vLLM multi-LoRA vs a naive PEFT server (HF transformers + PEFT, one request at a time,
-   `set_adapter` per request, adapters preloaded), same 8 adapters and requests (S-LoRA's comparison).
+   `set_adapter` per request, adapters preloaded, float32), same 8 adapters and requests (S-LoRA's
+   comparison); and vs the fairer PEFT baseline: each adapter's requests in one batched `generate`,
+   in the engine's dtype (bf16 where vLLM runs bf16).
+
+`--targets attention` (q/k/v/o, default) or `attention+mlp` (also gate/up/down: the demo's v2 shape).
 
     .venv/bin/python benchmarks/multi_lora.py --dtype auto   # writes runs/bench/multi_lora.json
+    .venv/bin/python benchmarks/multi_lora.py --targets attention+mlp --out runs/bench/multi_lora-mlp.json
 """
 
 from __future__ import annotations
@@ -147,6 +152,42 @@ def bench_naive_peft(args: argparse.Namespace, adapter_dirs: list[Path]) -> dict
     return {"naive_peft_tok_s": tokens / (time.perf_counter() - started), "dtype": "float32"}
 
 
+def bench_peft_batched(args: argparse.Namespace, adapter_dirs: list[Path], dtype: str) -> dict:
+    """The fairer PEFT baseline: the same requests as vLLM's concurrent run, grouped by adapter, each
+    adapter's group in one left-padded `generate` batch, in the engine's dtype."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(BASE_DIR, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(BASE_DIR, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name="a0")
+    for i, path in enumerate(adapter_dirs[1:], start=1):
+        model.load_adapter(path, adapter_name=f"a{i}")
+    model.eval()
+    n = args.naive_requests * 2  # as many as vllm_mixed_concurrent_tok_s
+    groups: dict[int, list[str]] = {}
+    for i in range(n):
+        chat = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
+        groups.setdefault(i % len(adapter_dirs), []).append(
+            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        )
+    tokens, started = 0, time.perf_counter()
+    for adapter, texts in groups.items():
+        model.set_adapter(f"a{adapter}")
+        ids = tok(texts, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, do_sample=False)
+        tokens += (out.shape[1] - ids["input_ids"].shape[1]) * len(texts)
+    elapsed = time.perf_counter() - started
+    return {
+        "peft_batched_tok_s": tokens / elapsed,
+        "dtype": dtype,
+        "requests": n,
+        "batch_per_adapter": n // len(groups),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", default="auto")
@@ -158,11 +199,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--naive-requests", type=int, default=16)
+    parser.add_argument("--targets", default="attention", choices=["attention", "attention+mlp"])
     parser.add_argument("--out", type=Path, default=REPO / "runs/bench/multi_lora.json")
     args = parser.parse_args()
     exit_on_sigterm()
     registry = REPO / "runs/bench/adapters"
-    dirs = make_bench_adapters(registry, 8)
+    dirs = make_bench_adapters(registry, 8, targets=args.targets)
     names = [f"{p.parent.name}@v1" for p in dirs]
     result = {"args": shown_args(args)}
     result["vllm"] = bench_vllm(args, names, registry)
@@ -170,10 +212,16 @@ def main() -> int:
         result["naive"] = json.loads(args.naive_from.read_text())["naive"] | {"from": str(args.naive_from)}
     else:
         result["naive"] = bench_naive_peft(args, dirs)
+    result["peft_batched"] = bench_peft_batched(args, dirs, result["vllm"]["dtype"])
     result["vllm_vs_naive"] = {
         "sequential": result["vllm"]["vllm_mixed_sequential_tok_s"] / result["naive"]["naive_peft_tok_s"],
         "concurrent": result["vllm"]["vllm_mixed_concurrent_tok_s"] / result["naive"]["naive_peft_tok_s"],
     }
+    # vLLM 16 concurrent streams vs PEFT batching one adapter's requests, same dtype, same requests
+    result["vllm_vs_peft_batched"] = (
+        result["vllm"]["vllm_mixed_concurrent_tok_s"] / result["peft_batched"]["peft_batched_tok_s"]
+    )
+    result["targets"] = args.targets
     return write_result(args.out, result)
 
 

@@ -64,8 +64,9 @@ class QuantizeOptions:
             )
         if self.group_size < 1:
             raise ConfigError(f"--group-size {self.group_size} must be a positive integer (e.g. 64 or 128)")
-        if self.num_samples < 1 or self.max_seq_len < 8 or self.awq_grid < 2:
-            raise ConfigError("--num-samples must be >= 1, --max-seq-len >= 8 and --awq-grid >= 2")
+        # llm-compressor's AWQ grid divides by (n_grid - 2): 2 points crash it with ZeroDivisionError
+        if self.num_samples < 1 or self.max_seq_len < 8 or self.awq_grid < 3:
+            raise ConfigError("--num-samples must be >= 1, --max-seq-len >= 8 and --awq-grid >= 3")
 
     def output_name(self, base_name: str) -> str:
         suffix = "int8-w8a8" if self.method == "int8" else f"{self.method}-w{self.bits}"
@@ -203,6 +204,7 @@ def quantize(opts: QuantizeOptions) -> Path:
     python = quant_python(opts)
 
     started = time.monotonic()
+    opts.models_dir.mkdir(parents=True, exist_ok=True)  # a new --models-dir is created, not a traceback
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=opts.models_dir))
     try:
         job = {

@@ -45,8 +45,10 @@ def test_unsupported_bits_lists_supported() -> None:
 
 
 def test_bad_calibration_sizes_refused() -> None:
-    with pytest.raises(ConfigError, match="--awq-grid >= 2"):
-        QuantizeOptions(method="awq", group_size=64, awq_grid=1)
+    for grid in (1, 2):  # 2 points make llm-compressor divide by zero (n_grid - 2)
+        with pytest.raises(ConfigError, match="--awq-grid >= 3"):
+            QuantizeOptions(method="awq", group_size=64, awq_grid=grid)
+    QuantizeOptions(method="awq", group_size=64, awq_grid=3)
 
 
 def test_cli_prints_one_line_error_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

