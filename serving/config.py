@@ -79,6 +79,7 @@ class ExperimentConfig(Strict):
 
     name: str
     variants: dict[str, int]  # "adapter@version" -> weight
+    capture: Literal["none", "bodies"] = "none"  # "bodies": keep request/response bodies (store.body_retention_s)
 
     @field_validator("name")
     @classmethod
@@ -118,6 +119,22 @@ class AuthConfig(Strict):
     keys: list[KeyConfig] = Field(default_factory=list)
 
 
+class StoreConfig(Strict):
+    """The control-plane database (serving/store/): experiments, rollouts, stable versions, logs."""
+
+    # SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db. None: the SQLite file
+    # `loraplane.db` in registry.adapters_dir (one gateway). Env LORAPLANE_STORE_URL overrides it.
+    url: str | None = None
+    poll_interval_s: float = Field(1.0, gt=0, le=1.0)  # every replica sees a change within 2 s
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_log: bool = True  # log every completion (id, variant, status, TTFT, tokens)
+    log_queue_size: int = Field(20_000, ge=1)  # records waiting for the writer; beyond: dropped, counted
+    log_batch_size: int = Field(500, ge=1)  # records per write
+    log_flush_interval_s: float = Field(0.2, gt=0)  # the writer writes at least this often
+    body_retention_s: float = Field(7 * 24 * 3600.0, gt=0)  # captured bodies are erased after this
+    feedback_timeout_s: float = Field(5.0, gt=0)  # POST /v1/feedback waits this long for the write
+
+
 class ServingConfig(Strict):
     base: str = "smollm2-135m-instruct"  # registry name under models_dir, or a local HF dir
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
@@ -127,6 +144,7 @@ class ServingConfig(Strict):
     engines: list[str] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:

@@ -63,3 +63,17 @@ class AdapterRejected(ServingError):
 
     status = 422
     type = "invalid_request_error"
+
+
+class Conflict(ServingError):
+    """The change clashes with what exists (a name taken, a second rollout on one adapter)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class StoreUnavailable(ServingError):
+    """The control-plane database cannot be reached (its URL named without the password)."""
+
+    status = 503
+    type = "server_error"
