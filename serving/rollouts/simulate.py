@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec, decide, judge
-from serving.rollouts.stats import Comparison, Interval, msprt_diff, regularised_variance, running_cs
+from serving.rollouts.stats import Comparison, Interval, eb_bounds, msprt_diff, regularised_variance, variance_process
 
 
 @dataclass(frozen=True)
@@ -50,24 +50,26 @@ class SimResult:
 
 @dataclass
 class _Stream:
-    """One guard metric of one variant in every rollout: running sums and EB bounds, (rollouts, length)."""
+    """One guard metric of one variant in every rollout: running sums, shape (rollouts, length).
+    The EB bounds are computed only where they are read (the end of each batch)."""
 
     total: NDArray
     total_sq: NDArray
-    mean: NDArray
-    lo: NDArray
-    hi: NDArray
+    variance: NDArray  # the EB variance process V_t
     offset: int = 0  # observations left out at the start (latency threshold warm-up)
 
     @classmethod
-    def of(cls, x: NDArray, alpha: float, offset: int = 0) -> _Stream:
-        mean, lo, hi = running_cs(x, alpha)
-        return cls(np.cumsum(x, axis=-1), np.cumsum(x * x, axis=-1), mean, lo, hi, offset)
+    def of(cls, x: NDArray, offset: int = 0) -> _Stream:
+        return cls(np.cumsum(x, axis=-1), np.cumsum(x * x, axis=-1), variance_process(x), offset)
+
+    def at(self, n: int, alpha: float) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+        """(mean, lo, hi, regularised variance) of every rollout after n observations."""
+        mean, lo, hi = eb_bounds(self.total[:, n - 1], self.variance[:, n - 1], n, alpha)
+        return mean, lo, hi, regularised_variance(self.total[:, n - 1], self.total_sq[:, n - 1], n)
 
 
 def _draw(spec: RolloutSpec, sc: Scenario, rollouts: int, length: int, rng: np.random.Generator) -> dict:
     """{(metric, variant): _Stream} for the spec's guards."""
-    alpha = spec.guard_alpha / 2.0  # each variant's own interval, as stats.compare
     out: dict[tuple[str, str], _Stream] = {}
     metrics = {g.metric for g in spec.guards}
     control_ttft = sc.ttft_median_s[0] * np.exp(sc.ttft_sigma * rng.standard_normal((rollouts, length)))
@@ -75,17 +77,17 @@ def _draw(spec: RolloutSpec, sc: Scenario, rollouts: int, length: int, rng: np.r
     threshold = np.quantile(control_ttft[:, : spec.min_samples], 0.95, axis=1, keepdims=True)
     for i, variant in enumerate(("control", "candidate")):
         if "error_rate" in metrics:
-            out["error_rate", variant] = _Stream.of((rng.random((rollouts, length)) < sc.error_rate[i]) * 1.0, alpha)
+            out["error_rate", variant] = _Stream.of((rng.random((rollouts, length)) < sc.error_rate[i]) * 1.0)
         if "ttft_p95" in metrics:
             offset = spec.min_samples if variant == "control" else 0
             if variant == "control":
                 ttft = control_ttft[:, offset:]
             else:
                 ttft = sc.ttft_median_s[1] * np.exp(sc.ttft_sigma * rng.standard_normal((rollouts, length)))
-            out["ttft_p95", variant] = _Stream.of((ttft > threshold) * 1.0, alpha, offset)
+            out["ttft_p95", variant] = _Stream.of((ttft > threshold) * 1.0, offset)
         if "feedback" in metrics:
             n = int(length * sc.feedback_rate) + 1
-            out["feedback", variant] = _Stream.of((rng.random((rollouts, n)) < sc.feedback_mean[i]) * 1.0, alpha)
+            out["feedback", variant] = _Stream.of((rng.random((rollouts, n)) < sc.feedback_mean[i]) * 1.0)
     return out
 
 
@@ -97,21 +99,20 @@ def _comparisons(spec: RolloutSpec, streams: dict, metric: str, totals: list[int
         n = int(requests * rate) if metric == "feedback" else requests - st.offset
         picked.append((st, n))
     (c, nc), (s, ns) = picked
-    rollouts = c.mean.shape[0]
+    rollouts = c.total.shape[0]
     if nc <= 0 or ns <= 0:
         empty = Interval(0, float("nan"), 0.0, 1.0)
         return [Comparison(empty, empty, -1.0, 1.0)] * rollouts
+    alpha = spec.guard_alpha / 2.0  # each variant's own interval, as stats.compare
+    (mc, lc, hc, vc), (ms, ls, hs, vs) = c.at(nc, alpha), s.at(ns, alpha)
     if spec.method == "msprt":
-        var_c = regularised_variance(c.total[:, nc - 1], c.total_sq[:, nc - 1], nc)
-        var_s = regularised_variance(s.total[:, ns - 1], s.total_sq[:, ns - 1], ns)
-        lo, hi = msprt_diff(c.mean[:, nc - 1], var_c, nc, s.mean[:, ns - 1], var_s, ns, spec.guard_alpha)
+        lo, hi = msprt_diff(mc, vc, nc, ms, vs, ns, spec.guard_alpha)
     else:
-        lo, hi = c.lo[:, nc - 1] - s.hi[:, ns - 1], c.hi[:, nc - 1] - s.lo[:, ns - 1]
-    cols = [(x.mean[:, n - 1], x.lo[:, n - 1], x.hi[:, n - 1]) for x, n in ((c, nc), (s, ns))]
+        lo, hi = lc - hs, hc - ls
     return [
         Comparison(
-            Interval(nc, float(cols[0][0][r]), float(cols[0][1][r]), float(cols[0][2][r])),
-            Interval(ns, float(cols[1][0][r]), float(cols[1][1][r]), float(cols[1][2][r])),
+            Interval(nc, float(mc[r]), float(lc[r]), float(hc[r])),
+            Interval(ns, float(ms[r]), float(ls[r]), float(hs[r])),
             float(lo[r]),
             float(hi[r]),
         )

@@ -80,24 +80,35 @@ class Interval:
     hi: float
 
 
+def variance_process(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    """V_t = sum_i (X_i - X^_i)^2 along the last axis, X^_i the running mean of X_1..X_{i-1} with a
+    pseudo-observation of 1/2 (predictable: it never uses X_i itself)."""
+    t = np.arange(1, x.shape[-1] + 1, dtype=np.float64)
+    before = np.cumsum(x, axis=-1) - x
+    return np.cumsum((x - (0.5 + before) / t) ** 2, axis=-1)
+
+
+def eb_bounds(
+    total: ArrayLike, variance: ArrayLike, n: ArrayLike, alpha: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(mean, lo, hi) of the two-sided EB CS from the running sum and V_t after n observations."""
+    n = np.asarray(n, dtype=np.float64)
+    mean = np.asarray(total, dtype=np.float64) / n
+    radius = stitched_boundary(variance, alpha / 2.0) / n
+    return mean, np.clip(mean - radius, 0.0, 1.0), np.clip(mean + radius, 0.0, 1.0)
+
+
 def running_cs(x: ArrayLike, alpha: float) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """Mean, lower and upper bound of the two-sided EB confidence sequence after each observation.
 
     x: observations in [0, 1] along the last axis (any leading axes: independent sequences).
     Returns three arrays of x's shape; index t-1 holds the interval after t observations.
-    The predictable estimate is the running mean with a pseudo-observation of 1/2.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.size and (x.min() < 0 or x.max() > 1):
         raise ValueError("observations must lie in [0, 1]")
     t = np.arange(1, x.shape[-1] + 1, dtype=np.float64)
-    total = np.cumsum(x, axis=-1)
-    before = np.concatenate([np.zeros(x.shape[:-1] + (1,)), total[..., :-1]], axis=-1)
-    predicted = (0.5 + before) / t  # uses only X_1..X_{i-1}: predictable
-    variance = np.cumsum((x - predicted) ** 2, axis=-1)
-    radius = stitched_boundary(variance, alpha / 2.0) / t
-    mean = total / t
-    return mean, np.clip(mean - radius, 0.0, 1.0), np.clip(mean + radius, 0.0, 1.0)
+    return eb_bounds(np.cumsum(x, axis=-1), variance_process(x), t, alpha)
 
 
 def interval(x: ArrayLike, alpha: float) -> Interval:
