@@ -152,7 +152,7 @@ class RolloutsConfig(Strict):
     method: Literal["msprt", "eb"] = "msprt"  # always-valid interval for candidate - control
     promote_when: Literal["better", "not_worse", "no_regression"] = "better"
     # Guards and the worsening each tolerates (error-rate points, p95-exceedance points, score points).
-    guards: dict[Literal["error_rate", "ttft_p95", "feedback"], float] = Field(
+    guards: dict[str, float] = Field(  # keys: error_rate, ttft_p95, feedback
         default_factory=lambda: {"error_rate": 0.0, "ttft_p95": 0.0, "feedback": 0.0}
     )
     max_requests: int = Field(200_000, ge=1)  # request-log rows one evaluation reads per rollout
@@ -172,7 +172,7 @@ class RolloutsConfig(Strict):
             "min_samples": self.min_samples,
             "interval_s": self.interval_s,
             "alpha": self.alpha,
-            "guards": tuple(GuardSpec(metric, margin) for metric, margin in self.guards.items()),
+            "guards": tuple(GuardSpec(metric, margin) for metric, margin in self.guards.items()),  # type: ignore[arg-type]
             "promote_when": self.promote_when,
             "method": self.method,
         }
