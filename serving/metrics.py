@@ -7,7 +7,7 @@ the registry), variant, status class, engine index.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, disable_created_metrics
 
 # No `*_created` series: they double the exposition and no dashboard reads them.
 disable_created_metrics()
@@ -67,6 +67,23 @@ class GatewayMetrics:
         )
         self.engine_healthy = Gauge(
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
+        )
+
+        # Control plane (serving/store/): feedback and the request log.
+        self.feedback = Counter(
+            "loraplane_feedback_total",
+            "Feedback submissions (POST /v1/feedback) by model and variant",
+            ["model", "variant"],
+            registry=r,
+        )
+        # A summary: exposes loraplane_feedback_score_sum (and _count) per model and variant.
+        self.feedback_score = Summary(
+            "loraplane_feedback_score", "Feedback scores (0..1) by model and variant", ["model", "variant"], registry=r
+        )
+        self.request_log_dropped = Counter(
+            "loraplane_request_log_dropped_total",
+            "Request log records not written (writer queue full, or the database slow or down)",
+            registry=r,
         )
 
         # Rollouts (serving/rollouts/): every replica publishes its snapshot's view; the evaluator

@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 from serving.config import ServingConfig
 from serving.errors import RateLimited, ServingError
 from serving.gateway.admin import admin, ops
+from serving.gateway.feedback import router as feedback_router
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
+from serving.store import Store
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
@@ -39,14 +41,20 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 timeout=session_timeout, connector=connector, auto_decompress=False, read_bufsize=2**20
             ) as session,
         ):
-            state = GatewayState(cfg, engine_urls, client, session)
+            store = await asyncio.to_thread(Store.open, cfg)  # StoreUnavailable names the URL
+            state = GatewayState(cfg, engine_urls, client, session, store)
             app.state.gateway = state
+            await state.control.start()
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
+            poll = asyncio.create_task(state.control.poll_loop())
             try:
                 yield
             finally:
                 health.cancel()
+                poll.cancel()
+                await state.control.stop()  # writes what the request log still holds
+                store.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 
@@ -81,6 +89,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)
+    app.include_router(feedback_router)
     app.include_router(admin)
     app.include_router(ops)
     return app

@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serving.errors import EngineUnavailable, ServingError
-from serving.gateway.state import GatewayState, Target
+from serving.gateway.resolve import Target
+from serving.gateway.state import GatewayState
 from serving.metrics import status_class
 from serving.pool import Engine
+from serving.store import RequestRecord
 
 CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
 
@@ -36,6 +39,37 @@ class Call:
     body: dict
     target: Target
     started: float
+    key_name: str = "anonymous"  # the API key's name (never the key)
+    # Filled in while relaying, for the request log:
+    response_id: str | None = None  # the `id` the client receives
+    ttft_s: float | None = None
+    usage: dict | None = None
+    answer: list[str] | None = field(default=None)  # response text parts, only with capture: bodies
+
+    def __post_init__(self) -> None:
+        if self.target.capture_bodies:
+            self.answer = []
+
+    def record(self, status: int) -> RequestRecord:
+        usage = self.usage or {}
+        capture = self.answer is not None
+        return RequestRecord(
+            id=self.response_id or f"gw-{uuid.uuid4().hex}",  # errors the engine never answered
+            created_at=time.time(),
+            route=self.route,
+            model=self.target.model_label,
+            variant=self.target.variant_label,
+            key_name=self.key_name,
+            status=status,
+            latency_s=time.perf_counter() - self.started,
+            experiment=self.target.experiment,
+            rollout=self.target.rollout,
+            ttft_s=self.ttft_s,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            request_body={k: v for k, v in self.body.items() if k != "stream_options"} if capture else None,
+            response_text="".join(self.answer or []) if capture else None,
+        )
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -49,14 +83,22 @@ class Call:
         return out
 
 
-def _has_content(chunk: dict, route: str) -> bool:
+def _content(chunk: dict, route: str) -> str:
+    """The text a chunk carries (first choice with content)."""
     for choice in chunk.get("choices") or []:
         node = choice
         for key in CONTENT_FIELD[route]:
             node = node.get(key) if isinstance(node, dict) else None
         if node:
-            return True
-    return False
+            return str(node)
+    return ""
+
+
+def _answer_text(payload: dict, route: str) -> str:
+    choices = payload.get("choices") or [{}]
+    if route == "chat":
+        return str((choices[0].get("message") or {}).get("content") or "")
+    return str(choices[0].get("text") or "")
 
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -97,6 +139,7 @@ async def open_upstream(state: GatewayState, call: Call) -> tuple[Engine, aiohtt
 
 def _record_usage(state: GatewayState, call: Call, usage: dict | None) -> None:
     if usage:
+        call.usage = usage
         model, variant = call.labels
         state.metrics.prompt_tokens.labels(model, variant).inc(usage.get("prompt_tokens") or 0)
         state.metrics.completion_tokens.labels(model, variant).inc(usage.get("completion_tokens") or 0)
@@ -106,6 +149,7 @@ def _finish(state: GatewayState, call: Call, status: int) -> None:
     model, variant = call.labels
     state.metrics.requests.labels(call.route, model, variant, status_class(status)).inc()
     state.metrics.request_latency.labels(call.route, model, variant).observe(time.perf_counter() - call.started)
+    state.control.log(call.record(status))  # queued for the background writer; never blocks
 
 
 async def forward(state: GatewayState, call: Call) -> Response:
@@ -120,7 +164,6 @@ async def forward(state: GatewayState, call: Call) -> Response:
         raise
     if not stream or resp.status != 200:
         return await _relay_json(state, call, engine, resp)
-    engine.in_flight += 1
     state.metrics.in_flight_streams.inc()
     return StreamingResponse(
         _relay_stream(state, call, engine, resp, wants_usage),
@@ -138,10 +181,13 @@ async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aio
         raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
     finally:
         resp.release()
-    if resp.status == 200:
+    if resp.status == 200 and isinstance(payload, dict):
+        call.response_id = payload.get("id")
         _record_usage(state, call, payload.get("usage"))
+        if call.answer is not None:
+            call.answer.append(_answer_text(payload, call.route))
     elif resp.status == 404 and call.target.ref is not None:
-        engine.loaded.pop(call.target.ref.key, None)  # the engine lost it (restart): reload next time
+        state.pool.forget(engine, call.target.ref)  # the engine lost it (restart): reload next time
     _finish(state, call, resp.status)
     return JSONResponse(payload, status_code=resp.status, headers=call.headers(engine))
 
@@ -156,6 +202,7 @@ async def _relay_stream(
 ) -> AsyncIterator[str]:
     status, first_token, complete = 200, True, False
     model, variant = call.labels
+    lease = state.pool.lease(engine)
     try:
         async for raw in resp.content:
             line = raw.decode().rstrip("\r\n")
@@ -164,6 +211,8 @@ async def _relay_stream(
             payload = line[6:]
             if payload != "[DONE]":
                 chunk = json.loads(payload)
+                if call.response_id is None:
+                    call.response_id = chunk.get("id")
                 if chunk.get("usage"):
                     _record_usage(state, call, chunk["usage"])
                     if not wants_usage:
@@ -171,9 +220,13 @@ async def _relay_stream(
                             continue
                         chunk["usage"] = None
                         payload = json.dumps(chunk)
-                if first_token and _has_content(chunk, call.route):
+                text = _content(chunk, call.route)
+                if text and call.answer is not None:
+                    call.answer.append(text)
+                if first_token and text:
                     first_token = False
-                    state.metrics.ttft.labels(model, variant).observe(time.perf_counter() - call.started)
+                    call.ttft_s = time.perf_counter() - call.started
+                    state.metrics.ttft.labels(model, variant).observe(call.ttft_s)
             yield f"data: {payload}\n\n"
         complete = True
     except (*UPSTREAM_ERRORS, ValueError) as exc:
@@ -188,6 +241,6 @@ async def _relay_stream(
             resp.release()
         else:
             resp.close()
-        engine.in_flight -= 1
+        lease.release()
         state.metrics.in_flight_streams.dec()
         _finish(state, call, status)

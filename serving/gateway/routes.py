@@ -69,7 +69,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         )
     target = state.resolve(model, request_key(request, body, principal), request.headers.get("x-loraplane-variant"))
     path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
-    call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
+    call = Call(route, path, {**body, "model": target.upstream_model}, target, started, key_name=principal.name)
     state.in_flight += 1
     try:
         return await forward(state, call)
