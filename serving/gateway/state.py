@@ -17,6 +17,7 @@ from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.registry import AdapterRegistry, read_base
+from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
 
 
@@ -36,6 +37,7 @@ class GatewayState:
         self.store = store
         self.control = ControlPlane(cfg, store, self.registry, self.metrics)
         self.resolver = Resolver(self.registry, self.control)
+        self.evaluator = Evaluator(store, cfg.rollouts, self.metrics)  # runs only where rollouts.evaluator
         self.client = client  # engine control: adapter loads, health (httpx)
         self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)

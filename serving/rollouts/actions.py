@@ -49,7 +49,7 @@ def manual_action(store: Store, name: str, action: str, actor: str, reason: str 
     except ValueError as exc:
         raise Conflict(f"rollout {name!r}: {exc}", param="action") from None
     c, s = rollout.candidate, rollout.control
-    changes: dict[str, Any] = {"state": target.value, "reason": reason or f"{action} by {actor}"}
+    changes: dict[str, Any] = {"state": target.value}
     if target is State.PROMOTED:
         changes.update(weights={c: 100, s: 0}, step=len(rollout.config["steps"]) - 1)
     elif target is State.ROLLED_BACK:
@@ -58,6 +58,7 @@ def manual_action(store: Store, name: str, action: str, actor: str, reason: str 
         name,
         actor=actor,
         action=f"rollout.{action}",
+        reason=reason or f"{action} by {actor}",
         numbers={"from": rollout.state, "to": target.value},
         set_stable=version_of(c) if target is State.PROMOTED else None,
         **changes,

@@ -39,8 +39,8 @@ def holder_id() -> str:
 
 
 def decision_changes(rollout: RolloutRecord, spec: RolloutSpec, d: Decision, now: float) -> dict[str, Any]:
-    """The rollout fields a decision writes (state, step, weights, reason, config)."""
-    changes: dict[str, Any] = {"reason": d.reason, "evaluated_at": now}
+    """The rollout fields a decision writes (state, step, weights, config); the reason goes separately."""
+    changes: dict[str, Any] = {"evaluated_at": now}
     c, s = rollout.candidate, rollout.control
     if d.outcome == "advance":
         candidate, control = spec.weights(d.step_index)
