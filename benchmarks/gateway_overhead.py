@@ -6,6 +6,7 @@ Three runs, one after the other, same plan (seed):
   direct      loadtest -> mock engine, base model
   gateway     loadtest -> gateway -> mock engine, base model
   adapter     loadtest -> gateway -> mock engine, an adapter version (hot-loaded on first use)
+  no-log      loadtest -> a second gateway with the request log off (store.request_log: false)
 
     .venv/bin/python benchmarks/gateway_overhead.py --rate 20 --duration 20s
     # writes runs/bench/gateway-overhead/{direct,gateway,adapter}/ and overhead.json
@@ -81,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/gateway-overhead"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    engine_port, gateway_port = free_port(), free_port()
+    engine_port, gateway_port, nolog_port = free_port(), free_port(), free_port()
     engine_url, gateway_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{gateway_port}"
+    nolog_url = f"http://127.0.0.1:{nolog_port}"
     procs = []
     with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
         models_dir, adapters_dir = write_mock_registry(Path(tmp), BASE, ADAPTER, ["v1"])
         config = Path(tmp) / "serving.yaml"
         config.write_text(f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n")
+        nolog = Path(tmp) / "nolog.yaml"
+        nolog.write_text(config.read_text() + f"store:\n  url: sqlite:///{tmp}/nolog.db\n  request_log: false\n")
         try:
             procs.append(start([sys.executable, "-m", "fakes.engine", "--port", str(engine_port),
                                 "--base", BASE, "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
@@ -95,10 +99,14 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
                                 "--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)],
                                gateway_url, args.out / "gateway.log"))  # fmt: skip
+            procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(nolog),
+                                "--gateway-only", "--engine-url", engine_url, "--port", str(nolog_port)],
+                               nolog_url, args.out / "gateway-nolog.log"))  # fmt: skip
             runs = {
                 "direct": loadtest(engine_url, BASE, args.out / "direct", args),
                 "gateway": loadtest(gateway_url, BASE, args.out / "gateway", args),
                 "adapter": loadtest(gateway_url, f"{ADAPTER}@v1", args.out / "adapter", args),
+                "no-log": loadtest(nolog_url, BASE, args.out / "no-log", args),
             }
         finally:
             for proc in procs:
@@ -110,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             name: {m: run[m] for m in ("requests", "error_rate", "ttft_s", "itl_s", "e2e_s")}
             for name, run in runs.items()
         },  # fmt: skip
-        "overhead_vs_direct_s": {name: overhead(runs["direct"], runs[name]) for name in ("gateway", "adapter")},
+        "overhead_vs_direct_s": {
+            name: overhead(runs["direct"], runs[name]) for name in ("gateway", "adapter", "no-log")
+        },
+        "request_log_added_ttft_s": overhead(runs["no-log"], runs["gateway"])["ttft_s"],
     }
     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'run':8} {'TTFT p50/p95/p99 ms':>24} {'ITL p50/p95/p99 ms':>24}  errors")

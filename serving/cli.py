@@ -109,9 +109,17 @@ def serve_main(argv: list[str]) -> int:
 
 
 def check_store(cfg: ServingConfig) -> None:
-    """Refuse at start a control-plane database that cannot be reached (before engines start)."""
+    """Refuse at start a control-plane database that cannot be reached (before engines start), and
+    config experiments that would take an adapter's or the base's traffic."""
     from serving.store import Store
 
+    registry = AdapterRegistry(cfg.registry.adapters_dir, read_base(cfg.registry.models_dir, cfg.base), 1)
+    for experiment in cfg.experiments:
+        if experiment.name in (cfg.base, registry.base.name) or registry.versions(experiment.name):
+            raise ServingError(
+                f"experiments: name {experiment.name!r} clashes with the base or an adapter of that name; "
+                "rename the experiment (to split an adapter's own traffic, start a rollout)"
+            )
     Store.open(cfg).close()  # also migrates: a fresh SQLite file or an empty database is made ready
 
 

@@ -62,7 +62,8 @@ class ControlPlane:
             await asyncio.sleep(self.cfg.store.poll_interval_s)
             try:
                 version = await asyncio.to_thread(self.store.version)
-                if version != self.snapshot.version or self._unrecorded_names():
+                unrecorded = await asyncio.to_thread(self._unrecorded_names)  # reads the registry directory
+                if version != self.snapshot.version or unrecorded:
                     await self.refresh()
             except Exception as exc:  # database down: keep serving from the last snapshot
                 log.warning("store poll failed (serving from the last snapshot): %s", exc)
@@ -71,13 +72,16 @@ class ControlPlane:
         return [name for name in self.registry.names() if name not in self.snapshot.stable]
 
     async def refresh(self) -> None:
-        snapshot = await asyncio.to_thread(self.store.snapshot)
+        self._install(await asyncio.to_thread(self._load))
+
+    def _load(self) -> ControlSnapshot:
+        """The store's snapshot, after recording a stable version for every name that has none yet
+        (the first published version becomes stable; audited). Runs in a worker thread."""
+        snapshot = self.store.snapshot()
         new_names = [name for name in self.registry.names() if name not in snapshot.stable]
-        for name in new_names:  # the first published version becomes stable (audited)
-            await asyncio.to_thread(self.store.ensure_stable, name, self.registry.versions(name)[0])
-        if new_names:
-            snapshot = await asyncio.to_thread(self.store.snapshot)
-        self._install(snapshot)
+        for name in new_names:
+            self.store.ensure_stable(name, self.registry.versions(name)[0])
+        return self.store.snapshot() if new_names else snapshot
 
     def _install(self, snapshot: ControlSnapshot) -> None:
         self.snapshot = snapshot

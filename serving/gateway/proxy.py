@@ -200,7 +200,7 @@ def _error_event(message: str) -> str:
 async def _relay_stream(
     state: GatewayState, call: Call, engine: Engine, resp: aiohttp.ClientResponse, wants_usage: bool
 ) -> AsyncIterator[str]:
-    status, first_token, complete = 200, True, False
+    status, first_token, complete, finished = 200, True, False, False
     model, variant = call.labels
     lease = state.pool.lease(engine)
     try:
@@ -227,6 +227,9 @@ async def _relay_stream(
                     first_token = False
                     call.ttft_s = time.perf_counter() - call.started
                     state.metrics.ttft.labels(model, variant).observe(call.ttft_s)
+            elif not finished:  # logged before the client sees the end: feedback may follow at once
+                finished = True
+                _finish(state, call, status)
             yield f"data: {payload}\n\n"
         complete = True
     except (*UPSTREAM_ERRORS, ValueError) as exc:
@@ -243,4 +246,5 @@ async def _relay_stream(
             resp.close()
         lease.release()
         state.metrics.in_flight_streams.dec()
-        _finish(state, call, status)
+        if not finished:
+            _finish(state, call, status)

@@ -103,6 +103,7 @@ async def models(state: StateDep, principal: PrincipalDep) -> dict:
                 "root": base,
                 "parent": base,
                 "latest": f"{name}@{versions[-1]}",
+                "stable": f"{name}@{state.control.stable_version(name)}",  # what bare `name` serves
                 "versions": versions,
             }
         )

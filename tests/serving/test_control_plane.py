@@ -197,3 +197,49 @@ def test_unreachable_database_at_start_names_the_url_without_password(dirs, tmp_
     )
     assert out.returncode == 2, out.stderr
     assert "lp:***@127.0.0.1" in out.stderr and "hunter2" not in out.stderr + out.stdout
+
+
+def test_config_experiment_named_like_an_adapter_is_refused_at_start(dirs, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "serving.yaml"
+    config.write_text(
+        f"registry:\n  models_dir: {dirs[0]}\n  adapters_dir: {dirs[1]}\n"
+        "experiments:\n  - name: bot\n    variants: {other@v1: 1}\n"
+    )
+    (dirs[0] / BASE / "config.json").write_text("{}")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loraplane",
+            "serve",
+            "--config",
+            str(config),
+            "--gateway-only",
+            "--engine-url",
+            "http://127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "'bot' clashes" in out.stderr, out.stderr
+
+
+def test_feedback_right_after_a_stream_ends(dirs, tmp_path: Path) -> None:
+    overrides = {"store.url": f"sqlite:///{tmp_path / 'lp.db'}", "store.log_flush_interval_s": 60.0}
+    with engine() as eng, GatewayThread(gateway_app(dirs, [eng.url], **overrides), free_port()) as gw:
+        for _ in range(5):
+            with httpx.stream(
+                "POST",
+                f"{gw.url}/v1/chat/completions",
+                json={"model": "bot", "messages": MSG, "stream": True},
+                timeout=30,
+            ) as resp:
+                lines = [line for line in resp.iter_lines() if line.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]"
+            rid = httpx.Response(200, content=lines[0][6:]).json()["id"]
+            resp = httpx.post(f"{gw.url}/v1/feedback", json={"id": rid, "score": 1}, timeout=10)
+            assert resp.status_code == 200, resp.text  # the record was queued before [DONE] went out

@@ -50,9 +50,16 @@ def test_adapter_hot_loads_on_first_use(client, gateway) -> None:
     assert loads and loads[0].labels["result"] == "ok" and loads[0].value >= 1
 
 
-def test_bare_name_means_latest_version(client, gateway) -> None:
+def test_bare_name_means_the_stable_version_not_the_newest(client, gateway) -> None:
     raw = client.chat.completions.with_raw_response.create(model=gateway.adapter, messages=QUESTION, max_tokens=4)
-    assert raw.headers["x-loraplane-adapter"] == f"{gateway.adapter}@v2"
+    assert raw.headers["x-loraplane-adapter"] == f"{gateway.adapter}@v1"  # v2 is newer; v1 was published first
+
+
+def test_feedback_on_a_real_response_id(client, gateway) -> None:
+    completion = client.chat.completions.create(model=gateway.adapter, messages=QUESTION, max_tokens=4)
+    resp = httpx.post(f"{gateway.url}/v1/feedback", json={"id": completion.id, "score": 1}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["variant"] == f"{gateway.adapter}@v1"
 
 
 def test_streaming_with_usage(client, gateway) -> None:
