@@ -159,7 +159,13 @@ def main() -> None:
     url = server.get_uri(driver="psycopg")
     config = tmp / "serving.yaml"
     config.write_text(
-        yaml.safe_dump({"registry": {"models_dir": str(models), "adapters_dir": str(adapters)}, "store": {"url": url}})
+        yaml.safe_dump(
+            {
+                "registry": {"models_dir": str(models), "adapters_dir": str(adapters)},
+                "store": {"url": url},
+                "auth": {"local_dev_open_admin": True},  # loopback only
+            }
+        )
     )
     procs = []
     try:

@@ -77,3 +77,19 @@ class StoreUnavailable(ServingError):
 
     status = 503
     type = "server_error"
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class Overloaded(ServingError):
+    """The gateway cannot take the request now (no upstream connection free in time): retry."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, code="overloaded")
+        self.retry_after_s = retry_after_s

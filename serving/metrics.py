@@ -65,6 +65,17 @@ class GatewayMetrics:
         self.adapter_unloads = Counter(
             "loraplane_adapter_unloads_total", "Adapter unloads (LRU or admin)", ["adapter"], registry=r
         )
+        self.unkeyed_requests = Counter(
+            "loraplane_unkeyed_requests_total",
+            "Requests to an experiment without an A/B key (each got a random one)",
+            ["route"],
+            registry=r,
+        )
+        self.ratelimit_errors = Counter(
+            "loraplane_ratelimit_errors_total",
+            "Rate-limit checks that could not reach the shared store (ratelimit.on_redis_error decides)",
+            registry=r,
+        )
         self.engine_healthy = Gauge(
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
         )

@@ -128,10 +128,11 @@ class EnginePool:
             self.metrics.adapter_loads.labels(ref.key, "engine_error").inc()
             raise EngineUnavailable(f"engine {engine.index} did not answer the adapter load: {exc!r}") from exc
         if resp.status_code != 200 and "already been loaded" not in resp.text:
+            # Any answer (a 500 included) is about this adapter: a 422 for it, the engine stays in.
             self.metrics.adapter_loads.labels(ref.key, "rejected").inc()
-            if resp.status_code >= 500:
-                raise EngineUnavailable(f"engine {engine.index} failed to load {ref.key}: {resp.text[:300]}")
-            raise AdapterRejected(f"the engine refused adapter {ref.key}: {resp.text[:300]}")
+            raise AdapterRejected(
+                f"engine {engine.index} refused adapter {ref.key} ({resp.status_code}): {resp.text[:300]}"
+            )
         self.metrics.adapter_loads.labels(ref.key, "ok").inc()
         self.metrics.adapter_load_duration.labels(ref.key).observe(time.perf_counter() - started)
         engine.loaded[ref.key] = ref

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 
 from serving.auth import Principal
 from serving.errors import BadRequest, ServingError
-from serving.gateway.routes import read_body
+from serving.gateway.limits import read_body
 from serving.gateway.state import GatewayState, StateDep
 from serving.store import FeedbackJob
 
@@ -69,7 +69,7 @@ def _caller(state: GatewayState, request: Request) -> tuple[Principal | None, bo
 @router.post("/v1/feedback")
 async def feedback(request: Request, state: StateDep) -> dict:
     principal, is_admin = _caller(state, request)
-    response_id, score, label, comment = parse_feedback(await read_body(request))
+    response_id, score, label, comment = parse_feedback(await read_body(request, state.cfg.gateway.max_body_bytes))
     job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
     record = await state.control.feedback(job)
     return {

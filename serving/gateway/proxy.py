@@ -1,9 +1,9 @@
 """Forward one OpenAI request to an engine: pick, hot-load, retry before the first byte, relay.
 
-Retries: a request moves to another engine only while nothing was sent to the client
-(connect failure, engine 5xx, adapter load failure). Once streaming, an engine failure ends
-the stream with an OpenAI-style error event. A client disconnect closes the upstream
-connection, which makes vLLM abort the generation.
+Retries: a request moves to another engine only while nothing was sent to the client, and only
+after a connection failure or timeout (an engine's HTTP answer, 500 included, is relayed).
+Once streaming, an engine failure ends the stream with an OpenAI-style error event. A client
+disconnect closes the upstream connection, which makes vLLM abort the generation.
 
 The hot path uses aiohttp's client (state.session): per proxied request it costs a fraction of
 httpx's CPU time (httpx's pool scans every connection and polls its socket on each request);
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.engine import ENGINE_KEY_ENV
 from serving.errors import EngineUnavailable, ServingError
 from serving.gateway.resolve import Target
 from serving.gateway.state import GatewayState
@@ -112,28 +113,19 @@ async def _open(state: GatewayState, engine: Engine, call: Call) -> aiohttp.Clie
 
 
 async def open_upstream(state: GatewayState, call: Call) -> tuple[Engine, aiohttp.ClientResponse]:
-    """Try engines in affinity order until one answers with less than 500."""
+    """Try engines in affinity order until one answers. Only a connection failure or a timeout
+    takes an engine out (and moves the request on); any HTTP answer, a 500 included, is that
+    request's own answer and is relayed."""
     lora_key = call.target.ref.key if call.target.ref else None
     last_error = "no engine tried"
     for attempt, engine in enumerate(state.pool.candidates(lora_key)):
         if attempt:
             state.metrics.retries.inc()
         try:
-            resp = await _open(state, engine, call)
+            return engine, await _open(state, engine, call)
         except (*UPSTREAM_ERRORS, EngineUnavailable) as exc:
             state.pool.mark_down(engine, "connect")
             last_error = f"engine {engine.index}: {exc!r}"
-            continue
-        if resp.status >= 500:
-            try:
-                text = (await resp.read()).decode(errors="replace")
-            except UPSTREAM_ERRORS as exc:
-                text = repr(exc)
-            resp.release()
-            state.pool.mark_down(engine, f"http_{resp.status}")
-            last_error = f"engine {engine.index} answered {resp.status}: {text[:200]}"
-            continue
-        return engine, resp
     raise EngineUnavailable(f"the engine is unavailable ({last_error}); retry shortly", code="engine_unavailable")
 
 
@@ -157,11 +149,7 @@ async def forward(state: GatewayState, call: Call) -> Response:
     wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
     if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
         call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
-    try:
-        engine, resp = await open_upstream(state, call)
-    except ServingError as exc:
-        _finish(state, call, exc.status)
-        raise
+    engine, resp = await open_upstream(state, call)  # errors are counted by the app's handlers
     if not stream or resp.status != 200:
         return await _relay_json(state, call, engine, resp)
     state.metrics.in_flight_streams.inc()
@@ -174,22 +162,32 @@ async def forward(state: GatewayState, call: Call) -> Response:
 
 async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aiohttp.ClientResponse) -> Response:
     try:
-        payload = json.loads(await resp.read())
-    except (*UPSTREAM_ERRORS, ValueError) as exc:
+        raw = await resp.read()
+    except UPSTREAM_ERRORS as exc:
         state.pool.mark_down(engine, "read")
-        _finish(state, call, 503)
         raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
     finally:
         resp.release()
-    if resp.status == 200 and isinstance(payload, dict):
+    status = resp.status
+    if status == 401:  # the engine refused the gateway itself, not the client
+        text = raw[:200].decode(errors="replace")
+        message = f"engine {engine.index} refused the gateway ({text}): set {ENGINE_KEY_ENV} to the engines' API key"
+        raw, status = json.dumps(ServingError(message, code="engine_auth").body()).encode(), 502
+    try:
+        payload = json.loads(raw)
+    except ValueError:  # e.g. a plain-text 500 page: still this request's error, in OpenAI's shape
+        text = raw[:300].decode(errors="replace")
+        status = status if status >= 400 else 502
+        payload = ServingError(f"engine {engine.index} answered {resp.status} with a non-JSON body: {text!r}").body()
+    if status == 200 and isinstance(payload, dict):
         call.response_id = payload.get("id")
         _record_usage(state, call, payload.get("usage"))
         if call.answer is not None:
             call.answer.append(_answer_text(payload, call.route))
-    elif resp.status == 404 and call.target.ref is not None:
+    elif status == 404 and call.target.ref is not None:
         state.pool.forget(engine, call.target.ref)  # the engine lost it (restart): reload next time
-    _finish(state, call, resp.status)
-    return JSONResponse(payload, status_code=resp.status, headers=call.headers(engine))
+    _finish(state, call, status)
+    return JSONResponse(payload, status_code=status, headers=call.headers(engine))
 
 
 def _error_event(message: str) -> str:

@@ -9,13 +9,15 @@ import aiohttp
 import httpx
 from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal, RateLimiter
+from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
 from serving.experiments import ExperimentTable
+from serving.gateway.admission import Admission
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
+from serving.ratelimit import make_limiter
 from serving.registry import AdapterRegistry, read_base
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
@@ -42,9 +44,9 @@ class GatewayState:
         self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)
         self.keys = KeyStore(cfg.auth)
-        self.limiter = RateLimiter()
+        self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
-        self.in_flight = 0  # requests in progress, capped at gateway.max_in_flight
+        self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
 
     @property
     def base_model(self) -> str:

@@ -26,6 +26,7 @@ def test_demo_rollout_reaches_a_decision_and_plots_it(tmp_path: Path) -> None:
             "registry.adapters_dir": str(adapters),
             "rollouts.tick_s": 0.2,
             "store.log_flush_interval_s": 0.05,
+            "auth.local_dev_open_admin": True,  # as configs/serving/demo.yaml
         },
     )
     examples = [json.loads(line) for line in (REPO / "data/demo/heldout.jsonl").read_text().splitlines()]

@@ -14,7 +14,7 @@ from serving.store import Store
 from serving.store.connect import create_db_engine
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
-from tests.serving.test_gateway_faults import BASE, MSG, chat, engine, gateway_app
+from tests.serving.test_gateway_faults import BASE, MSG, chat, engine
 from tests.serving.test_registry import make_adapter
 
 dirs = faults.dirs  # the fixture: a base manifest and adapters bot, other, third @v1
@@ -24,6 +24,11 @@ AUTH = {
     "auth.admin_key_sha256": hash_key("admin"),
     "auth.keys": [{"name": "alice", "sha256": hash_key("ka")}, {"name": "bob", "sha256": hash_key("kb")}],
 }
+
+
+def gateway_app(dirs, urls, **overrides):
+    """The admin API is closed without an admin key: these tests hold one."""
+    return faults.gateway_app(dirs, urls, **{"auth.admin_key_sha256": hash_key("admin"), **overrides})
 
 
 def as_key(key: str) -> dict[str, str]:
@@ -49,13 +54,13 @@ def test_bare_name_is_the_stable_version_until_promoted(dirs, db_url: str) -> No
     with engine() as eng, GatewayThread(gateway_app(dirs, [eng.url], **{"store.url": db_url}), free_port()) as gw:
         assert chat(gw.url, "bot").headers["x-loraplane-adapter"] == "bot@v1"  # v2 is newer, v1 is stable
         assert chat(gw.url, "bot@v2").headers["x-loraplane-adapter"] == "bot@v2"  # pinned
-        listed = {a["id"]: a["stable"] for a in httpx.get(f"{gw.url}/admin/adapters").json()["data"]}
+        listed = {a["id"]: a["stable"] for a in httpx.get(f"{gw.url}/admin/adapters", headers=ADMIN).json()["data"]}
         assert listed["bot@v1"] and not listed["bot@v2"]
-        resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", json={"reason": "better eval"})
+        resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", headers=ADMIN, json={"reason": "better eval"})
         assert resp.status_code == 200 and resp.json() == {"id": "bot@v2", "stable": "v2", "previous": "v1"}
         assert chat(gw.url, "bot").headers["x-loraplane-adapter"] == "bot@v2"
-        assert httpx.post(f"{gw.url}/admin/adapters/bot/v9/promote").status_code == 404
-        audit = httpx.get(f"{gw.url}/admin/audit", params={"subject": "bot"}).json()["data"]
+        assert httpx.post(f"{gw.url}/admin/adapters/bot/v9/promote", headers=ADMIN).status_code == 404
+        audit = httpx.get(f"{gw.url}/admin/audit", headers=ADMIN, params={"subject": "bot"}).json()["data"]
     assert [(a["action"], a["actor"]) for a in audit] == [("stable.init", "gateway"), ("stable.set", "admin")]
     assert audit[1]["reason"] == "better eval" and audit[1]["numbers"] == {"from": "v1", "to": "v2"}
 
@@ -63,9 +68,9 @@ def test_bare_name_is_the_stable_version_until_promoted(dirs, db_url: str) -> No
 def test_experiment_named_like_an_adapter_or_the_base_is_409(dirs, db_url: str) -> None:
     with GatewayThread(gateway_app(dirs, [], **{"store.url": db_url}), free_port()) as gw:
         for name, clash in (("bot", "adapter 'bot'"), (BASE, "base model")):
-            resp = httpx.put(f"{gw.url}/admin/experiments/{name}", json={"variants": {"other@v1": 1}})
+            resp = httpx.put(f"{gw.url}/admin/experiments/{name}", headers=ADMIN, json={"variants": {"other@v1": 1}})
             assert resp.status_code == 409 and clash in resp.json()["error"]["message"], resp.text
-        resp = httpx.put(f"{gw.url}/admin/experiments/ab", json={"variants": {"bot@v7": 1}})
+        resp = httpx.put(f"{gw.url}/admin/experiments/ab", headers=ADMIN, json={"variants": {"bot@v7": 1}})
         assert resp.status_code == 404 and "v7" in resp.json()["error"]["message"]
 
 
@@ -74,11 +79,11 @@ def test_experiments_are_stored_and_survive_a_restart(dirs, db_url: str) -> None
         app = gateway_app(dirs, [eng.url], **{"store.url": db_url})
         with GatewayThread(app, free_port()) as gw:
             body = {"variants": {"bot@v1": 0, "other@v1": 1}, "reason": "try other"}
-            assert httpx.put(f"{gw.url}/admin/experiments/ab", json=body).status_code == 200
+            assert httpx.put(f"{gw.url}/admin/experiments/ab", headers=ADMIN, json=body).status_code == 200
             assert chat(gw.url, "ab").headers["x-loraplane-adapter"] == "other@v1"
         with GatewayThread(gateway_app(dirs, [eng.url], **{"store.url": db_url}), free_port()) as gw:
             assert chat(gw.url, "ab").headers["x-loraplane-adapter"] == "other@v1"
-            experiments = httpx.get(f"{gw.url}/admin/experiments").json()["data"]
+            experiments = httpx.get(f"{gw.url}/admin/experiments", headers=ADMIN).json()["data"]
     assert experiments == [{"name": "ab", "variants": {"bot@v1": 0, "other@v1": 1}, "capture": "none"}]
 
 
@@ -134,7 +139,7 @@ def test_feedback_rules(dirs, db_url: str) -> None:
 def test_bodies_are_captured_only_when_the_experiment_asks(dirs, db_url: str) -> None:
     with engine() as eng, GatewayThread(gateway_app(dirs, [eng.url], **{"store.url": db_url}), free_port()) as gw:
         body = {"variants": {"bot@v1": 1}, "capture": "bodies"}
-        assert httpx.put(f"{gw.url}/admin/experiments/ab", json=body).status_code == 200
+        assert httpx.put(f"{gw.url}/admin/experiments/ab", headers=ADMIN, json=body).status_code == 200
         captured = chat(gw.url, "ab").json()
         plain = chat(gw.url, "bot").json()
     store = open_store(db_url)

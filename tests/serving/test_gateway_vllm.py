@@ -14,6 +14,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import ADMIN
+
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -154,7 +156,7 @@ def test_experiment_headers_sticky_and_pinnable(client, gateway) -> None:
         messages=QUESTION,
         max_tokens=2,
         user="alice",
-        extra_headers={"X-Loraplane-Variant": f"{gateway.adapter}@v2"},
+        extra_headers={"X-Loraplane-Variant": f"{gateway.adapter}@v2", **ADMIN},
     )
     assert pinned.headers["x-loraplane-variant"] == f"{gateway.adapter}@v2"
 
@@ -212,14 +214,16 @@ def test_client_disconnect_cancels_upstream(gateway) -> None:
 
 def test_admin_load_unload_and_weights(gateway) -> None:
     key = f"{gateway.adapter}@v1"
-    assert httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", timeout=30).status_code == 200
+    unloaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", headers=ADMIN, timeout=30)
+    assert unloaded.status_code == 200
     assert key not in gateway.server.state.pool.engines[0].loaded
-    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", timeout=60)
+    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", headers=ADMIN, timeout=60)
     assert loaded.status_code == 200 and loaded.json()["loaded_on"] == [0]
     resp = httpx.put(
         f"{gateway.url}/admin/experiments/{gateway.experiment}",
         json={"variants": {f"{gateway.adapter}@v1": 0, f"{gateway.adapter}@v2": 100}},
         timeout=10,
+        headers=ADMIN,
     )
     assert resp.status_code == 200
     try:
@@ -233,11 +237,13 @@ def test_admin_load_unload_and_weights(gateway) -> None:
         httpx.put(
             f"{gateway.url}/admin/experiments/{gateway.experiment}",
             timeout=10,
+            headers=ADMIN,
             json={"variants": {f"{gateway.adapter}@v1": 50, f"{gateway.adapter}@v2": 50}},
         )
     bad = httpx.put(
         f"{gateway.url}/admin/experiments/{gateway.experiment}",
         timeout=10,
+        headers=ADMIN,
         json={"variants": {f"{gateway.adapter}@v7": 1}},
     )
     assert bad.status_code == 404

@@ -68,7 +68,7 @@ def setup(tmp_path: Path, postgres_server_url: str):
     url = new_postgres_database(postgres_server_url)
     config.write_text(
         f"registry:\n  models_dir: {models}\n  adapters_dir: {adapters}\nstore:\n  url: '{url}'\n"
-        "  log_flush_interval_s: 0.05\n"
+        "  log_flush_interval_s: 0.05\nauth:\n  local_dev_open_admin: true\n"  # loopback gateways
     )
     return config, tmp_path
 

@@ -15,11 +15,17 @@ from serving.store import Store
 from serving.store.connect import create_db_engine
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
-from tests.serving.test_gateway_faults import chat, engine, gateway_app
+from tests.serving.test_gateway_faults import chat, engine
+from tests.serving.test_gateway_faults import gateway_app as faults_app
 from tests.serving.test_registry import make_adapter
 
 dirs = faults.dirs  # the fixture: a base manifest and adapters bot, other, third @v1
 FAST = {"rollouts.tick_s": 0.1, "rollouts.lease_s": 2.0, "store.log_flush_interval_s": 0.05}
+
+
+def gateway_app(dirs, urls: list[str], **overrides):
+    """A loopback gateway with the local-development admin switch (admin calls need no key)."""
+    return faults_app(dirs, urls, **{"auth.local_dev_open_admin": True, **overrides})
 
 
 def wait_for(predicate, timeout_s: float = 20.0):

@@ -84,6 +84,7 @@ def config(dirs, tmp_path: Path, postgres_server_url: str) -> Path:
         "registry": {"models_dir": str(dirs[0]), "adapters_dir": str(dirs[1])},
         "store": {"url": new_postgres_database(postgres_server_url), "poll_interval_s": 0.2},
         "rollouts": {"tick_s": TICK_S, "lease_s": LEASE_S},
+        "auth": {"local_dev_open_admin": True},  # loopback gateways: admin calls need no key
     }
     path = tmp_path / "serving.yaml"
     path.write_text(yaml.safe_dump(cfg))

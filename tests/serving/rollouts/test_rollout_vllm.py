@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from serving.rollouts import cli
+from tests.conftest import ADMIN, ADMIN_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -31,10 +32,11 @@ def wait_for(predicate, timeout_s: float):
 
 
 def status(url: str) -> dict:
-    return httpx.get(f"{url}/admin/rollouts/e2e", timeout=30).json()
+    return httpx.get(f"{url}/admin/rollouts/e2e", headers=ADMIN, timeout=30).json()
 
 
-def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp_path: Path) -> None:
+def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LORAPLANE_ADMIN_KEY", ADMIN_KEY)
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=300)
     body = {
         "candidate": f"{gateway.adapter}@v2",
@@ -44,7 +46,7 @@ def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp
         "guards": ["error_rate:0", "feedback:0"],
         "capture": "bodies",
     }
-    started = httpx.post(f"{gateway.url}/admin/rollouts/e2e", json=body, timeout=30)
+    started = httpx.post(f"{gateway.url}/admin/rollouts/e2e", json=body, headers=ADMIN, timeout=30)
     assert started.status_code == 201, started.text
     assert started.json()["control"] == f"{gateway.adapter}@v1"  # the stable version
     served: dict[str, list[float]] = {}
@@ -62,8 +64,10 @@ def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp
             if min(len(served.get(f"{gateway.adapter}@{v}", [])) for v in ("v1", "v2")) >= 3:
                 break
         advanced = wait_for(lambda: (s := status(gateway.url))["step_percent"] == 50 and s, timeout_s=60)
-        audit = httpx.get(f"{gateway.url}/admin/audit", params={"subject": "e2e"}).json()["data"]
-        rolled = httpx.post(f"{gateway.url}/admin/rollouts/e2e/rollback", json={"reason": "e2e test done"})
+        audit = httpx.get(f"{gateway.url}/admin/audit", params={"subject": "e2e"}, headers=ADMIN).json()["data"]
+        rolled = httpx.post(
+            f"{gateway.url}/admin/rollouts/e2e/rollback", json={"reason": "e2e test done"}, headers=ADMIN
+        )
         assert rolled.status_code == 200, rolled.text
         back = wait_for(
             lambda: all(
@@ -77,7 +81,7 @@ def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp
         )
         code = cli.main(["--url", gateway.url, "export", "e2e", "--out", str(tmp_path / "export")])
     finally:  # leave the session gateway's adapter as the other tests expect it
-        httpx.post(f"{gateway.url}/admin/rollouts/e2e/rollback", timeout=30)
+        httpx.post(f"{gateway.url}/admin/rollouts/e2e/rollback", headers=ADMIN, timeout=30)
     v1, v2 = served[f"{gateway.adapter}@v1"], served[f"{gateway.adapter}@v2"]
     variants = advanced["variants"]
     assert variants["candidate"]["requests"] == len(v2) and variants["control"]["requests"] == len(v1)
