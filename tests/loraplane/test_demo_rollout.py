@@ -14,7 +14,7 @@ from serving.config import load_config
 from serving.gateway.app import create_app
 from tests.conftest import GatewayThread, free_port
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_demo_rollout_reaches_a_decision_and_plots_it(tmp_path: Path) -> None:
