@@ -3,6 +3,7 @@
 base pull -> train demo-json v1 and v2 (two configs) -> `loraplane serve` (vLLM + gateway) ->
 held-out prompts through the gateway with the real `openai` client to the base, v1 and v2 ->
 a 90/10 A/B experiment between v1 and v2, per-variant numbers read back from /metrics ->
+a rollout of v2 (10% -> 50% -> 100%) decided by the gateway's evaluator on users' feedback ->
 table + PNG -> every process it started is stopped.
 
 Runs the other components as subprocesses (they share files, not imports), so this module
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from loraplane import demo_rollout
 from loraplane.demo_report import ab_from_metrics, evaluate_model, print_tables, run_ab, write_plot
 
 BASE = "smollm2-135m-instruct"
@@ -68,8 +70,13 @@ def start_server(log_path: Path, port: int) -> subprocess.Popen[bytes]:
         str(log_path.parent),
     ]
     print("$ loraplane " + " ".join(cmd[3:]) + f"   (log: {log_path})", flush=True)
+    # A fresh control-plane database per demo run (v1 stable again, no rollout left from the last run).
+    store = log_path.parent / "loraplane.db"
+    for leftover in (store, store.with_name("loraplane.db-wal"), store.with_name("loraplane.db-shm")):
+        leftover.unlink(missing_ok=True)
+    env = {**os.environ, "LORAPLANE_STORE_URL": f"sqlite:///{store.resolve()}"}
     with log_path.open("wb") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float = 900) -> None:
@@ -107,29 +114,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fresh", action="store_true", help="retrain v1 and v2 even if published")
     parser.add_argument("--ab-requests", type=int, default=80)
+    parser.add_argument("--rollout-users", type=int, default=120, help="most users the rollout step sends")
     args = parser.parse_args(argv)
     started = time.monotonic()
     url = f"http://127.0.0.1:{args.port}"
 
-    step("1/5 base model")
+    step("1/6 base model")
     loraplane("base", "pull", BASE)
-    step("2/5 train demo-json v1 and v2 (different configs) and publish them to adapters/")
+    step("2/6 train demo-json v1 and v2 (different configs) and publish them to adapters/")
     train_versions(Path("adapters"), args.fresh)
-    step("3/5 start vLLM (CPU) + the gateway")
+    step("3/6 start vLLM (CPU) + the gateway")
     server = start_server(args.out / "serve.log", args.port)
     try:
         wait_ready(server, url, args.out / "serve.log")
-        step("4/5 held-out prompts through the gateway (openai client): base vs v1 vs v2")
+        step("4/6 held-out prompts through the gateway (openai client): base vs v1 vs v2")
         prompts = [json.loads(line) for line in Path("data/demo/heldout.jsonl").read_text().splitlines()]
         results = [evaluate_model(url, model, prompts) for model in (BASE, f"{ADAPTER}@v1", f"{ADAPTER}@v2")]
-        step(f"5/5 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
+        step(f"5/6 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
         chosen = run_ab(url, EXPERIMENT, prompts, args.ab_requests)
         ab = ab_from_metrics(httpx.get(f"{url}/metrics", timeout=10).text, EXPERIMENT, chosen)
+        step("6/6 rollout: v1 stable, v2 to 10%; users rate answers (exact match); the evaluator decides")
+        rollout = demo_rollout.run(url, prompts, args.out, args.rollout_users)
     finally:
         stop_server(server)
     print_tables(results, ab)
     png = write_plot(results, ab, args.out / "demo.png")
-    (args.out / "demo.json").write_text(json.dumps({"models": results, "ab": ab}, indent=2) + "\n")
+    (args.out / "demo.json").write_text(json.dumps({"models": results, "ab": ab, "rollout": rollout}, indent=2) + "\n")
+    decision = rollout["report"]
+    print(f"\nrollout {decision['name']}: {decision['state']} ({decision['reason']}); plot {rollout['plot']}")
     print(f"\nwrote {png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
     base_score = results[0]["exact_match"]
     if not all(r["exact_match"] > base_score for r in results[1:]):

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serving.errors import ConfigError
 from serving.registry import ADAPTER_NAME_RE, VERSION_RE  # the registry contract's patterns
+from serving.rollouts.policy import GuardSpec, RolloutSpec
 
 ABKeySource = Literal["user", "header", "api_key"]
 AB_KEY_SOURCES: tuple[ABKeySource, ...] = ("user", "header", "api_key")
@@ -164,6 +165,50 @@ class StoreConfig(Strict):
     feedback_timeout_s: float = Field(5.0, gt=0)  # POST /v1/feedback waits this long for the write
 
 
+class RolloutsConfig(Strict):
+    """Progressive rollouts (serving/rollouts/): the evaluator and the defaults of `rollout start`.
+
+    Statistics: docs/rollouts.md. `loraplane rollout start` flags override the defaults per rollout.
+    """
+
+    evaluator: bool = True  # run the evaluator in this gateway (one holds the lease at a time)
+    lease_s: float = Field(10.0, gt=0)  # a dead evaluator's lease lapses after this; another takes over
+    tick_s: float = Field(1.0, gt=0)  # how often the evaluator renews its lease and looks for due rollouts
+    interval_s: float = Field(30.0, gt=0)  # seconds between a rollout's evaluations
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100])  # candidate % per step; 100 = promoted
+    min_samples: int = Field(200, ge=1)  # requests per variant at a step before it may advance
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # chance of any false rollback or promotion over a rollout
+    method: Literal["msprt", "eb"] = "msprt"  # always-valid interval for candidate - control
+    promote_when: Literal["better", "not_worse", "no_regression"] = "better"
+    # Guards and the worsening each tolerates (error-rate points, p95-exceedance points, score points).
+    guards: dict[str, float] = Field(  # keys: error_rate, ttft_p95, feedback
+        default_factory=lambda: {"error_rate": 0.0, "ttft_p95": 0.0, "feedback": 0.0}
+    )
+    max_requests: int = Field(200_000, ge=1)  # request-log rows one evaluation reads per rollout
+
+    @model_validator(mode="after")
+    def _spec_is_valid(self) -> RolloutsConfig:
+        try:
+            self.spec()
+        except ValueError as exc:
+            raise ValueError(f"rollouts: {exc}") from None
+        return self
+
+    def spec(self, **overrides: Any) -> RolloutSpec:
+        """The defaults as a RolloutSpec, with per-rollout overrides (steps, min_samples, ...)."""
+        values: dict[str, Any] = {
+            "steps": tuple(self.steps),
+            "min_samples": self.min_samples,
+            "interval_s": self.interval_s,
+            "alpha": self.alpha,
+            "guards": tuple(GuardSpec(metric, margin) for metric, margin in self.guards.items()),  # type: ignore[arg-type]
+            "promote_when": self.promote_when,
+            "method": self.method,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return RolloutSpec(**values)
+
+
 class ServingConfig(Strict):
     base: str = "smollm2-135m-instruct"  # registry name under models_dir, or a local HF dir
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
@@ -174,6 +219,7 @@ class ServingConfig(Strict):
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")

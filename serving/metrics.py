@@ -97,6 +97,21 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # Rollouts (serving/rollouts/): every replica publishes its snapshot's view; the evaluator
+        # holding the lease counts decisions (a pause is counted where the database was lost).
+        self.rollout_step_percent = Gauge(
+            "loraplane_rollout_step_percent", "Candidate's share of the adapter's traffic (%)", ["rollout"], registry=r
+        )
+        self.rollout_state = Gauge(
+            "loraplane_rollout_state", "1 for the rollout's current state", ["rollout", "state"], registry=r
+        )
+        self.rollout_decisions = Counter(
+            "loraplane_rollout_decisions_total",
+            "Rollout decisions by outcome (advance, hold, promote, rollback, pause)",
+            ["rollout", "outcome"],
+            registry=r,
+        )
+
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"

@@ -19,6 +19,7 @@ from serving.errors import BadRequest, ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.feedback import router as feedback_router
 from serving.gateway.refusals import count_error
+from serving.gateway.rollouts import rollouts
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
 from serving.store import Store
@@ -60,11 +61,18 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
             poll = asyncio.create_task(state.control.poll_loop())
+            evaluator = None
+            if cfg.rollouts.evaluator:  # one replica at a time decides (a lease in the store)
+                run = state.evaluator.run(lambda: state.control.snapshot, state.control.refresh)
+                evaluator = asyncio.create_task(run)
             try:
                 yield
             finally:
                 health.cancel()
                 poll.cancel()
+                if evaluator is not None:
+                    evaluator.cancel()
+                    await asyncio.to_thread(state.evaluator.release)
                 await state.control.stop()  # writes what the request log still holds
                 store.close()
                 await state.limiter.close()
@@ -99,5 +107,6 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     app.include_router(router)
     app.include_router(feedback_router)
     app.include_router(admin)
+    app.include_router(rollouts)
     app.include_router(ops)
     return app

@@ -19,6 +19,7 @@ from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.ratelimit import make_limiter
 from serving.registry import AdapterRegistry, read_base
+from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
 
 
@@ -38,6 +39,7 @@ class GatewayState:
         self.store = store
         self.control = ControlPlane(cfg, store, self.registry, self.metrics)
         self.resolver = Resolver(self.registry, self.control)
+        self.evaluator = Evaluator(store, cfg.rollouts, self.metrics)  # runs only where rollouts.evaluator
         self.client = client  # engine control: adapter loads, health (httpx)
         self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)

@@ -245,6 +245,8 @@ class Store:
                 raise NotFound(f"rollout {name!r} does not exist", param="name")
             for key, value in changes.items():
                 setattr(row, key, value)
+            if reason is not None:  # the rollout's own `reason` is the latest change's
+                row.reason = reason
             row.updated_at = self.clock()
             if set_stable is not None:
                 self._set_stable(s, row.adapter, set_stable, actor, reason, {"rollout": name})

@@ -1,0 +1,160 @@
+"""Admin API for rollouts (admin key when auth is on); `loraplane rollout ...` calls these.
+
+POST /admin/rollouts/{name}                 start: {"candidate": "bot@v2", "control"?, "steps"?,
+                                            "min_samples"?, "interval_s"?, "alpha"?, "guards"?,
+                                            "promote_when"?, "method"?, "capture"?}
+GET  /admin/rollouts                        every rollout (name, adapter, state, weights)
+GET  /admin/rollouts/{name}                 state, step, weights, per-variant numbers, guards
+POST /admin/rollouts/{name}/{action}        pause | resume | promote | rollback, {"reason"?}
+GET  /admin/rollouts/{name}/captures        captured bodies with their scores (for export)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends
+from fastapi.responses import JSONResponse
+
+from serving.config import ADAPTER_NAME_RE
+from serving.errors import BadRequest, NotFound, StoreUnavailable
+from serving.gateway.admin import require_admin
+from serving.gateway.state import GatewayState, StateDep
+from serving.registry import parse_model_name
+from serving.rollouts.actions import manual_action, new_rollout
+from serving.rollouts.policy import MANUAL, GuardSpec
+from serving.rollouts.report import build_report, finite
+from serving.store import RolloutRecord
+
+rollouts = APIRouter(prefix="/admin/rollouts", dependencies=[Depends(require_admin)])
+ACTOR = "admin"
+SPEC_FIELDS = ("steps", "min_samples", "interval_s", "alpha", "promote_when", "method")
+
+
+async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A store call off the event loop; a database failure becomes a 503 naming it."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise StoreUnavailable(f"the control-plane database failed ({type(exc).__name__}); retry") from exc
+        raise
+
+
+def _target(state: GatewayState, value: Any, field: str) -> str:
+    if not isinstance(value, str) or "@" not in value:
+        raise BadRequest(f"`{field}` must be ADAPTER@vN, got {value!r}", param=field)
+    name, version = parse_model_name(value)
+    ref = state.registry.resolve(name, version)  # 404 naming the unknown adapter or version
+    state.registry.validate(ref)  # 422 for a version that cannot be served
+    return ref.key
+
+
+def _guards(value: Any) -> tuple[GuardSpec, ...] | None:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, dict):
+            return tuple(GuardSpec(metric, float(margin)) for metric, margin in value.items())
+        if isinstance(value, list):
+            return tuple(GuardSpec.parse(str(text)) for text in value)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(str(exc), param="guards") from None
+    raise BadRequest(f"`guards` must be a list like ['error_rate:0.01'] or a mapping, got {value!r}", param="guards")
+
+
+@rollouts.post("/{name}")
+async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()]) -> JSONResponse:
+    if not ADAPTER_NAME_RE.match(name):
+        raise BadRequest(f"rollout name {name!r} must match {ADAPTER_NAME_RE.pattern}", param="name")
+    candidate = _target(state, body.get("candidate"), "candidate")
+    adapter = candidate.partition("@")[0]
+    control_value = body.get("control") or f"{adapter}@{state.control.stable_version(adapter)}"
+    control = _target(state, control_value, "control")
+    overrides: dict[str, Any] = {k: body.get(k) for k in SPEC_FIELDS}
+    if overrides["steps"] is not None:
+        overrides["steps"] = tuple(overrides["steps"])
+    overrides["guards"] = _guards(body.get("guards"))
+    capture = body.get("capture", "none")
+    if capture not in ("none", "bodies"):
+        raise BadRequest(f"`capture` must be 'none' or 'bodies', got {capture!r}", param="capture")
+    try:
+        spec = state.cfg.rollouts.spec(**overrides)
+    except (ValueError, TypeError) as exc:
+        raise BadRequest(f"rollout {name!r}: {exc}") from None
+    record = new_rollout(name, candidate, control, spec, capture, state.store.clock())
+    created = await _db(state.store.create_rollout, record, actor=ACTOR, reason=body.get("reason"))  # 409
+    await state.control.refresh()
+    return JSONResponse(await _report(state, created), status_code=201)
+
+
+@rollouts.get("")
+async def list_rollouts(state: StateDep) -> dict:
+    records = await _db(state.store.list_rollouts)
+    out = []
+    for r in records:
+        shown, reason = state.evaluator.effective_state(r)
+        out.append({"name": r.name, "adapter": r.adapter, "state": shown, "reason": reason, "weights": r.weights})
+    return {"data": out}
+
+
+async def _report(state: GatewayState, rollout: RolloutRecord) -> dict:
+    requests = await _db(state.store.requests, rollout=rollout.name, limit=state.cfg.rollouts.max_requests)
+    feedback = await _db(state.store.feedback, rollout=rollout.name)
+    report, _, _, _ = build_report(rollout, requests, feedback)
+    report["state"], report["reason"] = state.evaluator.effective_state(rollout)
+    report["evaluator"] = {"leader": state.evaluator.leader, "holder": state.evaluator.holder}
+    return report
+
+
+@rollouts.get("/{name}")
+async def rollout_status(name: str, state: StateDep) -> dict:
+    try:
+        rollout = await _db(state.store.get_rollout, name)
+    except StoreUnavailable:  # the database is down: what this replica last saw, paused
+        rollout = state.control.snapshot.rollouts.get(name)
+        if rollout is None:
+            raise
+        shown, reason = state.evaluator.effective_state(rollout)
+        last = {"name": name, "state": shown, "reason": reason, "step": rollout.step, "weights": rollout.weights}
+        return finite(last)
+    if rollout is None:
+        raise NotFound(f"rollout {name!r} does not exist; GET /admin/rollouts lists them", param="name")
+    return await _report(state, rollout)
+
+
+@rollouts.post("/{name}/{action}")
+async def rollout_action(name: str, action: str, state: StateDep, body: Annotated[dict | None, Body()] = None) -> dict:
+    if action not in MANUAL:
+        raise NotFound(f"unknown rollout action {action!r}; actions: {', '.join(MANUAL)}", param="action")
+    reason = (body or {}).get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest(f"`reason` must be a string, got {reason!r}", param="reason")
+    record = await _db(manual_action, state.store, name, action, ACTOR, reason)
+    await state.control.refresh()
+    return await _report(state, record)
+
+
+@rollouts.get("/{name}/captures")
+async def rollout_captures(name: str, state: StateDep) -> dict:
+    """Captured request/response bodies of the rollout's requests, each with its feedback score (or None)."""
+    rollout = await _db(state.store.get_rollout, name)
+    if rollout is None:
+        raise NotFound(f"rollout {name!r} does not exist", param="name")
+    requests = await _db(state.store.requests, rollout=name, limit=state.cfg.rollouts.max_requests)
+    scores = {f.response_id: f.score for f in await _db(state.store.feedback, rollout=name)}
+    data = [
+        {
+            "id": r.id,
+            "created_at": r.created_at,
+            "variant": r.variant,
+            "status": r.status,
+            "request": r.request_body,
+            "response": r.response_text,
+            "score": scores.get(r.id),
+        }
+        for r in requests
+        if r.request_body is not None and r.response_text is not None
+    ]
+    return {"rollout": name, "capture": rollout.capture, "data": data}

@@ -1,0 +1,164 @@
+"""`loraplane rollout start|status|pause|resume|promote|rollback|export NAME`, through the gateway's
+admin API (`--url`, admin key from env LORAPLANE_ADMIN_KEY).
+
+    loraplane rollout start bot-v2 --candidate bot@v2 [--control bot@v1] [--steps 10,50,100]
+        [--min-samples 200] [--interval 30] [--guard error_rate:0 --guard feedback:0.02] [--capture bodies]
+    loraplane rollout status bot-v2 [--json] [--plot bot-v2.png]
+    loraplane rollout export bot-v2 --out data/bot-v2/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serving.errors import ServingError
+
+ACTIONS = ("pause", "resume", "promote", "rollback")
+
+
+class Admin:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        key = os.environ.get("LORAPLANE_ADMIN_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> Any:
+        try:
+            resp = httpx.request(
+                method, f"{self.url}{path}", json=body, params=params, headers=self.headers, timeout=60
+            )
+        except httpx.HTTPError as exc:
+            raise ServingError(f"gateway {self.url} unreachable ({exc!r}); is `loraplane serve` running?") from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:300]
+            raise ServingError(f"gateway answered {resp.status_code}: {message}")
+        return resp.json()
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--steps {text!r} must be comma-separated integers, e.g. 10,50,100") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraplane rollout", description="progressive rollouts of adapter versions")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (admin key: env LORAPLANE_ADMIN_KEY)")
+    sub = p.add_subparsers(dest="action", required=True)
+    start = sub.add_parser("start", help="start moving an adapter name's traffic to a candidate version")
+    start.add_argument("name", help="the rollout's name")
+    start.add_argument("--candidate", required=True, help="ADAPTER@vN")
+    start.add_argument("--control", help="ADAPTER@vM (default: the adapter's stable version)")
+    start.add_argument("--steps", type=_ints, help="candidate %% per step, ending at 100 (default 10,50,100)")
+    start.add_argument("--min-samples", type=int, help="requests per variant at a step before it may advance")
+    start.add_argument("--interval", type=float, help="seconds between evaluations")
+    start.add_argument("--alpha", type=float, help="chance of any false rollback or promotion (default 0.05)")
+    start.add_argument("--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback); repeat")
+    start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
+    start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
+    start.add_argument("--reason")
+    status = sub.add_parser("status", help="state, weights, per-variant numbers and guard verdicts")
+    status.add_argument("name", nargs="?", help="a rollout (default: list every rollout)")
+    status.add_argument("--json", action="store_true", help="print the gateway's JSON")
+    status.add_argument("--plot", type=Path, help="also write a PNG: scores with intervals and weights over time")
+    for action in ACTIONS:
+        a = sub.add_parser(action, help=f"{action} a rollout now (audited)")
+        a.add_argument("name")
+        a.add_argument("--reason")
+    export = sub.add_parser("export", help="write sft.jsonl + preferences.jsonl from captured bodies")
+    export.add_argument("name")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--min-score", type=float, default=1.0, help="answers scored at least this go to sft.jsonl")
+    export.add_argument("--margin", type=float, default=0.5, help="chosen and rejected scores differ by this much")
+    return p
+
+
+def summary(report: dict) -> str:
+    lines = [
+        f"rollout {report['name']}: {report['state']} at {report['step_percent']}% "
+        f"({report['candidate']} vs {report['control']})",
+        f"  reason: {report.get('reason')}",
+    ]
+    for role in ("candidate", "control"):
+        v = report["variants"][role]
+        fb = v["feedback"]
+        mean = "-" if fb["mean"] is None else f"{fb['mean']:.3f} [{fb['ci'][0]:.3f}, {fb['ci'][1]:.3f}]"
+        p95 = "-" if v["ttft_p95_s"] is None else f"{v['ttft_p95_s'] * 1000:.0f} ms"
+        rate = "-" if v["error_rate"] is None else f"{v['error_rate']:.3%}"
+        lines.append(
+            f"  {role:<9} {v['version']:<24} requests {v['requests']:<6} errors {rate:<8} TTFT p95 {p95:<8} "
+            f"feedback n={fb['n']} mean {mean}"
+        )
+    for g in report["guards"]:
+        lo, hi = g["worsening_lo"], g["worsening_hi"]
+        span = "" if lo is None else f" worsening [{lo:+.4f}, {hi:+.4f}] margin {g['margin']}"
+        lines.append(f"  guard {g['metric']:<10} {g['verdict']}{span}")
+    return "\n".join(lines)
+
+
+def _start_body(args: argparse.Namespace) -> dict:
+    body = {
+        "candidate": args.candidate,
+        "control": args.control,
+        "steps": args.steps,
+        "min_samples": args.min_samples,
+        "interval_s": args.interval,
+        "alpha": args.alpha,
+        "guards": args.guard,
+        "promote_when": args.promote_when,
+        "capture": args.capture,
+        "reason": args.reason,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _status(admin: Admin, args: argparse.Namespace) -> None:
+    if args.name is None:
+        for r in admin.call("GET", "/admin/rollouts")["data"]:
+            print(f"{r['name']:<24} {r['adapter']:<20} {r['state']:<12} {json.dumps(r['weights'])}")
+        return
+    report = admin.call("GET", f"/admin/rollouts/{args.name}")
+    print(json.dumps(report, indent=2) if args.json else summary(report))
+    if args.plot:
+        from serving.rollouts.plot import plot
+
+        audit = admin.call("GET", "/admin/audit", params={"subject": args.name, "limit": 10_000})["data"]
+        print(f"wrote {plot(audit, f'rollout {args.name}', args.plot)}")
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    admin = Admin(args.url)
+    try:
+        if args.action == "start":
+            print(summary(admin.call("POST", f"/admin/rollouts/{args.name}", _start_body(args))))
+        elif args.action == "status":
+            _status(admin, args)
+        elif args.action in ACTIONS:
+            body = {"reason": args.reason} if args.reason else None
+            print(summary(admin.call("POST", f"/admin/rollouts/{args.name}/{args.action}", body)))
+        else:
+            from serving.rollouts.export import write
+
+            captures = admin.call("GET", f"/admin/rollouts/{args.name}/captures")["data"]
+            manifest = write(args.out, args.name, captures, args.min_score, args.margin)
+            files = manifest["files"]
+            print(
+                f"wrote {args.out}: sft.jsonl {files['sft.jsonl']['rows']} rows, "
+                f"preferences.jsonl {files['preferences.jsonl']['rows']} rows (from {manifest['captures']} captures)"
+            )
+    except ServingError as exc:
+        print(f"loraplane rollout: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

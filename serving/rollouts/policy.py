@@ -1,0 +1,246 @@
+"""The rollout state machine and its decision policy (pure: no I/O, no clock).
+
+A rollout moves an adapter name's traffic from its stable version (control) to a candidate in
+steps, e.g. 10% -> 50% -> 100%. Reaching the last step (100) is promotion: the stable pointer
+moves to the candidate and the rollout ends. At each evaluation, `decide` returns one outcome:
+
+- rollback: some guard shows the candidate worse than control by more than the guard's margin
+  (always-valid interval, see stats.py), candidate -> 0%, reason recorded;
+- hold: a variant has fewer than min_samples requests at this step, or, at the last step before
+  100, the promotion rule is not met yet (an inconclusive rollout holds until a person decides);
+- advance: enough samples at this step and no guard failed -> next step;
+- promote: at the last step before 100, enough samples and the promotion rule holds.
+
+Promotion rules (`promote_when`): "better" (default) -- the feedback guard shows the candidate
+better than control, so an A/A rollout promotes with probability <= alpha; "not_worse" -- every
+guard shows the candidate no worse than its margin (non-inferiority); "no_regression" -- no guard
+failed (Flagger-style: advance on passing checks).
+
+Alpha is split evenly over the guards (Bonferroni), so the chance that *any* guard ever makes a
+false claim (a false rollback or a false promotion) over the whole rollout is <= alpha.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from numpy.typing import ArrayLike
+
+from serving.rollouts.stats import Comparison, Interval, compare
+
+Metric = Literal["error_rate", "ttft_p95", "feedback"]
+METRICS: tuple[str, ...] = ("error_rate", "ttft_p95", "feedback")
+PromoteWhen = Literal["better", "not_worse", "no_regression"]
+Method = Literal["msprt", "eb"]
+Outcome = Literal["advance", "hold", "promote", "rollback", "pause"]
+
+
+class State(str, enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.PROMOTED, State.ROLLED_BACK)
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    """metric and the worsening it tolerates, in the metric's own units (rate or score points)."""
+
+    metric: Metric
+    margin: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"guard metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"guard {self.metric} margin must be in [0, 1), got {self.margin}")
+
+    @classmethod
+    def parse(cls, text: str) -> GuardSpec:
+        """'error_rate:0.01' -> GuardSpec('error_rate', 0.01)."""
+        metric, sep, margin = text.partition(":")
+        if not sep:
+            raise ValueError(
+                f"guard {text!r} must be METRIC:MARGIN, e.g. error_rate:0.01 (metrics: {', '.join(METRICS)})"
+            )
+        try:
+            value = float(margin)
+        except ValueError:
+            raise ValueError(f"guard {text!r}: margin {margin!r} is not a number") from None
+        return cls(metric, value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    steps: tuple[int, ...]
+    min_samples: int
+    interval_s: float
+    alpha: float
+    guards: tuple[GuardSpec, ...]
+    promote_when: PromoteWhen
+    method: Method = "msprt"
+
+    def __post_init__(self) -> None:
+        steps = list(self.steps)
+        if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"steps {steps} must increase strictly within 1..100 and end at 100, e.g. 10,50,100")
+        if len(steps) < 2:
+            raise ValueError("steps need at least one step below 100 (where candidate and control are compared)")
+        if self.min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {self.min_samples}")
+        if self.interval_s <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {self.interval_s}")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha must be in (0, 0.5), got {self.alpha}")
+        metrics = [g.metric for g in self.guards]
+        if len(metrics) != len(set(metrics)):
+            raise ValueError(f"guards repeat a metric: {metrics}")
+        if self.method not in ("msprt", "eb"):
+            raise ValueError(f"method {self.method!r} is not one of msprt, eb")
+        if self.promote_when == "better" and "feedback" not in metrics:
+            raise ValueError(
+                "promote_when 'better' needs a feedback guard; add --guard feedback:0 or pick no_regression"
+            )
+
+    @property
+    def guard_alpha(self) -> float:
+        return self.alpha / max(1, len(self.guards))
+
+    def weights(self, step_index: int) -> tuple[int, int]:
+        """(candidate %, control %) at a step."""
+        candidate = self.steps[step_index]
+        return candidate, 100 - candidate
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "steps": list(self.steps), "guards": [asdict(g) for g in self.guards]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RolloutSpec:
+        guards = tuple(GuardSpec(g["metric"], float(g["margin"])) for g in data["guards"])
+        return cls(
+            tuple(data["steps"]),
+            int(data["min_samples"]),
+            float(data["interval_s"]),
+            float(data["alpha"]),
+            guards,
+            data["promote_when"],
+            data.get("method", "msprt"),
+        )
+
+
+Verdict = Literal["pending", "fail", "inconclusive", "not_worse", "better"]
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """One guard's reading: worsening = how much worse the candidate is (positive = worse)."""
+
+    metric: str
+    verdict: Verdict
+    margin: float
+    worsening_lo: float | None
+    worsening_hi: float | None
+    candidate: Interval
+    control: Interval
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def judge(guard: GuardSpec, cmp: Comparison, min_samples: int) -> GuardVerdict:
+    """A guard's verdict from the always-valid interval on candidate - control."""
+    if cmp.candidate.n < min_samples or cmp.control.n < min_samples:
+        return GuardVerdict(guard.metric, "pending", guard.margin, None, None, cmp.candidate, cmp.control)
+    # Higher error rate / exceedance is worse; lower feedback is worse.
+    lo, hi = (-cmp.diff_hi, -cmp.diff_lo) if guard.metric == "feedback" else (cmp.diff_lo, cmp.diff_hi)
+    if lo > guard.margin:
+        verdict: Verdict = "fail"
+    elif hi < 0:
+        verdict = "better"
+    elif hi <= guard.margin:
+        verdict = "not_worse"
+    else:
+        verdict = "inconclusive"
+    return GuardVerdict(guard.metric, verdict, guard.margin, lo, hi, cmp.candidate, cmp.control)
+
+
+def evaluate_guard(spec: RolloutSpec, guard: GuardSpec, candidate: ArrayLike, control: ArrayLike) -> GuardVerdict:
+    """candidate/control: the guard's observations in [0, 1] (error flags, latency exceedances, scores)."""
+    cmp = compare(candidate, control, spec.guard_alpha, spec.method)
+    return judge(guard, cmp, spec.min_samples)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    step_index: int  # the step after the decision (candidate % = spec.steps[step_index])
+
+
+def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, str]:
+    if spec.promote_when == "no_regression":
+        return True, "no guard failed"
+    if spec.promote_when == "not_worse":
+        open_ = [v.metric for v in verdicts if v.verdict not in ("not_worse", "better")]
+        if open_:
+            return False, f"not yet shown within margin: {', '.join(open_)}"
+        return True, "every guard within margin"
+    feedback = next(v for v in verdicts if v.metric == "feedback")
+    if feedback.verdict == "better":
+        return True, "feedback shows the candidate better than control"
+    return False, f"feedback not yet shown better (verdict {feedback.verdict})"
+
+
+def decide(spec: RolloutSpec, step_index: int, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
+    """One evaluation of a running rollout. step_counts: (candidate, control) requests at this step."""
+    for v in verdicts:
+        if v.verdict == "fail":
+            return Decision(
+                "rollback",
+                f"guard {v.metric}: candidate worse by [{v.worsening_lo:.4f}, {v.worsening_hi:.4f}] "
+                f"(always-valid {1 - spec.guard_alpha:.1%} interval), above margin {v.margin}",
+                step_index,
+            )
+    candidate_n, control_n = step_counts
+    if min(candidate_n, control_n) < spec.min_samples:
+        return Decision(
+            "hold",
+            f"waiting for {spec.min_samples} requests per variant at step {spec.steps[step_index]}% "
+            f"(candidate {candidate_n}, control {control_n})",
+            step_index,
+        )
+    last_compared = len(spec.steps) - 2
+    if step_index < last_compared:
+        return Decision("advance", f"{spec.min_samples}+ requests per variant and no guard failed", step_index + 1)
+    ok, why = _promotable(spec, verdicts)
+    if ok:
+        return Decision("promote", why, len(spec.steps) - 1)
+    return Decision("hold", why, step_index)
+
+
+MANUAL: dict[str, tuple[tuple[State, ...], State]] = {
+    "pause": ((State.RUNNING,), State.PAUSED),
+    "resume": ((State.PAUSED,), State.RUNNING),
+    "promote": ((State.RUNNING, State.PAUSED), State.PROMOTED),
+    "rollback": ((State.RUNNING, State.PAUSED), State.ROLLED_BACK),
+}
+
+
+def manual_transition(state: State, action: str) -> State:
+    """A person's action on a rollout; ValueError names the state it cannot leave that way."""
+    if action not in MANUAL:
+        raise ValueError(f"unknown action {action!r}; actions: {', '.join(MANUAL)}")
+    allowed, target = MANUAL[action]
+    if state not in allowed:
+        raise ValueError(f"cannot {action} a rollout that is {state.value}")
+    return target
+
+
+def state_after(decision: Decision) -> State:
+    return {"promote": State.PROMOTED, "rollback": State.ROLLED_BACK}.get(decision.outcome, State.RUNNING)
