@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(spawn_healthy([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
                                 "--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)],
                                gateway_url, args.out / "gateway.log"))  # fmt: skip
-            procs.append(start([sys.executable, "-m", "loraplane", "serve", "--config", str(nolog),
+            procs.append(spawn_healthy([sys.executable, "-m", "loraplane", "serve", "--config", str(nolog),
                                 "--gateway-only", "--engine-url", engine_url, "--port", str(nolog_port)],
                                nolog_url, args.out / "gateway-nolog.log"))  # fmt: skip
             runs = {
