@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from trainer import checkpoint
+from trainer import adalora, checkpoint
 from trainer.base_models import read_manifest, resolve_base
 from trainer.config import Config
 from trainer.data import Dataset, load_dataset_file, split_validation
 from trainer.errors import ConfigError, DataError, PublishError
-from trainer.evaluate import CausalLMLoss, eval_loss, exact_match, perplexity
+from trainer.evaluate import CausalLMLoss, eval_loss, exact_match, perplexity, write_replies
 from trainer.model import add_lora, choose_precision, load_base_model, load_tokenizer, trainable_parameters
 from trainer.publish import check_servable
 from trainer.report import Reporter
@@ -73,9 +73,14 @@ def precheck(cfg: Config) -> None:
     cfg.publish.require_target()
     if cfg.publish.enabled:
         check_servable(
-            {"r": cfg.lora.r, "use_dora": cfg.lora.use_dora, "modules_to_save": cfg.lora.modules_to_save},
+            {
+                "r": adalora.planned_rank(cfg.lora),
+                "use_dora": cfg.lora.use_dora,
+                "modules_to_save": cfg.lora.modules_to_save,
+            },
             cfg.publish.max_lora_rank,
         )
+        adalora.check_rank_budget(cfg.lora, cfg.publish.max_lora_rank)
         target = Path(cfg.publish.adapters_dir) / cfg.publish.name / cfg.publish.version
         if target.exists():
             raise PublishError(
@@ -115,7 +120,7 @@ def setup(cfg: Config) -> Run:
         examples = pack(examples, cfg.data.max_seq_len, cfg.data.seed)
     eval_examples = encode_all(tokenizer, eval_data.conversations, cfg.data.max_seq_len)[0] if eval_data else []
     model = load_base_model(base_dir, cfg.model, precision, accelerator.device)
-    model = add_lora(model, cfg.lora, str(manifest.get("name") or base_dir.name))
+    model = add_lora(model, cfg.lora, str(manifest.get("name") or base_dir.name), cfg.train.max_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = math.ceil(cfg.train.warmup_ratio * cfg.train.max_steps)
@@ -191,6 +196,7 @@ def train_step(run: Run, step: int) -> tuple[float, int]:
     if run.cfg.train.max_grad_norm is not None:
         run.accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.train.max_grad_norm)
     run.optimizer.step()
+    adalora.after_optimizer_step(run.peft_model, step)  # AdaLoRA's rank budget; needs this step's grads
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     total = run.accelerator.reduce(loss_sum, reduction="sum")
@@ -296,7 +302,7 @@ def train_loop(run: Run) -> None:
 
 def final_eval(run: Run) -> dict[str, Any]:
     """Eval loss on every process; exact match by greedy generation on the main process."""
-    result: dict[str, Any] = {"metric": "exact_match", "value": None, "n": 0, "eval_loss": None}
+    result: dict[str, Any] = {"metric": "exact_match", "value": None, "n": 0, "eval_loss": None, "metrics": {}}
     if run.eval_data is None:
         return result
     if run.eval_examples:
@@ -318,12 +324,15 @@ def final_eval(run: Run) -> dict[str, Any]:
                 run.cfg.eval.batch_size,
                 run.cfg.eval.max_new_tokens,
                 run.accelerator.device,
+                run.cfg.eval.metrics,
             )
-        result.update(value=em.value, n=em.n)
+        result.update(value=em.value, n=em.n, metrics=em.metrics)
+        write_replies(run.out_dir / "eval_replies.jsonl", em.rows)
         log(
             run,
             f"exact match {em.value:.3f} ({round(em.value * em.n)}/{em.n}); "
-            + ("misses:" if em.value < 1 else "e.g.:"),
+            + ", ".join(f"{k} {v:.3f}" for k, v in em.metrics.items())
+            + ("; misses:" if em.value < 1 else "; e.g.:"),
         )
         for sample in em.samples:
             log(run, f"  reference {sample['reference']!r}\n  reply     {sample['reply']!r}")
@@ -331,7 +340,7 @@ def final_eval(run: Run) -> dict[str, Any]:
 
 
 def manifest_parts(run: Run) -> dict[str, Any]:
-    peft_cfg = run.peft_model.peft_config["default"]
+    peft_cfg = adalora.published_lora_config(run.peft_model)  # AdaLoRA: the plain LoRA it is published as
     targets = peft_cfg.target_modules
     return {
         "base": {"name": peft_cfg.base_model_name_or_path, "weights_sha256": run.base_manifest["weights_sha256"]},
@@ -367,7 +376,7 @@ def finish(run: Run) -> dict[str, Any]:
     }
     if run.accelerator.is_main_process:
         adapter_dir = run.out_dir / "adapter"
-        run.peft_model.save_pretrained(adapter_dir, save_embedding_layers=False)
+        adalora.save_adapter(run.peft_model, adapter_dir)  # AdaLoRA is saved as the equivalent plain LoRA
         summary["adapter"] = str(adapter_dir)
         final = {"eval/loss": eval_result["eval_loss"], "eval/exact_match": eval_result["value"]}
         run.reporter.scalars(run.state["step"], {k: v for k, v in final.items() if v is not None})
