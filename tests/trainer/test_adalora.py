@@ -76,3 +76,41 @@ def test_converted_adapter_gives_the_adalora_models_logits(base_dir, tmp_path):
     assert (want - base).abs().max() > 1.0  # the adapter changes the logits a lot, so equality means something
     # float64 compute: what remains is the published tensors' float32 storage (measured 1.4e-5)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_adalora_on_some_layers_trains_prunes_and_publishes_plain_lora(tmp_path, base_dir):
+    """The real CLI, 4 steps: budget pruned in steps 1-3, published as LoRA on layers 26-29 only,
+    and the generation metrics in summary.json are those of its own replies."""
+    from safetensors import safe_open
+
+    from tests.trainer.test_train_cli import demo_args, heldout_subset
+    from trainer.cli import main
+    from trainer.metrics import score
+
+    metrics = ["exact_match", "json_valid", "rouge_l", "bleu"]
+    args = demo_args(
+        tmp_path, "--lora.method", "adalora", "--lora.layers", "26-29", "--lora.adalora.init_r", "6",
+        "--lora.adalora.target_r", "2", "--lora.adalora.tinit_ratio", "0.25", "--lora.adalora.tfinal_ratio", "0.25",
+        "--train.max_steps", "4", "--train.batch_size", "2", "--train.lr", "5e-3", "--data.max_seq_len", "96",
+        "--data.eval", str(heldout_subset(tmp_path, 3)), "--eval.max_new_tokens", "24",
+        "--eval.metrics", f"[{', '.join(metrics)}]",
+    )  # fmt: skip
+    assert main(args) == 0
+    version = tmp_path / "adapters" / "test-adapter" / "v1"
+    config = json.loads((version / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["layers_to_transform"] == [26, 27, 28, 29]
+    assert 1 <= config["r"] <= 6 and config["lora_alpha"] == config["r"]
+    with safe_open(version / "adapter_model.safetensors", "pt") as f:
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys()}  # noqa: SIM118
+    assert layers == {26, 27, 28, 29}
+    pattern = json.loads((tmp_path / "run" / "adapter" / "adalora.json").read_text())["rank_pattern"]
+    kept = [sum(mask) for mask in pattern.values()]
+    assert max(kept) == config["r"] and sum(kept) < 6 * len(kept)  # pruned, and R is the largest kept rank
+    manifest = json.loads((version / "loraplane-adapter.json").read_text())
+    assert manifest["lora"]["r"] == config["r"]
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval_replies.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and list(summary["eval"]["metrics"]) == metrics
+    assert summary["eval"]["metrics"] == score([r["reply"] for r in rows], [r["reference"] for r in rows], metrics)
