@@ -72,6 +72,7 @@ def precheck(cfg: Config) -> None:
     """Fail before any work on what would only fail at the end."""
     cfg.publish.require_target()
     if cfg.publish.enabled:
+        adalora.check_rank_budget(cfg.lora, cfg.publish.max_lora_rank)  # AdaLoRA: its own message first
         check_servable(
             {
                 "r": adalora.planned_rank(cfg.lora),
@@ -80,7 +81,6 @@ def precheck(cfg: Config) -> None:
             },
             cfg.publish.max_lora_rank,
         )
-        adalora.check_rank_budget(cfg.lora, cfg.publish.max_lora_rank)
         target = Path(cfg.publish.adapters_dir) / cfg.publish.name / cfg.publish.version
         if target.exists():
             raise PublishError(

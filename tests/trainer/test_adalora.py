@@ -24,6 +24,15 @@ def test_final_rank_above_the_serving_limit_is_refused_before_training():
     check_rank_budget(cfg.lora, 20)  # init_r above the limit may still fit: decided at publish
 
 
+def test_cli_refuses_an_unservable_budget_before_training(tmp_path, capsys):
+    from tests.trainer.test_train_cli import demo_args
+    from trainer.cli import main
+
+    flags = ["--lora.method", "adalora", "--lora.adalora.init_r", "24", "--lora.adalora.target_r", "20"]
+    assert main(demo_args(tmp_path, *flags)) == 2
+    assert "target_r 20 > publish.max_lora_rank 16" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_bad_budget_is_a_config_error():
     with pytest.raises(ConfigError, match=r"target_r must be in \[1, init_r=4\], got 6"):
         load_config(None, ["--lora.adalora.init_r", "4", "--lora.adalora.target_r", "6"])
