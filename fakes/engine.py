@@ -5,7 +5,10 @@ the first after `ttft_ms`, the rest `itl_ms` apart, and honours `max_tokens`, `s
 `stream_options.include_usage`. It also answers `/health`, `/v1/models`, `/metrics` and
 vLLM's runtime LoRA endpoints (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`) with
 vLLM's own messages and status codes. Faults to inject: `error_rate` (HTTP 500s) and
-`slow_ms` (extra time to first token for some model names, e.g. to make one A/B variant slower).
+`slow_ms` (extra time to first token for some model names, e.g. to make one A/B variant slower),
+`fail_load` (adapter names whose load answers 500). With `api_key` set it guards /v1 like vLLM's
+`--api-key` (vllm/entrypoints/serve/middleware/authenticate.py): 401 without `Bearer <key>`,
+/health stays open.
 
     python -m fakes.engine --port 8100 --tokens 32 --itl-ms 5
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import random
 import time
@@ -37,6 +41,8 @@ class MockSettings:
     error_rate: float = 0.0  # fraction of completions answered with HTTP 500
     seed: int = 0
     slow_ms: dict[str, float] = field(default_factory=dict)  # model name -> extra delay before token 1
+    fail_load: tuple[str, ...] = ()  # adapter names whose /v1/load_lora_adapter answers 500
+    api_key: str | None = None  # like vLLM's --api-key: /v1 needs `Authorization: Bearer <key>`
 
 
 def _error(status: int, err_type: str, message: str, param: str | None = None) -> JSONResponse:
@@ -72,6 +78,7 @@ class MockEngine:
         self.rng = random.Random(settings.seed)
         self.running = 0
         self.completed = 0
+        self.refused = 0  # requests refused for a missing/wrong API key
 
     def served(self, model: str) -> bool:
         return model == self.settings.base or model in self.adapters
@@ -136,6 +143,17 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
     engine = MockEngine(settings or MockSettings())
     app = FastAPI(title="loraplane mock upstream")
     app.state.engine = engine
+    guarded = ("/v1", "/v2", "/inference", "/cohere")  # vLLM's GUARDED_PREFIX
+
+    @app.middleware("http")
+    async def api_key(request: Request, call_next: Any) -> Response:
+        key = engine.settings.api_key
+        if key and request.url.path.startswith(guarded):
+            scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token, key):
+                engine.refused += 1
+                return JSONResponse({"error": "Unauthorized"}, status_code=401)
+        return await call_next(request)
 
     @app.get("/health")
     async def health() -> Response:
@@ -166,6 +184,8 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
         if name in engine.adapters and not body.get("load_inplace"):
             msg = f"The lora adapter '{name}' has already been loaded. If you want to load the adapter in place, set 'load_inplace' to True."  # noqa: E501
             return _error(400, "InvalidUserInput", msg)
+        if name in engine.settings.fail_load:
+            return _error(500, "InternalServerError", f"injected load failure for '{name}' (mock fail_load)")
         engine.adapters[name] = path
         return Response(f"Success: LoRA adapter '{name}' added successfully.", status_code=200)
 
@@ -213,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--itl-ms", type=float, default=defaults.itl_ms, help="delay between tokens")
     p.add_argument("--error-rate", type=float, default=defaults.error_rate, help="fraction answered 500")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--api-key", default=None, help="guard /v1 like vLLM's --api-key")
     p.add_argument("--slow", action="append", default=[], metavar="MODEL=MS", help="extra TTFT for a model name")
     args = p.parse_args(argv)
     slow = {name: float(ms) for name, _, ms in (item.partition("=") for item in args.slow)}
-    settings = MockSettings(args.base, args.tokens, args.ttft_ms, args.itl_ms, args.error_rate, args.seed, slow)
+    settings = MockSettings(
+        args.base, args.tokens, args.ttft_ms, args.itl_ms, args.error_rate, args.seed, slow, api_key=args.api_key
+    )
 
     import uvicorn
 

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trainer.eval_cli:main", "score a served model through the gateway (exact match, BLEU, ...)"),
     "serve": ("serving.cli:serve_main", "start vLLM engine(s) and the OpenAI-compatible gateway"),
     "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),
+    "store": ("serving.store.cli:main", "migrate the control-plane database (store migrate|status)"),
     "loadtest": ("loadtest.cli:main", "run a Locust load test with SLO gates"),
     "demo": ("loraplane.demo:main", "train v1+v2 on the bundled model, serve, compare through the gateway"),
 }

@@ -22,6 +22,7 @@ class Principal:
     key_hash: str | None
     models: tuple[str, ...]
     rate_limit_per_minute: int
+    may_pin_variant: bool = False
 
     def may_call(self, model: str) -> bool:
         return "*" in self.models or model in self.models or model.split("@")[0] in self.models
@@ -52,7 +53,7 @@ class KeyStore:
         key = self._by_hash.get(digest)
         if key is None:
             raise Unauthorized("invalid API key (not recognised); ask the operator for a key", code="invalid_api_key")
-        return Principal(key.name, digest, tuple(key.models), key.rate_limit_per_minute)
+        return Principal(key.name, digest, tuple(key.models), key.rate_limit_per_minute, key.may_pin_variant)
 
     def authorize(self, principal: Principal, model: str) -> None:
         if not principal.may_call(model):
@@ -61,15 +62,37 @@ class KeyStore:
                 param="model",
             )
 
+    def is_admin(self, authorization: str | None) -> bool:
+        token, expected = bearer(authorization), self.cfg.admin_key_sha256
+        return token is not None and expected is not None and hmac.compare_digest(hash_key(token), expected)
+
     def check_admin(self, authorization: str | None) -> None:
-        if not self.cfg.enabled:
+        """The admin API is closed by default, auth.enabled or not."""
+        if self.cfg.local_dev_open_admin:  # config refuses it unless gateway.host is loopback
             return
-        token = bearer(authorization)
-        expected = self.cfg.admin_key_sha256
-        if token is None or expected is None or not hmac.compare_digest(hash_key(token), expected):
+        if self.cfg.admin_key_sha256 is None:
+            raise Forbidden(
+                "the admin API is closed: no admin key is configured. Set auth.admin_key_sha256 to the sha256 "
+                "of a secret key (python -c \"import hashlib; print(hashlib.sha256(b'KEY').hexdigest())\") "
+                "and send `Authorization: Bearer KEY`; or, on a gateway bound to 127.0.0.1 only, "
+                "auth.local_dev_open_admin: true",
+                code="admin_key_not_configured",
+            )
+        if not self.is_admin(authorization):
             raise Unauthorized(
                 "admin endpoints need the admin key: `Authorization: Bearer <admin key>`", code="invalid_api_key"
             )
+
+    def check_pin(self, principal: Principal, authorization: str | None) -> None:
+        """Choosing an experiment's variant (X-Loraplane-Variant) is for the admin key, keys with
+        `may_pin_variant: true`, and the open local-development admin."""
+        if principal.may_pin_variant or self.cfg.local_dev_open_admin or self.is_admin(authorization):
+            return
+        raise Forbidden(
+            f"key {principal.name!r} may not pin a variant with X-Loraplane-Variant: drop the header, "
+            "or use the admin key or a key with `may_pin_variant: true`",
+            param="X-Loraplane-Variant",
+        )
 
 
 class RateLimiter:

@@ -93,6 +93,7 @@ def serve_main(argv: list[str]) -> int:
         signal.signal(sig, _exit_on_signal)
     try:
         cfg = _config_from_args(args)
+        check_store(cfg)
         check_servable(cfg)
         engines = start_engines(cfg, args.log_dir)
         threading.Thread(target=supervise, args=(engines, stop), daemon=True).start()
@@ -105,6 +106,13 @@ def serve_main(argv: list[str]) -> int:
         for engine in engines:
             engine.stop()
     return 0
+
+
+def check_store(cfg: ServingConfig) -> None:
+    """Refuse at start a control-plane database that cannot be reached (before engines start)."""
+    from serving.store import Store
+
+    Store.open(cfg).close()  # also migrates: a fresh SQLite file or an empty database is made ready
 
 
 def check_servable(cfg: ServingConfig) -> None:
@@ -213,14 +221,18 @@ def adapters_main(argv: list[str]) -> int:
     pub = sub.add_parser("publish", help="validate an adapter directory and publish it as NAME@VERSION")
     pub.add_argument("src", type=Path)
     pub.add_argument("model", help="NAME@VERSION, e.g. support-bot@v3")
-    for action in ("load", "unload"):
-        p = sub.add_parser(action, help=f"{action} NAME@VERSION in a running gateway's engines")
+    for action, help_ in (
+        ("load", "load NAME@VERSION into a running gateway's engines"),
+        ("unload", "unload NAME@VERSION from a running gateway's engines"),
+        ("promote", "make NAME@VERSION the stable version bare NAME resolves to (every replica, audited)"),
+    ):
+        p = sub.add_parser(action, help=help_)
         p.add_argument("model")
         p.add_argument("--gateway", default="http://127.0.0.1:8000")
     args = parser.parse_args(argv)
     try:
         cfg = load_config([Path(p) for p in args.config])
-        if args.action in ("load", "unload"):
+        if args.action in ("load", "unload", "promote"):
             print(json.dumps(_admin(args.gateway, args.action, args.model)))
             return 0
         registry = AdapterRegistry(

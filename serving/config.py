@@ -5,6 +5,8 @@ cfg = load_config(Path("configs/serving/default.yaml"), overrides={"gateway.port
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +20,10 @@ ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VERSION_RE = re.compile(r"^v[0-9]{1,6}$")
 
 
+ABKeySource = Literal["user", "header", "api_key"]
+AB_KEY_SOURCES: tuple[ABKeySource, ...] = ("user", "header", "api_key")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
@@ -29,7 +35,19 @@ class GatewayConfig(Strict):
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(300.0, gt=0)
     max_in_flight: int = Field(256, ge=1)  # beyond this, requests get 429 instead of queueing forever
-    max_tokens_limit: int = Field(4096, ge=1)
+    # Request bounds (serving/gateway/limits.py). A request may ask for at most
+    # min(max_tokens_limit, engine.max_model_len - 1) tokens; one that names none gets default_max_tokens.
+    max_tokens_limit: int = Field(1024, ge=1)
+    default_max_tokens: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # 413 beyond this, counted while reading
+    # Upstream connections the gateway holds at once (None: max_in_flight); a request that waits
+    # longer than upstream_wait_timeout_s for one gets 503 with Retry-After instead of a hang.
+    max_upstream_connections: int | None = Field(None, ge=1)
+    upstream_wait_timeout_s: float = Field(5.0, gt=0)
+    # Where the A/B key of a request comes from, first match wins: "user" (the body's `user`),
+    # "header" (X-User-Id), "api_key" (the caller's key). Never the client address. A request
+    # with none of them gets a random key (see README, "A/B keys").
+    ab_key_sources: list[ABKeySource] = Field(default_factory=lambda: list(AB_KEY_SOURCES))
 
 
 class RegistryConfig(Strict):
@@ -79,6 +97,7 @@ class ExperimentConfig(Strict):
 
     name: str
     variants: dict[str, int]  # "adapter@version" -> weight
+    capture: Literal["none", "bodies"] = "none"  # "bodies": keep request/response bodies (store.body_retention_s)
 
     @field_validator("name")
     @classmethod
@@ -110,12 +129,44 @@ class KeyConfig(Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     models: list[str] = Field(default_factory=lambda: ["*"])  # model/experiment names, "*" = all
     rate_limit_per_minute: int = Field(0, ge=0)  # 0 = unlimited
+    may_pin_variant: bool = False  # may choose an experiment's variant with X-Loraplane-Variant
 
 
 class AuthConfig(Strict):
-    enabled: bool = False  # False: no key needed (local use); True: every /v1 call needs a key
+    enabled: bool = False  # False: no key needed for /v1 (local use); True: every /v1 call needs a key
+    # The admin API (/admin/*) always needs this key, auth.enabled or not; without one it answers 403.
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     keys: list[KeyConfig] = Field(default_factory=list)
+    # Local development only: an open admin API, honoured only when gateway.host is a loopback
+    # address (the gateway refuses to start otherwise).
+    local_dev_open_admin: bool = False
+
+
+class RateLimitConfig(Strict):
+    """Where per-key rate limits are counted. None: in each gateway process (N replicas allow N
+    times the rate); a Redis/Valkey URL: shared by every replica (env LORAPLANE_REDIS_URL overrides)."""
+
+    redis_url: str | None = None
+    # Redis unreachable: "open" serves the request uncounted (loraplane_ratelimit_errors_total
+    # counts it); "closed" answers 503 with Retry-After.
+    on_redis_error: Literal["open", "closed"] = "open"
+    redis_timeout_s: float = Field(0.25, gt=0)
+
+
+class StoreConfig(Strict):
+    """The control-plane database (serving/store/): experiments, rollouts, stable versions, logs."""
+
+    # SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db. None: the SQLite file
+    # `loraplane.db` in registry.adapters_dir (one gateway). Env LORAPLANE_STORE_URL overrides it.
+    url: str | None = None
+    poll_interval_s: float = Field(1.0, gt=0, le=1.0)  # every replica sees a change within 2 s
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_log: bool = True  # log every completion (id, variant, status, TTFT, tokens)
+    log_queue_size: int = Field(20_000, ge=1)  # records waiting for the writer; beyond: dropped, counted
+    log_batch_size: int = Field(500, ge=1)  # records per write
+    log_flush_interval_s: float = Field(0.2, gt=0)  # the writer writes at least this often
+    body_retention_s: float = Field(7 * 24 * 3600.0, gt=0)  # captured bodies are erased after this
+    feedback_timeout_s: float = Field(5.0, gt=0)  # POST /v1/feedback waits this long for the write
 
 
 class ServingConfig(Strict):
@@ -127,11 +178,23 @@ class ServingConfig(Strict):
     engines: list[str] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
         if self.engine.replicas == 0 and not self.engines:
             raise ValueError("engine.replicas is 0 and `engines` is empty: give at least one engine")
+        if self.auth.local_dev_open_admin and not is_loopback(self.gateway.host):
+            raise ValueError(
+                f"auth.local_dev_open_admin is true but gateway.host is {self.gateway.host!r}, not a loopback "
+                "address: set auth.admin_key_sha256 instead (sha256 of the admin key) or bind to 127.0.0.1"
+            )
+        if self.gateway.default_max_tokens > self.gateway.max_tokens_limit:
+            raise ValueError(
+                f"gateway.default_max_tokens ({self.gateway.default_max_tokens}) is above gateway.max_tokens_limit "
+                f"({self.gateway.max_tokens_limit})"
+            )
         names = [e.name for e in self.experiments]
         if len(names) != len(set(names)):
             raise ValueError(f"experiment names repeat: {names}")
@@ -140,6 +203,15 @@ class ServingConfig(Strict):
     @property
     def engine_adapters_dir(self) -> Path:
         return self.registry.engine_adapters_dir or self.registry.adapters_dir
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -178,6 +250,8 @@ def load_config(paths: Path | list[Path] | None = None, overrides: dict[str, Any
         _deep_merge(data, _read_yaml(path))
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
+    if url := os.environ.get("LORAPLANE_REDIS_URL"):
+        _set_dotted(data, "ratelimit.redis_url", url)
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as exc:

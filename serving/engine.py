@@ -28,6 +28,15 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 PLUGIN_GROUP, PLUGIN_NAME = "vllm.general_plugins", "loraplane_cpu_lora"
+# The engines' API key. When set, local engines get it as vLLM's VLLM_API_KEY (the same check as
+# --api-key, kept out of the process list) and the gateway sends `Authorization: Bearer` with it on
+# every engine call; vLLM then refuses /v1 calls without it (only /health and /metrics stay open).
+ENGINE_KEY_ENV = "LORAPLANE_ENGINE_API_KEY"
+
+
+def engine_auth_headers() -> dict[str, str]:
+    key = os.environ.get(ENGINE_KEY_ENV)
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def check_cpu_lora_plugin(cfg: ServingConfig) -> None:
@@ -146,6 +155,8 @@ class EngineProcess:
         if engine.cpu_bind == "auto" and BIND_ENV not in engine.env and detect_machine().engine_platform == "cpu":
             env[BIND_ENV] = cpu_bind_lists(usable_cpus(), max(engine.replicas, self.index + 1))[self.index]
         env["LORAPLANE_VLLM_LORA_OPS"] = engine.cpu_lora_ops  # read by loraplane_vllm/cpu_lora.py
+        if key := os.environ.get(ENGINE_KEY_ENV):
+            env["VLLM_API_KEY"] = key
         env.update(engine.env)
         return env
 
@@ -214,6 +225,8 @@ class EngineProcess:
 
 
 def local_engines(cfg: ServingConfig, base_dir: Path, served_name: str, log_dir: Path) -> list[EngineProcess]:
+    if cfg.engine.replicas == 0:  # a gateway-only process needs no model weights
+        return []
     if not (base_dir / "config.json").is_file():
         raise ConfigError(f"base model directory {base_dir} has no config.json; run `loraplane base pull {cfg.base}`")
     return [EngineProcess(cfg, base_dir, served_name, i, log_dir) for i in range(cfg.engine.replicas)]

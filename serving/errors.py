@@ -63,3 +63,33 @@ class AdapterRejected(ServingError):
 
     status = 422
     type = "invalid_request_error"
+
+
+class Conflict(ServingError):
+    """The change clashes with what exists (a name taken, a second rollout on one adapter)."""
+
+    status = 409
+    type = "invalid_request_error"
+
+
+class StoreUnavailable(ServingError):
+    """The control-plane database cannot be reached (its URL named without the password)."""
+
+    status = 503
+    type = "server_error"
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class Overloaded(ServingError):
+    """The gateway cannot take the request now (no upstream connection free in time): retry."""
+
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, code="overloaded")
+        self.retry_after_s = retry_after_s

@@ -34,6 +34,7 @@ def assign_variant(experiment: str, key: str, variants: dict[str, int]) -> str:
 class Experiment:
     name: str
     variants: dict[str, int]
+    capture: str = "none"  # "bodies": its requests' bodies are kept (store.body_retention_s)
 
 
 class ExperimentTable:

@@ -7,7 +7,7 @@ the registry), variant, status class, engine index.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, disable_created_metrics
 
 # No `*_created` series: they double the exposition and no dashboard reads them.
 disable_created_metrics()
@@ -65,8 +65,36 @@ class GatewayMetrics:
         self.adapter_unloads = Counter(
             "loraplane_adapter_unloads_total", "Adapter unloads (LRU or admin)", ["adapter"], registry=r
         )
+        self.unkeyed_requests = Counter(
+            "loraplane_unkeyed_requests_total",
+            "Requests to an experiment without an A/B key (each got a random one)",
+            ["route"],
+            registry=r,
+        )
+        self.ratelimit_errors = Counter(
+            "loraplane_ratelimit_errors_total",
+            "Rate-limit checks that could not reach the shared store (ratelimit.on_redis_error decides)",
+            registry=r,
+        )
         self.engine_healthy = Gauge(
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
+        )
+
+        # Control plane (serving/store/): feedback and the request log.
+        self.feedback = Counter(
+            "loraplane_feedback_total",
+            "Feedback submissions (POST /v1/feedback) by model and variant",
+            ["model", "variant"],
+            registry=r,
+        )
+        # A summary: exposes loraplane_feedback_score_sum (and _count) per model and variant.
+        self.feedback_score = Summary(
+            "loraplane_feedback_score", "Feedback scores (0..1) by model and variant", ["model", "variant"], registry=r
+        )
+        self.request_log_dropped = Counter(
+            "loraplane_request_log_dropped_total",
+            "Request log records not written (writer queue full, or the database slow or down)",
+            registry=r,
         )
 
 

@@ -35,6 +35,26 @@ class Engine:
         return str(self.index)
 
 
+class EngineLease:
+    """One request counted on an engine until release() (idempotent); also a context manager."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.released = False
+        engine.in_flight += 1
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.engine.in_flight -= 1
+
+    def __enter__(self) -> EngineLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class EnginePool:
     def __init__(
         self,
@@ -63,6 +83,19 @@ class EnginePool:
                 code="engine_unavailable",
             )
         return sorted(healthy, key=lambda e: (lora_key not in e.loaded if lora_key else False, e.in_flight))
+
+    def lease(self, engine: Engine) -> EngineLease:
+        """Count a request on `engine` (least-busy routing) until the lease is released."""
+        return EngineLease(engine)
+
+    def forget(self, engine: Engine, ref: AdapterRef) -> None:
+        """The engine no longer holds `ref` (it answered 404 for it, e.g. after a restart): the next
+        request loads it again."""
+        engine.loaded.pop(ref.key, None)
+
+    def holders(self, key: str) -> list[int]:
+        """Indexes of the engines that hold adapter `key`."""
+        return [e.index for e in self.engines if key in e.loaded]
 
     def mark_down(self, engine: Engine, kind: str) -> None:
         engine.healthy = False
@@ -95,10 +128,11 @@ class EnginePool:
             self.metrics.adapter_loads.labels(ref.key, "engine_error").inc()
             raise EngineUnavailable(f"engine {engine.index} did not answer the adapter load: {exc!r}") from exc
         if resp.status_code != 200 and "already been loaded" not in resp.text:
+            # Any answer (a 500 included) is about this adapter: a 422 for it, the engine stays in.
             self.metrics.adapter_loads.labels(ref.key, "rejected").inc()
-            if resp.status_code >= 500:
-                raise EngineUnavailable(f"engine {engine.index} failed to load {ref.key}: {resp.text[:300]}")
-            raise AdapterRejected(f"the engine refused adapter {ref.key}: {resp.text[:300]}")
+            raise AdapterRejected(
+                f"engine {engine.index} refused adapter {ref.key} ({resp.status_code}): {resp.text[:300]}"
+            )
         self.metrics.adapter_loads.labels(ref.key, "ok").inc()
         self.metrics.adapter_load_duration.labels(ref.key).observe(time.perf_counter() - started)
         engine.loaded[ref.key] = ref

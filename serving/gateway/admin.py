@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -28,8 +30,10 @@ def _adapter_status(state: GatewayState) -> list[dict]:
     for name in state.registry.names():
         for version in state.registry.versions(name):
             key = f"{name}@{version}"
-            engines = [e.index for e in state.pool.engines if key in e.loaded]
-            out.append({"id": key, "name": name, "version": version, "loaded_on": engines})
+            stable = state.control.stable_version(name) == version
+            out.append(
+                {"id": key, "name": name, "version": version, "stable": stable, "loaded_on": state.pool.holders(key)}
+            )
     return out
 
 
@@ -43,7 +47,7 @@ async def load_adapter(name: str, version: str, state: StateDep) -> dict:
     parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
     ref = state.registry.resolve(parsed_name, parsed_version)
     state.registry.validate(ref)  # rejected versions never reach an engine
-    state.validated.add(ref.key)
+    state.resolver.validated.add(ref.key)
     loaded = []
     for engine in state.pool.candidates(None):
         await state.pool.ensure_loaded(engine, ref)
@@ -55,25 +59,58 @@ async def load_adapter(name: str, version: str, state: StateDep) -> dict:
 async def unload_adapter(name: str, version: str, state: StateDep) -> dict:
     parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
     ref = state.registry.resolve(parsed_name, parsed_version)
-    state.validated.discard(ref.key)
+    state.resolver.validated.discard(ref.key)
     return {"id": ref.key, "unloaded_from": await state.pool.unload_everywhere(ref.key)}
+
+
+@admin.post("/adapters/{name}/{version}/promote")
+async def promote_adapter(
+    name: str, version: str, state: StateDep, body: Annotated[dict | None, Body()] = None
+) -> dict:
+    """Make NAME@VERSION the stable version: bare `NAME` resolves to it on every replica (audited)."""
+    parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
+    ref = state.registry.resolve(parsed_name, parsed_version)
+    state.registry.validate(ref)  # never promote a version that cannot be served
+    reason = _reason(body)
+    previous = await state.control.promote(ref.name, ref.version, actor="admin", reason=reason)
+    return {"id": ref.key, "stable": ref.version, "previous": previous}
 
 
 @admin.get("/experiments")
 async def list_experiments(state: StateDep) -> dict:
-    return {"data": [{"name": e.name, "variants": e.variants} for e in state.experiments.all()]}
+    return {"data": [{"name": e.name, "variants": e.variants, "capture": e.capture} for e in state.experiments.all()]}
+
+
+def _reason(body: dict | None) -> str | None:
+    reason = (body or {}).get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest(f"`reason` must be a string, got {reason!r}", param="reason")
+    return reason
 
 
 @admin.put("/experiments/{name}")
-async def set_experiment(name: str, state: StateDep, variants: Annotated[dict[str, int], Body(embed=True)]) -> dict:
+async def set_experiment(name: str, state: StateDep, body: Annotated[dict, Body()]) -> dict:
+    """Create or replace an experiment; stored, so every replica serves it within 2 s and it survives restarts."""
     try:
-        checked = ExperimentConfig(name=name, variants=variants)
+        checked = ExperimentConfig(name=name, variants=body.get("variants"), capture=body.get("capture", "none"))
     except ValidationError as exc:
         raise BadRequest("; ".join(err["msg"] for err in exc.errors()), param="variants") from None
     for target in checked.variants:  # every variant must exist in the registry
         state.registry.resolve(*parse_model_name(target))
-    experiment = state.experiments.set(name, checked.variants)
-    return {"name": experiment.name, "variants": experiment.variants}
+    await state.control.put_experiment(name, dict(checked.variants), checked.capture, "admin", _reason(body))
+    return {"name": name, "variants": checked.variants, "capture": checked.capture}
+
+
+@admin.delete("/experiments/{name}")
+async def delete_experiment(name: str, state: StateDep) -> dict:
+    await state.control.delete_experiment(name, "admin", None)
+    return {"name": name, "deleted": True}
+
+
+@admin.get("/audit")
+async def audit_log(state: StateDep, subject: str | None = None, limit: int = 200) -> dict:
+    records = await asyncio.to_thread(state.store.audit_log, subject, min(max(limit, 1), 10_000))
+    return {"data": [asdict(r) for r in records]}
 
 
 @ops.get("/health")

@@ -11,16 +11,22 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServingConfig
-from serving.errors import RateLimited, ServingError
+from serving.engine import engine_auth_headers
+from serving.errors import ServingError
 from serving.gateway.admin import admin, ops
+from serving.gateway.feedback import router as feedback_router
+from serving.gateway.refusals import count_error
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
+from serving.store import Store
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+    retry_after = getattr(exc, "retry_after_s", None)  # RateLimited, Overloaded
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
@@ -28,34 +34,57 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(cfg.gateway.read_timeout_s, connect=cfg.gateway.connect_timeout_s)
+        upstream = (
+            cfg.gateway.max_upstream_connections or cfg.gateway.max_in_flight
+        ) + 16  # admission waits, not aiohttp
         limits = httpx.Limits(max_connections=cfg.gateway.max_in_flight + 16, max_keepalive_connections=64)
         session_timeout = aiohttp.ClientTimeout(
             sock_connect=cfg.gateway.connect_timeout_s, sock_read=cfg.gateway.read_timeout_s
         )
-        connector = aiohttp.TCPConnector(limit=cfg.gateway.max_in_flight + 16, limit_per_host=0)
+        connector = aiohttp.TCPConnector(limit=upstream, limit_per_host=0)
+        engine_auth = engine_auth_headers()  # LORAPLANE_ENGINE_API_KEY, on every engine call
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            httpx.AsyncClient(timeout=timeout, limits=limits, headers=engine_auth) as client,
             aiohttp.ClientSession(
-                timeout=session_timeout, connector=connector, auto_decompress=False, read_bufsize=2**20
+                timeout=session_timeout,
+                connector=connector,
+                auto_decompress=False,
+                read_bufsize=2**20,
+                headers=engine_auth,
             ) as session,
         ):
-            state = GatewayState(cfg, engine_urls, client, session)
+            store = await asyncio.to_thread(Store.open, cfg)  # StoreUnavailable names the URL
+            state = GatewayState(cfg, engine_urls, client, session, store)
             app.state.gateway = state
+            await state.control.start()
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
+            poll = asyncio.create_task(state.control.poll_loop())
             try:
                 yield
             finally:
                 health.cancel()
+                poll.cancel()
+                await state.control.stop()  # writes what the request log still holds
+                store.close()
+                await state.limiter.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 
     @app.exception_handler(ServingError)
-    async def serving_error(_: Request, exc: ServingError) -> JSONResponse:
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        count_error(request, exc.status)
         return _error_response(exc)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        count_error(request, exc.status_code)  # unknown paths (404), wrong methods (405)
+        body = {"error": {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_error(request, 400)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p != "body")
         body = {
@@ -69,7 +98,8 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        count_error(request, 500)
         body = {
             "error": {
                 "message": f"internal gateway error: {type(exc).__name__}",
@@ -81,6 +111,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)
+    app.include_router(feedback_router)
     app.include_router(admin)
     app.include_router(ops)
     return app

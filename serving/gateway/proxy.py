@@ -1,9 +1,9 @@
 """Forward one OpenAI request to an engine: pick, hot-load, retry before the first byte, relay.
 
-Retries: a request moves to another engine only while nothing was sent to the client
-(connect failure, engine 5xx, adapter load failure). Once streaming, an engine failure ends
-the stream with an OpenAI-style error event. A client disconnect closes the upstream
-connection, which makes vLLM abort the generation.
+Retries: a request moves to another engine only while nothing was sent to the client, and only
+after a connection failure or timeout (an engine's HTTP answer, 500 included, is relayed).
+Once streaming, an engine failure ends the stream with an OpenAI-style error event. A client
+disconnect closes the upstream connection, which makes vLLM abort the generation.
 
 The hot path uses aiohttp's client (state.session): per proxied request it costs a fraction of
 httpx's CPU time (httpx's pool scans every connection and polls its socket on each request);
@@ -15,16 +15,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.engine import ENGINE_KEY_ENV
 from serving.errors import EngineUnavailable, ServingError
-from serving.gateway.state import GatewayState, Target
+from serving.gateway.resolve import Target
+from serving.gateway.state import GatewayState
 from serving.metrics import status_class
 from serving.pool import Engine
+from serving.store import RequestRecord
 
 CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
 
@@ -36,6 +40,37 @@ class Call:
     body: dict
     target: Target
     started: float
+    key_name: str = "anonymous"  # the API key's name (never the key)
+    # Filled in while relaying, for the request log:
+    response_id: str | None = None  # the `id` the client receives
+    ttft_s: float | None = None
+    usage: dict | None = None
+    answer: list[str] | None = field(default=None)  # response text parts, only with capture: bodies
+
+    def __post_init__(self) -> None:
+        if self.target.capture_bodies:
+            self.answer = []
+
+    def record(self, status: int) -> RequestRecord:
+        usage = self.usage or {}
+        capture = self.answer is not None
+        return RequestRecord(
+            id=self.response_id or f"gw-{uuid.uuid4().hex}",  # errors the engine never answered
+            created_at=time.time(),
+            route=self.route,
+            model=self.target.model_label,
+            variant=self.target.variant_label,
+            key_name=self.key_name,
+            status=status,
+            latency_s=time.perf_counter() - self.started,
+            experiment=self.target.experiment,
+            rollout=self.target.rollout,
+            ttft_s=self.ttft_s,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            request_body={k: v for k, v in self.body.items() if k != "stream_options"} if capture else None,
+            response_text="".join(self.answer or []) if capture else None,
+        )
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -49,14 +84,22 @@ class Call:
         return out
 
 
-def _has_content(chunk: dict, route: str) -> bool:
+def _content(chunk: dict, route: str) -> str:
+    """The text a chunk carries (first choice with content)."""
     for choice in chunk.get("choices") or []:
         node = choice
         for key in CONTENT_FIELD[route]:
             node = node.get(key) if isinstance(node, dict) else None
         if node:
-            return True
-    return False
+            return str(node)
+    return ""
+
+
+def _answer_text(payload: dict, route: str) -> str:
+    choices = payload.get("choices") or [{}]
+    if route == "chat":
+        return str((choices[0].get("message") or {}).get("content") or "")
+    return str(choices[0].get("text") or "")
 
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -70,33 +113,25 @@ async def _open(state: GatewayState, engine: Engine, call: Call) -> aiohttp.Clie
 
 
 async def open_upstream(state: GatewayState, call: Call) -> tuple[Engine, aiohttp.ClientResponse]:
-    """Try engines in affinity order until one answers with less than 500."""
+    """Try engines in affinity order until one answers. Only a connection failure or a timeout
+    takes an engine out (and moves the request on); any HTTP answer, a 500 included, is that
+    request's own answer and is relayed."""
     lora_key = call.target.ref.key if call.target.ref else None
     last_error = "no engine tried"
     for attempt, engine in enumerate(state.pool.candidates(lora_key)):
         if attempt:
             state.metrics.retries.inc()
         try:
-            resp = await _open(state, engine, call)
+            return engine, await _open(state, engine, call)
         except (*UPSTREAM_ERRORS, EngineUnavailable) as exc:
             state.pool.mark_down(engine, "connect")
             last_error = f"engine {engine.index}: {exc!r}"
-            continue
-        if resp.status >= 500:
-            try:
-                text = (await resp.read()).decode(errors="replace")
-            except UPSTREAM_ERRORS as exc:
-                text = repr(exc)
-            resp.release()
-            state.pool.mark_down(engine, f"http_{resp.status}")
-            last_error = f"engine {engine.index} answered {resp.status}: {text[:200]}"
-            continue
-        return engine, resp
     raise EngineUnavailable(f"the engine is unavailable ({last_error}); retry shortly", code="engine_unavailable")
 
 
 def _record_usage(state: GatewayState, call: Call, usage: dict | None) -> None:
     if usage:
+        call.usage = usage
         model, variant = call.labels
         state.metrics.prompt_tokens.labels(model, variant).inc(usage.get("prompt_tokens") or 0)
         state.metrics.completion_tokens.labels(model, variant).inc(usage.get("completion_tokens") or 0)
@@ -106,6 +141,7 @@ def _finish(state: GatewayState, call: Call, status: int) -> None:
     model, variant = call.labels
     state.metrics.requests.labels(call.route, model, variant, status_class(status)).inc()
     state.metrics.request_latency.labels(call.route, model, variant).observe(time.perf_counter() - call.started)
+    state.control.log(call.record(status))  # queued for the background writer; never blocks
 
 
 async def forward(state: GatewayState, call: Call) -> Response:
@@ -113,14 +149,9 @@ async def forward(state: GatewayState, call: Call) -> Response:
     wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
     if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
         call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
-    try:
-        engine, resp = await open_upstream(state, call)
-    except ServingError as exc:
-        _finish(state, call, exc.status)
-        raise
+    engine, resp = await open_upstream(state, call)  # errors are counted by the app's handlers
     if not stream or resp.status != 200:
         return await _relay_json(state, call, engine, resp)
-    engine.in_flight += 1
     state.metrics.in_flight_streams.inc()
     return StreamingResponse(
         _relay_stream(state, call, engine, resp, wants_usage),
@@ -131,19 +162,32 @@ async def forward(state: GatewayState, call: Call) -> Response:
 
 async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aiohttp.ClientResponse) -> Response:
     try:
-        payload = json.loads(await resp.read())
-    except (*UPSTREAM_ERRORS, ValueError) as exc:
+        raw = await resp.read()
+    except UPSTREAM_ERRORS as exc:
         state.pool.mark_down(engine, "read")
-        _finish(state, call, 503)
         raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
     finally:
         resp.release()
-    if resp.status == 200:
+    status = resp.status
+    if status == 401:  # the engine refused the gateway itself, not the client
+        text = raw[:200].decode(errors="replace")
+        message = f"engine {engine.index} refused the gateway ({text}): set {ENGINE_KEY_ENV} to the engines' API key"
+        raw, status = json.dumps(ServingError(message, code="engine_auth").body()).encode(), 502
+    try:
+        payload = json.loads(raw)
+    except ValueError:  # e.g. a plain-text 500 page: still this request's error, in OpenAI's shape
+        text = raw[:300].decode(errors="replace")
+        status = status if status >= 400 else 502
+        payload = ServingError(f"engine {engine.index} answered {resp.status} with a non-JSON body: {text!r}").body()
+    if status == 200 and isinstance(payload, dict):
+        call.response_id = payload.get("id")
         _record_usage(state, call, payload.get("usage"))
-    elif resp.status == 404 and call.target.ref is not None:
-        engine.loaded.pop(call.target.ref.key, None)  # the engine lost it (restart): reload next time
-    _finish(state, call, resp.status)
-    return JSONResponse(payload, status_code=resp.status, headers=call.headers(engine))
+        if call.answer is not None:
+            call.answer.append(_answer_text(payload, call.route))
+    elif status == 404 and call.target.ref is not None:
+        state.pool.forget(engine, call.target.ref)  # the engine lost it (restart): reload next time
+    _finish(state, call, status)
+    return JSONResponse(payload, status_code=status, headers=call.headers(engine))
 
 
 def _error_event(message: str) -> str:
@@ -156,6 +200,7 @@ async def _relay_stream(
 ) -> AsyncIterator[str]:
     status, first_token, complete = 200, True, False
     model, variant = call.labels
+    lease = state.pool.lease(engine)
     try:
         async for raw in resp.content:
             line = raw.decode().rstrip("\r\n")
@@ -164,6 +209,8 @@ async def _relay_stream(
             payload = line[6:]
             if payload != "[DONE]":
                 chunk = json.loads(payload)
+                if call.response_id is None:
+                    call.response_id = chunk.get("id")
                 if chunk.get("usage"):
                     _record_usage(state, call, chunk["usage"])
                     if not wants_usage:
@@ -171,9 +218,13 @@ async def _relay_stream(
                             continue
                         chunk["usage"] = None
                         payload = json.dumps(chunk)
-                if first_token and _has_content(chunk, call.route):
+                text = _content(chunk, call.route)
+                if text and call.answer is not None:
+                    call.answer.append(text)
+                if first_token and text:
                     first_token = False
-                    state.metrics.ttft.labels(model, variant).observe(time.perf_counter() - call.started)
+                    call.ttft_s = time.perf_counter() - call.started
+                    state.metrics.ttft.labels(model, variant).observe(call.ttft_s)
             yield f"data: {payload}\n\n"
         complete = True
     except (*UPSTREAM_ERRORS, ValueError) as exc:
@@ -188,6 +239,6 @@ async def _relay_stream(
             resp.release()
         else:
             resp.close()
-        engine.in_flight -= 1
+        lease.release()
         state.metrics.in_flight_streams.dec()
         _finish(state, call, status)

@@ -2,79 +2,56 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from serving.auth import Principal
-from serving.errors import BadRequest, RateLimited
+from serving.errors import BadRequest
+from serving.gateway.abkey import random_key, request_key
+from serving.gateway.admission import Leased
+from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.proxy import Call, forward
+from serving.gateway.refusals import model_label, remember_labels
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
 from serving.registry import check_model_field
 
 router = APIRouter()
 
 
-async def read_body(request: Request) -> dict:
-    raw = await request.body()
-    try:
-        body = json.loads(raw or b"")
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON ({exc}); send a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
-    return body
-
-
-def check_limits(body: dict, max_tokens_limit: int) -> None:
-    for field in ("max_tokens", "max_completion_tokens"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= max_tokens_limit:
-            raise BadRequest(f"`{field}` must be an integer in 1..{max_tokens_limit}, got {value!r}", param=field)
-
-
-def request_key(request: Request, body: dict, principal: Principal) -> str:
-    """The A/B key: the `user` field, else X-User-Id, else the API key, else the client address."""
-    user = body.get("user")
-    if isinstance(user, str) and user:
-        return f"user:{user}"
-    if header := request.headers.get("x-user-id"):
-        return f"user:{header}"
-    if principal.key_hash:
-        return f"key:{principal.key_hash}"
-    return f"addr:{request.client.host if request.client else 'unknown'}"
-
-
 async def handle(request: Request, state: GatewayState, principal: Principal, route: str) -> Response:
     started = time.perf_counter()
-    body = await read_body(request)
+    body = await read_body(request, state.cfg.gateway.max_body_bytes)
     required = "messages" if route == "chat" else "prompt"
     model = check_model_field(body.get("model"))
+    remember_labels(request, model_label(state, model))
     value = body.get(required)
     if route == "chat" and (not isinstance(value, list) or not value):
         raise BadRequest("`messages` is required: a non-empty list of {role, content} objects", param="messages")
     if route == "completions" and not isinstance(value, (str, list)):
         raise BadRequest("`prompt` is required: a string or a list of strings", param="prompt")
-    check_limits(body, state.cfg.gateway.max_tokens_limit)
+    apply_limits(body, route, state.cfg)
     state.keys.authorize(principal, model)
-    state.limiter.take(principal)
-    if state.in_flight >= state.cfg.gateway.max_in_flight:
-        raise RateLimited(
-            f"the gateway is at its limit of {state.cfg.gateway.max_in_flight} requests in flight; retry shortly",
-            retry_after_s=1,
-        )
-    target = state.resolve(model, request_key(request, body, principal), request.headers.get("x-loraplane-variant"))
-    path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
-    call = Call(route, path, {**body, "model": target.upstream_model}, target, started)
-    state.in_flight += 1
+    await state.limiter.take(principal)
+    lease = state.admission.admit()
     try:
-        return await forward(state, call)
-    finally:
-        state.in_flight -= 1
+        pinned = request.headers.get("x-loraplane-variant")
+        if pinned is not None:
+            state.keys.check_pin(principal, request.headers.get("authorization"))
+        key = request_key(request, body, principal, state.cfg.gateway.ab_key_sources)
+        if key is None and model in state.experiments:
+            state.metrics.unkeyed_requests.labels(route).inc()
+        target = state.resolve(model, key or random_key(), pinned)
+        remember_labels(request, target.model_label, target.variant_label)
+        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
+        call = Call(route, path, {**body, "model": target.upstream_model}, target, started, key_name=principal.name)
+        await lease.wait_upstream()
+        response = await forward(state, call)
+    except BaseException:
+        lease.release()
+        raise
+    return Leased(response, lease.release)  # a stream holds its lease until it ends
 
 
 @router.post("/v1/chat/completions")
@@ -103,6 +80,7 @@ async def models(state: StateDep, principal: PrincipalDep) -> dict:
                 "root": base,
                 "parent": base,
                 "latest": f"{name}@{versions[-1]}",
+                "stable": f"{name}@{state.control.stable_version(name)}",  # what bare `name` serves
                 "versions": versions,
             }
         )

@@ -3,79 +3,59 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 import aiohttp
 import httpx
 from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal, RateLimiter
+from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
-from serving.experiments import Experiment, ExperimentTable
+from serving.experiments import ExperimentTable
+from serving.gateway.admission import Admission
+from serving.gateway.control import ControlPlane
+from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
-from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a request goes: the base model, or one adapter version (maybe via an experiment)."""
-
-    public_model: str  # what the client asked for, validated
-    ref: AdapterRef | None  # None: the base model
-    experiment: str | None = None
-    upstream_model: str = ""
-
-    @property
-    def adapter_label(self) -> str:
-        return self.ref.key if self.ref else self.upstream_model
-
-    @property
-    def variant_label(self) -> str:
-        """The adapter version that answered ("none" for the base): per-version numbers even without
-        an experiment. Bounded: versions come from the registry, never from the client."""
-        return self.ref.key if self.ref else "none"
-
-    @property
-    def model_label(self) -> str:
-        return self.experiment or (self.ref.name if self.ref else self.upstream_model)
+from serving.ratelimit import make_limiter
+from serving.registry import AdapterRegistry, read_base
+from serving.store import Store
 
 
 class GatewayState:
     def __init__(
-        self, cfg: ServingConfig, engine_urls: list[str], client: httpx.AsyncClient, session: aiohttp.ClientSession
+        self,
+        cfg: ServingConfig,
+        engine_urls: list[str],
+        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
+        store: Store,
     ):
         self.cfg = cfg
         self.base = read_base(cfg.registry.models_dir, cfg.base)
         self.registry = AdapterRegistry(cfg.registry.adapters_dir, self.base, cfg.engine.max_lora_rank)
-        self.experiments = ExperimentTable([Experiment(e.name, dict(e.variants)) for e in cfg.experiments])
         self.metrics = GatewayMetrics()
+        self.store = store
+        self.control = ControlPlane(cfg, store, self.registry, self.metrics)
+        self.resolver = Resolver(self.registry, self.control)
         self.client = client  # engine control: adapter loads, health (httpx)
         self.session = session  # proxied requests (aiohttp: less CPU per request)
         self.pool = EnginePool(engine_urls, cfg.engine_adapters_dir, cfg.engine.max_cpu_loras, client, self.metrics)
         self.keys = KeyStore(cfg.auth)
-        self.limiter = RateLimiter()
-        self.validated: set[str] = set()  # adapter keys that passed validation
+        self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
-        self.in_flight = 0  # requests in progress, capped at gateway.max_in_flight
+        self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
 
     @property
     def base_model(self) -> str:
         return self.base.name
 
+    @property
+    def experiments(self) -> ExperimentTable:
+        return self.control.experiments
+
     def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
-        if model == self.base_model:
-            return Target(model, None, upstream_model=self.base_model)
-        experiment = None
-        if model in self.experiments:
-            experiment, model = model, self.experiments.choose(model, request_key, pinned)
-        name, version = parse_model_name(model)
-        ref = self.registry.resolve(name, version)
-        if ref.key not in self.validated:
-            self.registry.validate(ref)
-            self.validated.add(ref.key)
-        return Target(experiment or model, ref, experiment, ref.key)
+        return self.resolver.resolve(model, request_key, pinned)
 
 
 # Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, two thread hops per request.

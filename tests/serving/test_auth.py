@@ -60,3 +60,31 @@ def test_token_bucket_refills() -> None:
     assert exc.value.retry_after_s == 30
     now[0] += 30
     limiter.take(principal)
+
+
+def test_admin_api_is_closed_without_an_admin_key() -> None:
+    for enabled in (False, True):
+        with pytest.raises(Forbidden, match="auth.admin_key_sha256"):
+            KeyStore(AuthConfig(enabled=enabled)).check_admin("Bearer anything")
+    with pytest.raises(Unauthorized):  # auth.enabled false does not open the admin API
+        KeyStore(AuthConfig(admin_key_sha256=hash_key("admin-secret"))).check_admin(None)
+    KeyStore(AuthConfig(local_dev_open_admin=True)).check_admin(None)
+
+
+def test_variant_pinning_needs_admin_or_a_pinning_key() -> None:
+    cfg = AuthConfig(
+        enabled=True,
+        admin_key_sha256=hash_key("admin-secret"),
+        keys=[
+            KeyConfig(name="app", sha256=hash_key("k-app")),
+            KeyConfig(name="qa", sha256=hash_key("k-qa"), may_pin_variant=True),
+        ],
+    )
+    keys = KeyStore(cfg)
+    with pytest.raises(Forbidden, match="X-Loraplane-Variant"):
+        keys.check_pin(keys.authenticate("Bearer k-app"), "Bearer k-app")
+    keys.check_pin(keys.authenticate("Bearer k-qa"), "Bearer k-qa")
+    anonymous = KeyStore(AuthConfig(admin_key_sha256=hash_key("admin-secret")))
+    with pytest.raises(Forbidden):
+        anonymous.check_pin(anonymous.authenticate(None), None)
+    anonymous.check_pin(anonymous.authenticate(None), "Bearer admin-secret")

@@ -60,3 +60,14 @@ def test_no_engine_at_all_is_refused() -> None:
 def test_cpu_lora_cache_smaller_than_batch_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"max_cpu_loras \(2\) must be >= max_loras \(4\)"):
         load_config(None, {"engine.max_cpu_loras": 2, "engine.max_loras": 4})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
+def test_local_dev_open_admin_on_loopback(host: str) -> None:
+    assert load_config(None, {"auth.local_dev_open_admin": True, "gateway.host": host}).auth.local_dev_open_admin
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "gateway.example"])
+def test_local_dev_open_admin_refused_off_loopback(host: str) -> None:
+    with pytest.raises(ConfigError, match=f"gateway.host is '{host}'"):
+        load_config(None, {"auth.local_dev_open_admin": True, "gateway.host": host})

@@ -117,3 +117,12 @@ def test_serve_refuses_cpu_lora_ops_whose_plugin_is_not_installed(monkeypatch: p
     with pytest.raises(ConfigError, match="loraplane_cpu_lora.*make setup"):
         check_cpu_lora_plugin(load_config())
     check_cpu_lora_plugin(load_config(None, {"engine.cpu_lora_ops": "vllm"}))  # not needed: passes
+
+
+def test_engine_api_key_reaches_vllm_but_not_the_process_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORAPLANE_ENGINE_API_KEY", raising=False)
+    assert "VLLM_API_KEY" not in EngineProcess(load_config(None), Path("."), "b", 0, Path(".")).environment()
+    monkeypatch.setenv("LORAPLANE_ENGINE_API_KEY", "engine-secret")
+    engine = EngineProcess(load_config(None), Path("."), "b", 0, Path("."))
+    assert engine.environment()["VLLM_API_KEY"] == "engine-secret"  # vLLM reads it as --api-key
+    assert "engine-secret" not in " ".join(engine.command())

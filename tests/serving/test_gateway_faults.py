@@ -94,13 +94,13 @@ def test_no_engine_reachable_is_503(dirs) -> None:
 
 
 def test_retries_on_another_engine_before_first_byte(dirs) -> None:
-    app = gateway_app(dirs, [])
-    with engine(error_rate=1.0) as bad, engine() as good, GatewayThread(app, free_port()) as gw:
-        gw.state.pool.engines = [Engine(0, bad.url), Engine(1, good.url)]
-        for stream in (False, True):
-            resp = chat(gw.url, "bot@v1", stream=stream)
+    app = gateway_app(dirs, [], **{"gateway.read_timeout_s": 0.5})
+    with engine(ttft_ms=3000) as stalled, engine() as good, GatewayThread(app, free_port()) as gw:
+        gw.state.pool.engines = [Engine(0, stalled.url), Engine(1, good.url)]
+        for _ in range(2):
+            resp = chat(gw.url, "bot@v1")
             assert resp.status_code == 200 and resp.headers["x-loraplane-engine"] == "1"
-        # one retry: after its 500 the bad engine stays out (cooldown) although its /health is fine
+        # one retry: after its timeout the stalled engine stays out (cooldown) although its /health is fine
         assert "loraplane_upstream_retries_total 1.0" in httpx.get(f"{gw.url}/metrics").text
 
 

@@ -14,6 +14,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import ADMIN
+
 pytestmark = pytest.mark.slow
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -50,9 +52,16 @@ def test_adapter_hot_loads_on_first_use(client, gateway) -> None:
     assert loads and loads[0].labels["result"] == "ok" and loads[0].value >= 1
 
 
-def test_bare_name_means_latest_version(client, gateway) -> None:
+def test_bare_name_means_the_stable_version_not_the_newest(client, gateway) -> None:
     raw = client.chat.completions.with_raw_response.create(model=gateway.adapter, messages=QUESTION, max_tokens=4)
-    assert raw.headers["x-loraplane-adapter"] == f"{gateway.adapter}@v2"
+    assert raw.headers["x-loraplane-adapter"] == f"{gateway.adapter}@v1"  # v2 is newer; v1 was published first
+
+
+def test_feedback_on_a_real_response_id(client, gateway) -> None:
+    completion = client.chat.completions.create(model=gateway.adapter, messages=QUESTION, max_tokens=4)
+    resp = httpx.post(f"{gateway.url}/v1/feedback", json={"id": completion.id, "score": 1}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["variant"] == f"{gateway.adapter}@v1"
 
 
 def test_streaming_with_usage(client, gateway) -> None:
@@ -147,7 +156,7 @@ def test_experiment_headers_sticky_and_pinnable(client, gateway) -> None:
         messages=QUESTION,
         max_tokens=2,
         user="alice",
-        extra_headers={"X-Loraplane-Variant": f"{gateway.adapter}@v2"},
+        extra_headers={"X-Loraplane-Variant": f"{gateway.adapter}@v2", **ADMIN},
     )
     assert pinned.headers["x-loraplane-variant"] == f"{gateway.adapter}@v2"
 
@@ -205,14 +214,16 @@ def test_client_disconnect_cancels_upstream(gateway) -> None:
 
 def test_admin_load_unload_and_weights(gateway) -> None:
     key = f"{gateway.adapter}@v1"
-    assert httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", timeout=30).status_code == 200
+    unloaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", headers=ADMIN, timeout=30)
+    assert unloaded.status_code == 200
     assert key not in gateway.server.state.pool.engines[0].loaded
-    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", timeout=60)
+    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", headers=ADMIN, timeout=60)
     assert loaded.status_code == 200 and loaded.json()["loaded_on"] == [0]
     resp = httpx.put(
         f"{gateway.url}/admin/experiments/{gateway.experiment}",
         json={"variants": {f"{gateway.adapter}@v1": 0, f"{gateway.adapter}@v2": 100}},
         timeout=10,
+        headers=ADMIN,
     )
     assert resp.status_code == 200
     try:
@@ -226,11 +237,13 @@ def test_admin_load_unload_and_weights(gateway) -> None:
         httpx.put(
             f"{gateway.url}/admin/experiments/{gateway.experiment}",
             timeout=10,
+            headers=ADMIN,
             json={"variants": {f"{gateway.adapter}@v1": 50, f"{gateway.adapter}@v2": 50}},
         )
     bad = httpx.put(
         f"{gateway.url}/admin/experiments/{gateway.experiment}",
         timeout=10,
+        headers=ADMIN,
         json={"variants": {f"{gateway.adapter}@v7": 1}},
     )
     assert bad.status_code == 404

@@ -1,0 +1,81 @@
+"""POST /v1/feedback: a score for one response, by the key that made the request (or admin).
+
+    {"id": "<response id>", "score": 0..1, "label": "...", "comment": "..."}   (👍/👎 = 1/0)
+
+Unknown id -> 404, score out of range -> 400, another key's response -> 403, a repeat replaces
+the earlier score. The write goes through the store writer (batched, after any request record
+still queued), and the answer comes once it is committed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request
+
+from serving.auth import Principal
+from serving.errors import BadRequest, ServingError
+from serving.gateway.limits import read_body
+from serving.gateway.state import GatewayState, StateDep
+from serving.store import FeedbackJob
+
+router = APIRouter()
+MAX_ID_CHARS = 128
+MAX_LABEL_CHARS = 64
+MAX_COMMENT_CHARS = 4000
+
+
+def _optional_text(body: dict, field: str, limit: int) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadRequest(f"`{field}` must be a string of at most {limit} characters, got {value!r:.80}", param=field)
+    return value
+
+
+def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None]:
+    response_id = body.get("id")
+    if not isinstance(response_id, str) or not 0 < len(response_id) <= MAX_ID_CHARS:
+        raise BadRequest("`id` is required: the `id` of a response this gateway returned", param="id")
+    score = body.get("score")
+    if (
+        isinstance(score, bool)
+        or not isinstance(score, (int, float))
+        or not math.isfinite(score)
+        or not 0 <= score <= 1
+    ):
+        raise BadRequest(f"`score` must be a number in 0..1 (👍 = 1, 👎 = 0), got {score!r}", param="score")
+    return (
+        response_id,
+        float(score),
+        _optional_text(body, "label", MAX_LABEL_CHARS),
+        _optional_text(body, "comment", MAX_COMMENT_CHARS),
+    )
+
+
+def _caller(state: GatewayState, request: Request) -> tuple[Principal | None, bool]:
+    """(the key's principal or None for the admin key, whether the caller is admin)."""
+    authorization = request.headers.get("authorization")
+    try:
+        state.keys.check_admin(authorization)
+    except ServingError:
+        return state.keys.authenticate(authorization), False
+    if not state.cfg.auth.enabled:  # auth off: everyone is "anonymous" and may rate anything
+        return state.keys.authenticate(authorization), True
+    return None, True
+
+
+@router.post("/v1/feedback")
+async def feedback(request: Request, state: StateDep) -> dict:
+    principal, is_admin = _caller(state, request)
+    response_id, score, label, comment = parse_feedback(await read_body(request, state.cfg.gateway.max_body_bytes))
+    job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
+    record = await state.control.feedback(job)
+    return {
+        "object": "feedback",
+        "id": record.response_id,
+        "score": record.score,
+        "model": record.model,
+        "variant": record.variant,
+    }

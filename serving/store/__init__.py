@@ -1,0 +1,65 @@
+"""The control-plane store: experiments, rollouts, stable versions, request log, feedback, audit log,
+leases. SQLAlchemy 2 + Alembic (migrations in serving/store/migrations/, run programmatically).
+
+Which database: env LORAPLANE_STORE_URL, else `store.url`, else the SQLite file `loraplane.db`
+in `registry.adapters_dir` (one gateway). PostgreSQL by URL (psycopg 3) for several replicas.
+
+    store = Store.open(cfg)            # connects (StoreUnavailable names the URL, no password), migrates
+    snap = store.snapshot()            # ControlSnapshot: version, experiments, stable, rollouts
+    store.version()                    # the change counter replicas poll (store.poll_interval_s)
+
+Writes (each one transaction; control changes bump the version and write an audit record):
+    store.put_experiment(name, variants, actor=..., capture="none"|"bodies", reason=...)
+    store.delete_experiment(name, actor=...)          # NotFound
+    store.ensure_stable(name, version)                # first published version becomes stable
+    store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version
+    store.create_rollout(RolloutRecord(...), actor=...)  # Conflict: name taken / adapter busy
+    store.update_rollout(name, actor=..., action="rollout.advance", reason=..., numbers={...},
+                         set_stable="v2"?, state=..., step=..., weights=..., config=..., evaluated_at=...)
+    store.get_rollout(name) / list_rollouts()
+    store.audit(actor=..., action=..., subject=..., reason=..., numbers=...) / audit_log(subject)
+    store.acquire_lease("evaluator", holder, ttl_s) -> bool / release_lease / lease_holder
+Reads for statistics: store.requests(rollout=..., since=...), store.feedback(rollout=..., since=...)
+    (FeedbackRecord carries model, variant, rollout copied from the request log: no join needed).
+
+A rollout (RolloutRecord) splits traffic of the adapter name `adapter` by `weights`
+("adapter@vN" -> weight) while its state is "running" or "paused" (records.ACTIVE_ROLLOUT_STATES);
+`config` is free JSON (steps, guards, alpha, min_samples, interval_s, capture: "bodies").
+
+The Store is synchronous: on the event loop call it via `await asyncio.to_thread(...)`. The
+request log and feedback go through StoreWriter (serving/store/writer.py): a background thread
+with a bounded queue that batches writes; dropped records are counted, serving never waits.
+"""
+
+from serving.store.connect import migrate, safe_url, store_url
+from serving.store.records import (
+    ACTIVE_ROLLOUT_STATES,
+    CAPTURE_MODES,
+    ROLLOUT_STATES,
+    AuditRecord,
+    ControlSnapshot,
+    ExperimentRecord,
+    FeedbackRecord,
+    RequestRecord,
+    RolloutRecord,
+)
+from serving.store.store import Store
+from serving.store.writer import FeedbackJob, StoreWriter
+
+__all__ = [
+    "ACTIVE_ROLLOUT_STATES",
+    "CAPTURE_MODES",
+    "ROLLOUT_STATES",
+    "AuditRecord",
+    "ControlSnapshot",
+    "ExperimentRecord",
+    "FeedbackJob",
+    "FeedbackRecord",
+    "RequestRecord",
+    "RolloutRecord",
+    "Store",
+    "StoreWriter",
+    "migrate",
+    "safe_url",
+    "store_url",
+]

@@ -1,0 +1,133 @@
+"""The control-plane tables (SQLAlchemy 2 declarative). The schema itself is made by the Alembic
+migrations in serving/store/migrations/; a test checks that they agree with these models.
+
+Times are UTC POSIX seconds (float): the same on SQLite and PostgreSQL, easy to compare.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ControlVersion(Base):
+    """One row (id 1) whose `version` goes up on every control change (experiment, stable pointer,
+    rollout): replicas poll this one number and reload only when it moved."""
+
+    __tablename__ = "control_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class ExperimentRow(Base):
+    """A public model name split across adapter versions by weight."""
+
+    __tablename__ = "experiments"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    variants: Mapped[dict[str, int]] = mapped_column(JSON, nullable=False)  # "adapter@vN" -> weight
+    capture: Mapped[str] = mapped_column(String(16), nullable=False, default="none")  # none | bodies
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class StableRow(Base):
+    """The version a bare adapter name resolves to."""
+
+    __tablename__ = "stable_versions"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(16), nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class RolloutRow(Base):
+    """A progressive rollout of `candidate` against `control` for the adapter name `adapter`.
+
+    `weights` ("adapter@vN" -> weight) is what the gateway splits `adapter`'s traffic by while the
+    state is "running" or "paused"; `config` holds the rollout's settings (steps, guards, alpha,
+    min samples, interval, capture) as JSON so new settings need no migration.
+    """
+
+    __tablename__ = "rollouts"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    candidate: Mapped[str] = mapped_column(String(80), nullable=False)  # adapter@vN
+    control: Mapped[str] = mapped_column(String(80), nullable=False)  # adapter@vM
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # running|paused|promoted|rolled_back
+    step: Mapped[int] = mapped_column(Integer, nullable=False, default=0)  # index into config["steps"]
+    weights: Mapped[dict[str, int]] = mapped_column(JSON, nullable=False)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    evaluated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RequestLogRow(Base):
+    """One completion as the client saw it, keyed by the response `id` the client received."""
+
+    __tablename__ = "request_log"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    route: Mapped[str] = mapped_column(String(16), nullable=False)
+    model: Mapped[str] = mapped_column(String(80), nullable=False)  # what the client asked for
+    experiment: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rollout: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    variant: Mapped[str] = mapped_column(String(80), nullable=False)  # adapter@vN or "none" (base)
+    key_name: Mapped[str] = mapped_column(String(128), nullable=False)
+    status: Mapped[int] = mapped_column(Integer, nullable=False)
+    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # streams only
+    latency_s: Mapped[float] = mapped_column(Float, nullable=False)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_body: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # only with capture: bodies
+    response_text: Mapped[str | None] = mapped_column(Text, nullable=True)  # only with capture: bodies
+
+    __table_args__ = (
+        Index("ix_request_log_rollout_created", "rollout", "created_at"),
+        Index("ix_request_log_created", "created_at"),
+    )
+
+
+class FeedbackRow(Base):
+    """The score a caller gave one response (a repeat replaces it). model/variant/rollout are copied
+    from the request log so per-variant numbers need no join."""
+
+    __tablename__ = "feedback"
+    response_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_name: Mapped[str] = mapped_column(String(128), nullable=False)  # who rated
+    model: Mapped[str] = mapped_column(String(80), nullable=False)
+    variant: Mapped[str] = mapped_column(String(80), nullable=False)
+    rollout: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class AuditRow(Base):
+    """Every change to the control plane: who, when, what, why, and the numbers behind it."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, nullable=False, index=True)
+    actor: Mapped[str] = mapped_column(String(128), nullable=False)  # key name, "evaluator", "gateway"
+    action: Mapped[str] = mapped_column(String(64), nullable=False)  # e.g. stable.set, experiment.put
+    subject: Mapped[str] = mapped_column(String(80), nullable=False, index=True)  # adapter/experiment/rollout
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    numbers: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class LeaseRow(Base):
+    """A named lease (e.g. "evaluator"): one holder at a time until `expires_at`."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    expires_at: Mapped[float] = mapped_column(Float, nullable=False)
+    acquired_at: Mapped[float] = mapped_column(Float, nullable=False)

@@ -1,0 +1,224 @@
+"""The store's background writer: the request log and feedback, batched, off the event loop.
+
+- `offer(record)` never blocks: the record goes into a bounded queue, or is dropped and counted
+  (`on_drop`) when the queue is full. A batch that fails to write (database slow or down) is
+  dropped and counted too, so serving never waits on the database.
+- `submit_feedback(job)` returns a Future the route awaits: the writer first writes every request
+  record queued before it (so feedback for a response still in the queue works), then checks the
+  job against the request log (unknown id -> NotFound, another key -> Forbidden) and upserts
+  all the feedback it has in one transaction (group commit: ~2 round trips per batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from serving.errors import Forbidden, NotFound, StoreUnavailable
+from serving.store.records import FeedbackRecord, RequestRecord
+from serving.store.store import Store
+
+log = logging.getLogger("loraplane.store")
+ERASE_EVERY_S = 600.0  # how often captured bodies past their retention are erased
+
+
+@dataclass(frozen=True)
+class FeedbackJob:
+    response_id: str
+    score: float
+    key_name: str  # who is rating
+    is_admin: bool  # admin may rate any response
+    label: str | None = None
+    comment: str | None = None
+
+
+class StoreWriter:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        queue_size: int,
+        batch_size: int,
+        flush_interval_s: float,
+        body_retention_s: float,
+        on_drop: Callable[[int], None] = lambda n: None,
+    ):
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.body_retention_s = body_retention_s
+        self.on_drop = on_drop
+        self._requests: queue.Queue[RequestRecord] = queue.Queue(maxsize=queue_size)
+        self._feedback: queue.Queue[tuple[FeedbackJob | None, Future]] = queue.Queue(maxsize=queue_size)
+        self._pending: dict[str, RequestRecord] = {}  # queued, not yet written (read by feedback)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loraplane-store-writer", daemon=True)
+        self._erased_at = 0.0
+        self.dropped = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (within timeout_s), then end the thread."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    # --- called from the event loop (never blocks) ---------------------------------------------
+
+    def offer(self, record: RequestRecord) -> bool:
+        try:
+            self._requests.put_nowait(record)
+        except queue.Full:
+            self._drop(1)
+            return False
+        self._pending[record.id] = record
+        return True
+
+    def pending(self, response_id: str) -> RequestRecord | None:
+        return self._pending.get(response_id)
+
+    def submit_feedback(self, job: FeedbackJob) -> Future:
+        future: Future = Future()
+        try:
+            self._feedback.put_nowait((job, future))
+        except queue.Full:
+            future.set_exception(StoreUnavailable("the feedback queue is full; retry shortly"))
+        self._wake.set()
+        return future
+
+    def flush(self) -> Future:
+        """A Future done when everything queued before this call was written (or dropped)."""
+        future: Future = Future()
+        self._feedback.put((None, future))
+        self._wake.set()
+        return future
+
+    # --- the writer thread ---------------------------------------------------------------------
+
+    def _drop(self, n: int) -> None:
+        self.dropped += n
+        self.on_drop(n)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            try:
+                self._write_requests()
+                self._handle_feedback()
+                self._erase_old_bodies()
+            except Exception:  # the writer must outlive any one bad batch
+                log.exception("store writer: unexpected error")
+            if stopping and self._requests.empty() and self._feedback.empty():
+                return
+
+    def _write_requests(self) -> None:
+        while not self._requests.empty():
+            batch: list[RequestRecord] = []
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._requests.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write_batch(batch)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("request log: %d records dropped, the database failed: %s", len(batch), exc)
+                self._drop(len(batch))
+            finally:
+                for record in batch:
+                    self._pending.pop(record.id, None)
+
+    def _write_batch(self, batch: list[RequestRecord]) -> None:
+        try:
+            self.store.write_requests(batch)
+        except sa.exc.IntegrityError:  # a repeated id: write the rest one by one
+            for record in batch:
+                try:
+                    self.store.write_requests([record])
+                except sa.exc.IntegrityError:
+                    self._drop(1)
+
+    def _handle_feedback(self) -> None:
+        jobs: list[tuple[FeedbackJob | None, Future]] = []
+        while len(jobs) < self.batch_size:
+            try:
+                jobs.append(self._feedback.get_nowait())
+            except queue.Empty:
+                break
+        if not jobs:
+            return
+        real = [(job, fut) for job, fut in jobs if job is not None]
+        try:
+            accepted = self._apply_feedback(real)
+        except sa.exc.SQLAlchemyError as exc:
+            error = StoreUnavailable(f"feedback was not saved: the database failed ({type(exc).__name__}); retry")
+            for _, future in real:
+                future.set_exception(error)
+        else:
+            for future, result in accepted:
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        for job, future in jobs:
+            if job is None:
+                future.set_result(None)
+        if not self._feedback.empty():
+            self._wake.set()
+
+    def _apply_feedback(self, jobs: list[tuple[FeedbackJob, Future]]) -> list[tuple[Future, object]]:
+        found = self.store.get_requests(sorted({job.response_id for job, _ in jobs}))
+        results: list[tuple[Future, object]] = []
+        records: dict[str, FeedbackRecord] = {}  # the last of repeats in one batch wins
+        for job, future in jobs:
+            request = found.get(job.response_id)
+            if request is None:
+                results.append((future, NotFound(f"no response with id {job.response_id!r} was logged", param="id")))
+                continue
+            if not job.is_admin and job.key_name != request.key_name:
+                results.append(
+                    (
+                        future,
+                        Forbidden(
+                            f"response {job.response_id!r} was made by another key; only that key or admin may rate it",
+                            param="id",
+                        ),
+                    )
+                )
+                continue
+            record = FeedbackRecord(
+                job.response_id,
+                job.score,
+                job.key_name,
+                request.model,
+                request.variant,
+                request.rollout,
+                job.label,
+                job.comment,
+            )
+            records[job.response_id] = record
+            results.append((future, record))
+        self.store.put_feedback(list(records.values()))
+        return results
+
+    def _erase_old_bodies(self) -> None:
+        now = time.time()
+        if now - self._erased_at < ERASE_EVERY_S:
+            return
+        self._erased_at = now
+        try:
+            self.store.erase_bodies(now - self.body_retention_s)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("body retention: erase failed, will retry: %s", exc)
