@@ -105,10 +105,12 @@ def test_vllm_serves_layer_and_adalora_adapters_as_peft_computes_them(engine, ba
         assert_same_greedy(served, peft_greedy(model, ids))
 
 
-def test_vllm_serves_the_merged_checkpoint_as_base_plus_adapter(serving_config, base_dir, tokenizer, tmp_path):
-    """`loraplane merge` output (saved in the base's dtype), served without LoRA by its own engine."""
+def test_vllm_serves_the_merged_checkpoint_as_base_plus_adapter(base_dir, tokenizer, tmp_path):
+    """`loraplane merge` output (saved in the base's dtype), served without LoRA by its own engine
+    (no session adapters needed, so this test does not wait for their training)."""
     import json
 
+    from serving.config import load_config
     from serving.engine import EngineProcess
     from trainer.base_models import read_manifest
     from trainer.merge import main as merge_main
@@ -127,7 +129,7 @@ def test_vllm_serves_the_merged_checkpoint_as_base_plus_adapter(serving_config, 
     assert base != [[t for t, _ in seq] for seq in want], "the adapter does not change the answers"
     del peft_model
 
-    cfg = serving_config.model_copy(deep=True)
-    cfg.engine.port = free_port()
+    cfg = load_config(None, {"registry.models_dir": str(out.parent), "registry.adapters_dir": str(tmp_path / "none"),
+                             "engine.port": free_port()})  # fmt: skip
     with EngineProcess(cfg, out, "merged", 0, tmp_path).running(600) as merged_engine:
         assert_same_greedy(vllm_greedy(merged_engine.url, "merged", ids), want)
