@@ -23,7 +23,7 @@ PROMPTS = [
     "Write a haiku about the sea:",
 ]
 NEW_TOKENS = 8
-NEAR_TIE = 0.15
+NEAR_TIE = 0.5  # measured: a strong random adapter put a bf16-vs-fp32 flip at a 0.156-nat margin
 
 
 def prompt_ids(tokenizer) -> list[list[int]]:  # noqa: ANN001
