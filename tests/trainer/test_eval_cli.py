@@ -34,8 +34,6 @@ def test_served_adapter_scores_as_the_trainer_scored_it(gateway, adapters_dir, t
     48 new tokens, PEFT in float32); the same rows through the gateway (vLLM, the engine's dtype)
     are scored by the same code: equal replies give equal numbers, and a per-row metric can differ
     by at most the share of rows whose greedy replies differ (a near-tie rounded the other way)."""
-    import os
-
     from trainer.metrics import score
 
     run = adapters_dir.parent / "run-v1"
@@ -52,7 +50,8 @@ def test_served_adapter_scores_as_the_trainer_scored_it(gateway, adapters_dir, t
     served, ours = [r["reply"].strip() for r in served_rows], [r["reply"].strip() for r in trainer_rows]
     assert [r["reference"] for r in served_rows] == references
     for a, b in zip(served, ours, strict=True):  # same prompt rendering and greedy decoding: same start
-        assert len(os.path.commonprefix([a, b])) >= 20, (a, b)
+        # (whitespace aside: measured, one reply laid the JSON out on lines where the other did not)
+        assert "".join(a.split())[:20] == "".join(b.split())[:20], (a, b)
     assert report[model] == pytest.approx({"n": n, **score(served, references, METRICS)}, abs=1e-12)
     differing = sum(a != b for a, b in zip(served, ours, strict=True))
     for metric in ("exact_match", "json_valid", "rouge_l"):
