@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
     ev = summary["eval"]
     if ev["value"] is not None:
         print(f"exact match {ev['value']:.3f} on {ev['n']} eval examples, eval loss {ev['eval_loss']:.4f}")
+        others = {k: v for k, v in ev.get("metrics", {}).items() if k != "exact_match"}
+        if others:
+            print("generation metrics: " + ", ".join(f"{k} {v:.3f}" for k, v in others.items()))
     if summary.get("published"):
         print(f"published {summary['published']}")
     return 0

@@ -9,6 +9,7 @@ An unknown key or a value of the wrong type raises ConfigError naming the key an
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from trainer.errors import ConfigError
 from trainer.registry_contract import ADAPTER_NAME_RE, ADAPTER_VERSION_RE
 
 DATA_FORMATS = ("auto", "chat", "alpaca", "sharegpt", "prompt_completion")
+GENERATION_METRICS = ("exact_match", "json_valid", "rouge_l", "bleu")  # trainer/metrics.py computes them
 
 
 @dataclass
@@ -34,8 +36,51 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
 
+def parse_layers(value: list[int] | str, key: str = "lora.layers") -> list[int]:
+    """`[20, 21]`, `"20-29"` or `"20,22,24-26"` -> sorted distinct layer indices."""
+    if isinstance(value, list):
+        layers = value
+    else:
+        layers = []
+        for part in value.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+                raise ConfigError(f'{key}: {value!r} is not a layer list; write e.g. [20, 21, 22] or "20-29"')
+            layers += range(int(match[1]), int(match[2] or match[1]) + 1)
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"{key} must name layers >= 0, got {value!r}")
+    return sorted(set(layers))
+
+
+@dataclass
+class AdaLoraConfig:
+    """AdaLoRA's rank budget (lora.method: adalora): every module starts at rank init_r; after
+    tinit_ratio of the steps the budget shrinks (cubic schedule) to an average of target_r, and
+    is frozen for the last tfinal_ratio. Published as a plain LoRA of rank = the largest kept rank."""
+
+    init_r: int = 12
+    target_r: int = 8
+    tinit_ratio: float = 0.1  # fraction of train.max_steps before pruning starts
+    tfinal_ratio: float = 0.2  # fraction of train.max_steps with the final ranks fixed
+    delta_t: int = 1  # steps between budget allocations
+    beta1: float = 0.85  # EMA of sensitivity
+    beta2: float = 0.85  # EMA of uncertainty
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.target_r <= self.init_r:
+            raise ConfigError(f"lora.adalora.target_r must be in [1, init_r={self.init_r}], got {self.target_r}")
+        if min(self.tinit_ratio, self.tfinal_ratio) < 0 or self.tinit_ratio + self.tfinal_ratio >= 1.0:
+            raise ConfigError(
+                f"lora.adalora.tinit_ratio + tfinal_ratio must be < 1 (both >= 0), got "
+                f"{self.tinit_ratio} + {self.tfinal_ratio}"
+            )
+        if self.delta_t < 1:
+            raise ConfigError(f"lora.adalora.delta_t must be >= 1, got {self.delta_t}")
+
+
 @dataclass
 class LoraConfig:
+    method: Literal["lora", "adalora"] = "lora"  # adalora: see AdaLoraConfig (lora.r is then unused)
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
@@ -46,8 +91,16 @@ class LoraConfig:
     # continue training an existing adapter: adapters/NAME/vN, NAME@vN (in publish.adapters_dir) or a
     # run's adapter dir. Its own r/alpha/dropout/target_modules then apply; the manifest records it as parent.
     init_from: str | None = None
+    layers: list[int] | str | None = None  # only these decoder layers: [20, 21, 22] or "20-29"; None: all
+    adalora: AdaLoraConfig = field(default_factory=AdaLoraConfig)
 
     def __post_init__(self) -> None:
+        if self.layers is not None:
+            self.layers = parse_layers(self.layers)
+            if isinstance(self.target_modules, str):
+                raise ConfigError("lora.layers needs lora.target_modules as a list of names (not 'all-linear')")
+        if self.method == "adalora" and self.use_dora:
+            raise ConfigError("lora.method adalora cannot be combined with lora.use_dora")
         if self.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {self.r}")
         if self.alpha <= 0:
@@ -149,10 +202,19 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig:
-    exact_match: bool = True  # greedy-generate each eval prompt and compare to the reference
+    exact_match: bool = True  # greedy-generate each eval prompt at the end; false: no generation metrics
+    metrics: list[str] = field(default_factory=lambda: ["exact_match"])  # of GENERATION_METRICS
     max_examples: int | None = None  # cap on eval examples (None: all)
     batch_size: int = 16  # prompts per generate() call (left padded)
     max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in GENERATION_METRICS]
+        if unknown or not self.metrics:
+            raise ConfigError(
+                f"eval.metrics: {'unknown ' + ', '.join(unknown) if unknown else 'empty'}; "
+                f"choose from {', '.join(GENERATION_METRICS)}"
+            )
 
 
 @dataclass

@@ -6,13 +6,15 @@ same generation the serving engine does for a chat request with temperature 0.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from trainer.data import Messages
+from trainer.metrics import score
 from trainer.tokens import IGNORE, Encoded, collate, render
 
 
@@ -56,9 +58,11 @@ def eval_loss(model, examples: list[Encoded], pad_id: int, batch_size: int, devi
 
 @dataclass
 class ExactMatch:
-    value: float
+    value: float  # exact match, always computed
     n: int
     samples: list[dict[str, str]]  # up to 3 misses (or hits if none missed): reference, reply
+    metrics: dict[str, float] = field(default_factory=dict)  # eval.metrics (trainer/metrics.py) on the replies
+    rows: list[dict[str, str]] = field(default_factory=list)  # every reference and greedy reply
 
 
 @torch.no_grad()
@@ -92,7 +96,13 @@ def greedy_replies(
 
 
 def exact_match(
-    model, tokenizer, conversations: list[Messages], batch_size: int, max_new_tokens: int, device
+    model,
+    tokenizer,
+    conversations: list[Messages],
+    batch_size: int,
+    max_new_tokens: int,
+    device,
+    metrics: list[str] = ("exact_match",),
 ) -> ExactMatch:
     prompts = [c[:-1] for c in conversations]
     references = [c[-1]["content"].strip() for c in conversations]
@@ -101,8 +111,15 @@ def exact_match(
     rows = list(zip(prompts, references, replies, hits, strict=True))
     misses = [r for r in rows if not r[3]]
     samples = [{"reference": ref, "reply": reply.strip()} for _, ref, reply, _ in (misses or rows)[:3]]
-    return ExactMatch(value=sum(hits) / max(len(hits), 1), n=len(hits), samples=samples)
+    scores = score(replies, references, list(metrics))
+    every = [{"reference": ref, "reply": reply} for ref, reply in zip(references, replies, strict=True)]
+    return ExactMatch(sum(hits) / max(len(hits), 1), len(hits), samples, scores, every)
 
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 50.0))
+
+
+def write_replies(path, rows: list[dict[str, str]]) -> None:  # noqa: ANN001
+    """One JSON line per eval example: reference and greedy reply (compare with `loraplane eval`'s)."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -83,27 +83,53 @@ def load_base_model(base_dir: Path, cfg: ModelConfig, precision: Precision, devi
     return model
 
 
-def peft_lora_config(cfg: LoraConfig):
+def check_layers(cfg: LoraConfig, num_layers: int) -> None:
+    """lora.layers must name existing decoder layers (0 .. num_layers - 1)."""
+    bad = [i for i in cfg.layers or [] if i >= num_layers]
+    if bad:
+        raise ConfigError(
+            f"lora.layers: layer {bad[0]} does not exist; the base has {num_layers} decoder layers "
+            f'(0-{num_layers - 1}), e.g. lora.layers: "{max(num_layers - 10, 0)}-{num_layers - 1}"'
+        )
+
+
+def peft_lora_config(cfg: LoraConfig, max_steps: int = 1):
+    """PEFT config for lora.method: LoraConfig, or AdaLoraConfig (its budget schedule spans max_steps)."""
+    from peft import AdaLoraConfig as PeftAdaLoraConfig
     from peft import LoraConfig as PeftLoraConfig
 
-    return PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
-        use_rslora=cfg.rslora,
-        use_dora=cfg.use_dora,
-        modules_to_save=cfg.modules_to_save or None,
-        bias="none",
-        task_type="CAUSAL_LM",
+    common = {
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": cfg.target_modules,
+        "layers_to_transform": cfg.layers,
+        "use_rslora": cfg.rslora,
+        "modules_to_save": cfg.modules_to_save or None,
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+    if cfg.method == "lora":
+        return PeftLoraConfig(r=cfg.r, use_dora=cfg.use_dora, **common)
+    ada = cfg.adalora
+    return PeftAdaLoraConfig(
+        init_r=ada.init_r,
+        target_r=ada.target_r,
+        tinit=int(ada.tinit_ratio * max_steps),
+        tfinal=int(ada.tfinal_ratio * max_steps),
+        deltaT=ada.delta_t,
+        beta1=ada.beta1,
+        beta2=ada.beta2,
+        total_step=max_steps,
+        **common,
     )
 
 
-def add_lora(model, cfg: LoraConfig, base_name: str):
-    """Wrap with PEFT LoRA; adapter weights stay fp32 even on a bf16/fp16 base."""
+def add_lora(model, cfg: LoraConfig, base_name: str, max_steps: int = 1):
+    """Wrap with PEFT LoRA (or AdaLoRA); adapter weights stay fp32 even on a bf16/fp16 base."""
     from peft import get_peft_model
 
-    peft_model = get_peft_model(model, peft_lora_config(cfg), autocast_adapter_dtype=True)
+    check_layers(cfg, model.config.num_hidden_layers)
+    peft_model = get_peft_model(model, peft_lora_config(cfg, max_steps), autocast_adapter_dtype=True)
     # PEFT records the local path it was loaded from; the registry name is portable.
     peft_model.peft_config["default"].base_model_name_or_path = base_name
     return peft_model

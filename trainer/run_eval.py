@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer import checkpoint
-from trainer.evaluate import eval_loss, exact_match, perplexity
+from trainer.evaluate import eval_loss, exact_match, perplexity, write_replies
 from trainer.objectives import DPO, Pair, answer_logits, sequence_logps
 from trainer.tokens import collate
 
@@ -119,7 +119,7 @@ def restore_best(run: Run) -> None:
 
 def final_eval(run: Run) -> dict[str, Any]:
     """Eval loss on every process; exact match by greedy generation on the main process."""
-    result: dict[str, Any] = {"metric": "exact_match", "value": None, "n": 0, "eval_loss": None}
+    result: dict[str, Any] = {"metric": "exact_match", "value": None, "n": 0, "eval_loss": None, "metrics": {}}
     if run.eval_data is None:
         return result
     if run.eval_examples:
@@ -137,10 +137,13 @@ def final_eval(run: Run) -> dict[str, Any]:
                 run.cfg.eval.batch_size,
                 run.cfg.eval.max_new_tokens,
                 run.accelerator.device,
+                run.cfg.eval.metrics,
             )
-        result.update(value=em.value, n=em.n)
+        result.update(value=em.value, n=em.n, metrics=em.metrics)
+        write_replies(run.out_dir / "eval_replies.jsonl", em.rows)
         hits = f"{em.value:.3f} ({round(em.value * em.n)}/{em.n})"
-        run.log(f"exact match {hits}; " + ("misses:" if em.value < 1 else "e.g.:"))
+        others = "".join(f", {k} {v:.3f}" for k, v in em.metrics.items() if k != "exact_match")
+        run.log(f"exact match {hits}{others}; " + ("misses:" if em.value < 1 else "e.g.:"))
         for sample in em.samples:
             run.log(f"  reference {sample['reference']!r}\n  reply     {sample['reply']!r}")
     return result

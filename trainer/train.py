@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from trainer import checkpoint
+from trainer import adalora, checkpoint
 from trainer.adapters import AdapterRef, check_same_base, resolve_adapter
 from trainer.base_models import read_manifest, resolve_base
 from trainer.checkpoint import RunState
@@ -95,7 +95,12 @@ def precheck(cfg: Config) -> AdapterRef | None:
         else None
     )
     if cfg.publish.enabled:
-        lora = {"r": cfg.lora.r, "use_dora": cfg.lora.use_dora, "modules_to_save": cfg.lora.modules_to_save}
+        adalora.check_rank_budget(cfg.lora, cfg.publish.max_lora_rank)  # AdaLoRA: its own message first
+        lora = {
+            "r": adalora.planned_rank(cfg.lora),
+            "use_dora": cfg.lora.use_dora,
+            "modules_to_save": cfg.lora.modules_to_save,
+        }
         check_servable(parent.adapter_config if parent else lora, cfg.publish.max_lora_rank)
         target = Path(cfg.publish.adapters_dir) / cfg.publish.name / cfg.publish.version
         if target.exists():
@@ -110,7 +115,7 @@ def build_model(cfg: Config, base_dir: Path, manifest: dict, precision, device, 
     model = load_base_model(base_dir, cfg.model, precision, device)
     base_name = str(manifest.get("name") or base_dir.name)
     if parent is None:
-        return add_lora(model, cfg.lora, base_name)
+        return add_lora(model, cfg.lora, base_name, cfg.train.max_steps)
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, str(parent.path), is_trainable=True)
@@ -223,6 +228,7 @@ def train_step(run: Run, step: int) -> tuple[float, int]:
     if every and (step + 1) % every == 0:
         run.reporter.histograms(step + 1, lora_histograms(run))
     run.optimizer.step()
+    adalora.after_optimizer_step(run.peft_model, step)  # AdaLoRA's rank budget; needs this step's grads
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     total = run.accelerator.reduce(loss_sum, reduction="sum")
@@ -305,7 +311,7 @@ def train_loop(run: Run) -> None:
 
 
 def manifest_parts(run: Run) -> dict[str, Any]:
-    peft_cfg = run.peft_model.peft_config["default"]
+    peft_cfg = adalora.published_lora_config(run.peft_model)  # AdaLoRA: the plain LoRA it is published as
     targets = peft_cfg.target_modules
     return {
         "base": {"name": peft_cfg.base_model_name_or_path, "weights_sha256": run.base_manifest["weights_sha256"]},
@@ -332,7 +338,7 @@ def adapter_manifest(run: Run, eval_result: dict[str, Any]) -> dict[str, Any]:
 def save_adapter(run: Run, eval_result: dict[str, Any]) -> Path:
     """out_dir/adapter: the PEFT adapter (only the trained one) and its manifest beside it."""
     adapter_dir = run.out_dir / "adapter"
-    run.peft_model.save_pretrained(adapter_dir, save_embedding_layers=False, selected_adapters=["default"])
+    adalora.save_adapter(run.peft_model, adapter_dir)  # AdaLoRA is saved as the equivalent plain LoRA
     (adapter_dir / "loraplane-adapter.json").write_text(json.dumps(adapter_manifest(run, eval_result), indent=2))
     return adapter_dir
 

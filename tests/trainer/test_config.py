@@ -106,8 +106,12 @@ def test_every_shipped_trainer_yaml_loads(path):
     assert (REPO / cfg.data.train).is_file(), cfg.data.train
     assert cfg.data.eval is None or (REPO / cfg.data.eval).is_file(), cfg.data.eval
     # the pieces built from it are valid too: PEFT LoRA config, bitsandbytes config, servability
-    lora = peft_lora_config(cfg.lora)
-    assert lora.r == cfg.lora.r and not servability_problems(lora.to_dict(), cfg.publish.max_lora_rank)
+    lora = peft_lora_config(cfg.lora, cfg.train.max_steps)
+    if cfg.lora.method == "lora":
+        assert lora.r == cfg.lora.r and not servability_problems(lora.to_dict(), cfg.publish.max_lora_rank)
+    else:  # AdaLoRA: published as plain LoRA of rank <= init_r, which the engine must serve
+        assert (lora.init_r, lora.total_step) == (cfg.lora.adalora.init_r, cfg.train.max_steps)
+        assert cfg.lora.adalora.init_r <= cfg.publish.max_lora_rank
     quant = quantization_config(cfg.model, torch.bfloat16)
     assert (quant is None) == (cfg.model.quantization == "none")
 

@@ -1,0 +1,125 @@
+"""AdaLoRA: the rank budget check, and the plain LoRA it is published as computes the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trainer.config import load_config
+from trainer.errors import ConfigError
+
+IDS = torch.tensor([[1, 504, 3458, 282, 4649, 47, 2, 28, 9021, 30]])
+
+
+def test_final_rank_above_the_serving_limit_is_refused_before_training():
+    from trainer.adalora import check_rank_budget
+
+    cfg = load_config(
+        None, ["--lora.method", "adalora", "--lora.adalora.init_r", "24", "--lora.adalora.target_r", "20"]
+    )
+    with pytest.raises(ConfigError, match="target_r 20 > publish.max_lora_rank 16"):
+        check_rank_budget(cfg.lora, 16)
+    check_rank_budget(cfg.lora, 20)  # init_r above the limit may still fit: decided at publish
+
+
+def test_cli_refuses_an_unservable_budget_before_training(tmp_path, capsys):
+    from tests.trainer.test_train_cli import demo_args
+    from trainer.cli import main
+
+    flags = ["--lora.method", "adalora", "--lora.adalora.init_r", "24", "--lora.adalora.target_r", "20"]
+    assert main(demo_args(tmp_path, *flags)) == 2
+    assert "target_r 20 > publish.max_lora_rank 16" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_bad_budget_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"target_r must be in \[1, init_r=4\], got 6"):
+        load_config(None, ["--lora.adalora.init_r", "4", "--lora.adalora.target_r", "6"])
+
+
+def random_adalora(base_dir, layers=None):  # noqa: ANN001, ANN201
+    """An AdaLoRA model on the real base with random triplets, a third of them pruned (E = 0)
+    unevenly, so the conversion has to pad modules to the largest kept rank."""
+    from transformers import AutoModelForCausalLM
+
+    from trainer.adalora import _svd_layers
+    from trainer.model import add_lora
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64)
+    overrides = ["--lora.method", "adalora", "--lora.target_modules", "[q_proj, v_proj]"]
+    overrides += ["--lora.adalora.init_r", "6", "--lora.adalora.target_r", "4"]
+    cfg = load_config(None, overrides + (["--lora.layers", layers] if layers else []))
+    peft_model = add_lora(model, cfg.lora, "smollm2-135m-instruct", max_steps=10)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for i, (_, layer) in enumerate(_svd_layers(peft_model)):
+            for p in (layer.lora_A["default"], layer.lora_B["default"], layer.lora_E["default"]):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            layer.lora_E["default"][: i % 4] = 0.0  # 0..3 of 6 triplets pruned
+    return peft_model.eval()
+
+
+@pytest.mark.slow
+def test_converted_adapter_gives_the_adalora_models_logits(base_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from trainer.adalora import save_adapter
+    from trainer.publish import servability_problems
+
+    adalora = random_adalora(base_dir)
+    with torch.no_grad():
+        want = adalora(input_ids=IDS).logits
+        with adalora.disable_adapter():
+            base = adalora(input_ids=IDS).logits
+    save_adapter(adalora, tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 6, 6)  # one module kept all 6
+    assert not servability_problems(config, 16)
+    plain = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float64), tmp_path / "lora"
+    )
+    with torch.no_grad():
+        got = plain(input_ids=IDS).logits
+    assert (want - base).abs().max() > 1.0  # the adapter changes the logits a lot, so equality means something
+    # float64 compute: what remains is the published tensors' float32 storage (measured 1.4e-5)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_adalora_on_some_layers_trains_prunes_and_publishes_plain_lora(tmp_path, base_dir):
+    """The real CLI, 4 steps: budget pruned in steps 1-3, published as LoRA on layers 26-29 only,
+    and the generation metrics in summary.json are those of its own replies."""
+    from safetensors import safe_open
+
+    from tests.trainer.test_train_cli import demo_args, heldout_subset
+    from trainer.cli import main
+    from trainer.metrics import score
+
+    metrics = ["exact_match", "json_valid", "rouge_l", "bleu"]
+    args = demo_args(
+        tmp_path, "--lora.method", "adalora", "--lora.layers", "26-29", "--lora.adalora.init_r", "6",
+        "--lora.adalora.target_r", "2", "--lora.adalora.tinit_ratio", "0.25", "--lora.adalora.tfinal_ratio", "0.25",
+        "--train.max_steps", "4", "--train.batch_size", "2", "--train.lr", "5e-3", "--data.max_seq_len", "96",
+        "--data.eval", str(heldout_subset(tmp_path, 3)), "--eval.max_new_tokens", "24",
+        "--eval.metrics", f"[{', '.join(metrics)}]",
+    )  # fmt: skip
+    assert main(args) == 0
+    version = tmp_path / "adapters" / "test-adapter" / "v1"
+    config = json.loads((version / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["layers_to_transform"] == [26, 27, 28, 29]
+    assert 1 <= config["r"] <= 6 and config["lora_alpha"] == config["r"]
+    with safe_open(version / "adapter_model.safetensors", "pt") as f:
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in f.keys()}  # noqa: SIM118
+    assert layers == {26, 27, 28, 29}
+    pattern = json.loads((tmp_path / "run" / "adapter" / "adalora.json").read_text())["rank_pattern"]
+    kept = [sum(mask) for mask in pattern.values()]
+    assert max(kept) == config["r"] and sum(kept) < 6 * len(kept)  # pruned, and R is the largest kept rank
+    manifest = json.loads((version / "loraplane-adapter.json").read_text())
+    assert manifest["lora"]["r"] == config["r"]
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "eval_replies.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and list(summary["eval"]["metrics"]) == metrics
+    assert summary["eval"]["metrics"] == score([r["reply"] for r in rows], [r["reference"] for r in rows], metrics)
