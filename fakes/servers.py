@@ -40,6 +40,17 @@ def wait_healthy(
     return False
 
 
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
 class ServerThread:
     """A uvicorn server for an ASGI app on a loopback port (a free one by default), in a daemon thread.
 

@@ -3,12 +3,12 @@ promote, persisted experiments, name clashes, the request log with response ids,
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
 
+from fakes.servers import wait_for
 from serving.auth import hash_key
 from serving.store import Store
 from serving.store.connect import create_db_engine
@@ -37,16 +37,6 @@ def as_key(key: str) -> dict[str, str]:
 
 def open_store(url: str) -> Store:
     return Store(create_db_engine(url))
-
-
-def wait_for(predicate, timeout_s: float = 5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_bare_name_is_the_stable_version_until_promoted(dirs, db_url: str) -> None:

@@ -4,13 +4,13 @@ numbers), manual actions, and decisions pausing while the database is gone."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from fakes.servers import wait_for
 from serving.store import Store
 from serving.store.connect import create_db_engine
 from tests.conftest import GatewayThread, free_port
@@ -26,16 +26,6 @@ FAST = {"rollouts.tick_s": 0.1, "rollouts.lease_s": 2.0, "store.log_flush_interv
 def gateway_app(dirs, urls: list[str], **overrides):
     """A loopback gateway with the local-development admin switch (admin calls need no key)."""
     return faults_app(dirs, urls, **{"auth.local_dev_open_admin": True, **overrides})
-
-
-def wait_for(predicate, timeout_s: float = 20.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def start(url: str, name: str, **body) -> httpx.Response:

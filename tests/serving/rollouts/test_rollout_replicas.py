@@ -14,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from fakes.servers import wait_for
 from tests.conftest import free_port
 from tests.serving import test_gateway_faults as faults
 from tests.serving.test_gateway_faults import chat, engine
@@ -61,16 +62,6 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
-
-
-def wait_for(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ against the held-out references, an automatic decision by the evaluator, then a 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from fakes.servers import wait_for
 from serving.rollouts import cli
 from tests.conftest import ADMIN, ADMIN_KEY
 
@@ -19,16 +19,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[3]
 HELDOUT = [json.loads(line)["messages"] for line in (REPO / "data/demo/heldout.jsonl").open()]
-
-
-def wait_for(predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def status(url: str) -> dict:
