@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 
 from fakes.servers import free_port, wait_healthy  # noqa: F401  (free_port: re-exported)
-from loadtest.quantiles import percentile  # noqa: F401  (re-exported)
 from loadtest.scenarios import PlannedRequest
 from loadtest.stream import stream_request
+from loraplane.quantiles import percentile  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_DIR = REPO / "models" / "smollm2-135m-instruct"

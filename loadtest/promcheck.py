@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtest.quantiles import histogram_quantile
+from loraplane.quantiles import histogram_quantile
 
 TTFT_HISTOGRAM = "loraplane_time_to_first_token_seconds"
 CHECK_QUANTILES = (50.0, 95.0, 99.0)

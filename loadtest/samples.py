@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtest.quantiles import percentile
+from loraplane.quantiles import percentile
 
 LATENCY_METRICS = ("ttft", "itl", "e2e")
 REPORT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)

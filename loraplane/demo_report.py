@@ -12,7 +12,7 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
-from loadtest.quantiles import histogram_quantile, percentile
+from loraplane.quantiles import histogram_quantile, percentile
 
 CONCURRENCY = 8
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from loadtest.quantiles import percentile
 from loraplane.demo_report import ab_from_metrics
+from loraplane.quantiles import percentile
 from serving.metrics import GatewayMetrics
 
 

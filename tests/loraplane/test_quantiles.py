@@ -1,4 +1,4 @@
-"""loadtest/quantiles.py: the project's one percentile and one histogram-quantile estimator."""
+"""loraplane/quantiles.py: the project's one percentile and one histogram-quantile estimator."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loadtest.quantiles import histogram_quantile, percentile
+from loraplane.quantiles import histogram_quantile, percentile
 
 
 def test_percentile_interpolates_linearly_between_ranks() -> None:
