@@ -1,17 +1,20 @@
 """Trainer throughput: our trainer vs Hugging Face `Trainer` + PEFT on the same work.
 
-    .venv/bin/python benchmarks/train_throughput.py                 # CPU: SmolLM2-135M, 2 rounds
-    .venv/bin/python benchmarks/train_throughput.py --write-results # also update benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/train_throughput.py --out benchmarks/reports/train_throughput.json
 
-Same base, same LoRA (r=16 q/k/v/o fp32 on CPU), same tokenized examples (our chat template and
-completion-only labels), same batch size, max_seq_len, optimizer (AdamW), lr and step count. Each
-measurement runs in a fresh subprocess, ours and HF alternating, so neither gets a warmer machine.
-tokens/s counts real (non-padding) tokens per second of training steps after one warm-up step.
-Peak memory: the process's peak RSS during the training steps (Linux VmHWM, reset after loading)
-on CPU; torch.cuda.max_memory_allocated on GPU.
+Same base, same LoRA (r=16 q/k/v/o, adapter weights fp32), same tokenized examples (our chat
+template and completion-only labels), same batch size, max_seq_len, optimizer (AdamW), lr and step
+count. Runs (`--kinds`): `ours` (our defaults), `ours-fp32` (ours forced to float32), `hf` (HF
+Trainer + PEFT as a user gets it on CPU: float32) and `hf-bf16` (HF told to use bf16: bf16 base
+weights and `bf16=True`). Each measurement runs in a fresh subprocess; the order rotates every
+round, so no run always gets the warmer or the cooler machine. tokens/s counts real (non-padding)
+tokens per second of training steps after one warm-up step. Peak memory: the process's peak RSS
+during the training steps (Linux VmHWM, reset after loading) on CPU; torch.cuda.max_memory_allocated
+on GPU.
 
-Where ours differs (the levers): batches grouped by length (less padding), and the LM head run only
-at the positions that have a target (answers), instead of full [tokens x vocab] logits.
+Where ours differs (the levers): bf16 compute where the CPU has native bf16 (`model.precision:
+auto`), batches grouped by length (less padding), and the LM head run only at the positions that
+have a target (answers), instead of full [tokens x vocab] logits.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -28,8 +32,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-HEADING = "## Trainer throughput"
 
 
 def reset_peak_rss() -> None:
@@ -49,23 +51,32 @@ def peak_memory_mb() -> float:
     return float("nan")
 
 
-def overrides(args) -> list[str]:
+KINDS = {  # name: (trainer, model.precision, HF TrainingArguments.bf16)
+    "ours": ("ours", "auto", False),  # our defaults: auto = bf16 where the CPU has AVX512-BF16/AMX
+    "ours-fp32": ("ours", "fp32", False),  # the same, forced to float32 (what bf16 adds, side by side)
+    "hf": ("hf", "fp32", False),  # HF Trainer + PEFT as a user gets it on CPU: float32
+    "hf-bf16": ("hf", "bf16", True),  # HF Trainer + PEFT told to use bf16: bf16 base, bf16=True (autocast)
+}
+
+
+def overrides(args, precision: str) -> list[str]:
     return [
         "--base", args.base, "--models_dir", str(REPO / "models"), "--out_dir", "/tmp/loraplane-bench",
         "--data.train", str(REPO / args.data), "--data.eval", "null", "--data.max_seq_len", str(args.max_seq_len),
         "--train.batch_size", str(args.batch_size), "--train.max_steps", str(args.steps + 1),
         "--train.lr", "3e-4", "--train.warmup_ratio", "0", "--lora.r", "16", "--lora.alpha", "32",
         "--lora.target_modules", "[q_proj, k_proj, v_proj, o_proj]", "--publish.enabled", "false",
+        "--model.precision", precision,
     ]  # fmt: skip
 
 
-def run_ours(args) -> dict:
+def run_ours(args, precision: str) -> dict:
     import torch
 
     from trainer.config import load_config
     from trainer.train import setup, train_step
 
-    run = setup(load_config(None, overrides(args)))
+    run = setup(load_config(None, overrides(args, precision)))
     run.model.train()
     train_step(run, 0)  # warm-up (allocator, kernels)
     reset_peak_rss()
@@ -77,10 +88,17 @@ def run_ours(args) -> dict:
         tokens += train_step(run, step)[1]  # real (non-padding) tokens of the step
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return {"tokens": tokens, "seconds": time.perf_counter() - started, "peak_mb": peak_memory_mb()}
+    seconds = time.perf_counter() - started
+    return {"tokens": tokens, "seconds": seconds, "peak_mb": peak_memory_mb(), "precision": _chosen(precision)}
 
 
-def run_hf(args) -> dict:
+def _chosen(precision: str) -> str:
+    from trainer.model import choose_precision
+
+    return choose_precision(precision).name
+
+
+def run_hf(args, precision: str, bf16: bool) -> dict:
     """HF Trainer + PEFT on the same examples, with its default pad-to-longest batches."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -89,7 +107,7 @@ def run_hf(args) -> dict:
     from trainer.tokens import collate
     from trainer.train import setup
 
-    run = setup(load_config(None, overrides(args)))  # same tokenizer, examples and LoRA model
+    run = setup(load_config(None, overrides(args, precision)))  # same tokenizer, examples and LoRA model
     examples = run.batches.examples
     counted = {"tokens": 0, "start_tokens": 0, "start": time.perf_counter()}
 
@@ -111,7 +129,7 @@ def run_hf(args) -> dict:
         output_dir="/tmp/loraplane-bench-hf", per_device_train_batch_size=args.batch_size,
         max_steps=args.steps + 1, learning_rate=3e-4, warmup_steps=0, lr_scheduler_type="cosine",
         logging_strategy="no", save_strategy="no", report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=0, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        dataloader_num_workers=0, bf16=bf16 or (torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
         use_cpu=not torch.cuda.is_available(), seed=0,
     )  # fmt: skip
     trainer = CountingTrainer(
@@ -123,11 +141,13 @@ def run_hf(args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     tokens = counted["tokens"] - counted["start_tokens"]
-    return {"tokens": tokens, "seconds": time.perf_counter() - counted["start"], "peak_mb": peak_memory_mb()}
+    seconds = time.perf_counter() - counted["start"]
+    return {"tokens": tokens, "seconds": seconds, "peak_mb": peak_memory_mb(), "precision": precision}
 
 
 def child(args) -> None:
-    result = run_ours(args) if args.child == "ours" else run_hf(args)
+    trainer, precision, bf16 = KINDS[args.child]
+    result = run_ours(args, precision) if trainer == "ours" else run_hf(args, precision, bf16)
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -156,44 +176,38 @@ def machine() -> str:
 
 
 def summarize(results: dict[str, list[dict]]) -> dict:
-    best = {k: max(r["tokens_per_s"] for r in v) for k, v in results.items()}
+    """Medians over rounds, and each kind's ratio to HF Trainer's default (`hf`) per round."""
+    median = {k: statistics.median(r["tokens_per_s"] for r in v) for k, v in results.items()}
     peak = {k: max(r["peak_mb"] for r in v) for k, v in results.items()}
-    per_round = [o["tokens_per_s"] / h["tokens_per_s"] for o, h in zip(results["ours"], results["hf"], strict=True)]
-    return {"tokens_per_s": best, "peak_mb": peak, "ratio": best["ours"] / best["hf"], "per_round_ratio": per_round}
-
-
-def write_results(text: str) -> None:
-    """Replace (or append) only our section of benchmarks/RESULTS.md."""
-    current = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = current.find(HEADING)
-    if start < 0:
-        RESULTS.write_text(current.rstrip() + "\n\n" + text)
-        return
-    end = current.find("\n## ", start + len(HEADING))
-    RESULTS.write_text(current[:start] + text + (current[end + 1 :] if end >= 0 else ""))
+    per_round = {
+        k: [o["tokens_per_s"] / h["tokens_per_s"] for o, h in zip(v, results["hf"], strict=True)]
+        for k, v in results.items()
+        if k != "hf" and "hf" in results
+    }
+    ratio = {k: statistics.median(v) for k, v in per_round.items()}
+    return {"median_tokens_per_s": median, "peak_mb": peak, "ratio_to_hf": ratio, "per_round_ratio_to_hf": per_round}
 
 
 def report(args, results: dict[str, list[dict]], summary: dict) -> str:
     rows = "\n".join(
-        f"| {kind} | {i + 1} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | {r['load_avg']:.1f} |"
+        f"| {kind} | {r['precision']} | {i + 1} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | {r['load_avg']:.1f} |"
         for i in range(args.rounds)
-        for kind, r in (("ours", results["ours"][i]), ("HF Trainer + PEFT", results["hf"][i]))
-    )  # fmt: skip
-    return f"""{HEADING}
+        for kind in results
+        for r in (results[kind][i],)
+    )
+    ratios = ", ".join(
+        f"{k} {v:.2f}x ({', '.join(f'{x:.2f}' for x in summary['per_round_ratio_to_hf'][k])})"
+        for k, v in summary["ratio_to_hf"].items()
+    )
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    return f"""`benchmarks/train_throughput.py --steps {args.steps} --batch-size {args.batch_size} \
+--max-seq-len {args.max_seq_len} --rounds {args.rounds}` on {machine()}, {when} UTC.
 
-`benchmarks/train_throughput.py --steps {args.steps} --batch-size {args.batch_size} --max-seq-len {args.max_seq_len}`
-on {machine()}, {time.strftime("%Y-%m-%d", time.gmtime())}. Base `{args.base}`, LoRA r=16 on q/k/v/o,
-data `{args.data}`, {args.steps} timed steps after one warm-up step, each run a fresh process, alternating.
-
-| trainer | round | tokens/s (real tokens) | peak memory during steps (MiB) | load avg after |
-|---|---|---|---|---|
+| run | precision | round | tokens/s (real tokens) | peak RSS during steps (MiB) | load avg after |
+|---|---|---|---|---|---|
 {rows}
 
-Best of rounds: ours {summary["tokens_per_s"]["ours"]:.0f} tokens/s vs HF
-{summary["tokens_per_s"]["hf"]:.0f}: **{summary["ratio"]:.2f}x**; peak memory ours
-{summary["peak_mb"]["ours"]:.0f} MiB vs HF {summary["peak_mb"]["hf"]:.0f} MiB. Per-round ratios:
-{", ".join(f"{r:.2f}x" for r in summary["per_round_ratio"])} (other jobs shared the cores: see load average).
-Levers: length-grouped batches (less padding) and the LM head evaluated only at answer positions.
+Median per-round ratio to `hf`: {ratios}.
 """
 
 
@@ -202,30 +216,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-seq-len", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--base", default="smollm2-135m-instruct")
     parser.add_argument("--data", default="data/demo/train.jsonl")
-    parser.add_argument("--write-results", action="store_true", help="update our section of RESULTS.md")
-    parser.add_argument("--child", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--out", type=Path, default=REPO / "runs/bench/train_throughput.json")
+    parser.add_argument("--child", choices=list(KINDS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
-    results: dict[str, list[dict]] = {"ours": [], "hf": []}
+    kinds = args.kinds.split(",")
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
     for round_ in range(args.rounds):
-        for kind in ("ours", "hf") if round_ % 2 == 0 else ("hf", "ours"):
+        shift = round_ % len(kinds)  # rotate the order so no kind always runs first
+        for kind in kinds[shift:] + kinds[:shift]:
             results[kind].append(measure(kind, args))
             r = results[kind][-1]
             print(
-                f"round {round_ + 1} {kind:>4}: {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_mb']:.0f} MiB",
+                f"round {round_ + 1} {kind:>9}: {r['tokens_per_s']:.0f} tokens/s, peak {r['peak_mb']:.0f} MiB",
                 flush=True,
             )
     summary = summarize(results)
-    print(json.dumps(summary, indent=2))
     text = report(args, results, summary)
     print(text)
-    if args.write_results:
-        write_results(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    artifact = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(), "results": results}
+    args.out.write_text(json.dumps(artifact | {"summary": summary, "markdown": text}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -179,10 +179,14 @@ class DpoConfig:
     """train.method dpo: sigmoid DPO against the starting point (reference log-probs computed once)."""
 
     beta: float = 0.1  # strength of the KL pull to the reference (TRL's default)
+    # w * mean NLL of the chosen answers added to the DPO loss (TRL loss_type [sigmoid, sft], RPO); 0: off
+    sft_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ConfigError(f"dpo.sft_weight must be >= 0, got {self.sft_weight}")
 
 
 @dataclass

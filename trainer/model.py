@@ -23,16 +23,33 @@ class Precision:
         return DTYPES[self.name]
 
 
-def choose_precision(requested: str) -> Precision:
-    """auto: bf16 on CUDA GPUs that support it, fp16 on older GPUs, fp32 on CPU.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # /proc/cpuinfo flags of native bf16 matmuls
 
-    CPUs without native bf16 (AVX2 only) run fp32 several times faster than bf16.
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True on CPUs with AVX512-BF16 or AMX-BF16 (Zen 4+, Sapphire Rapids+)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return not BF16_CPU_FLAGS.isdisjoint(flags)
+
+
+def choose_precision(requested: str, native_bf16_cpu: bool | None = None) -> Precision:
+    """auto: bf16 on CUDA GPUs that support it, fp16 on older GPUs; on CPU bf16 where the CPU has
+    native bf16 (AVX512-BF16 / AMX), else fp32.
+
+    bf16 here means: frozen base weights stored and computed in bf16, LoRA weights (and their
+    AdamW state) kept in fp32, matmuls autocast to bf16 (benchmarks/RESULTS.md, "Trainer
+    throughput"). CPUs without native bf16 (AVX2 only) run fp32 several times faster than bf16.
     """
     name = requested
     if requested == "auto" and torch.cuda.is_available():
         name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     elif requested == "auto":
-        name = "fp32"
+        native = cpu_has_native_bf16() if native_bf16_cpu is None else native_bf16_cpu
+        name = "bf16" if native else "fp32"
     if name == "fp16" and not torch.cuda.is_available():
         raise ConfigError("model.precision fp16 needs a CUDA GPU (no fp16 grad scaling on CPU); use fp32 or bf16")
     return Precision(name, "no" if name == "fp32" else name)

@@ -34,10 +34,21 @@ def answer_logits(causal_lm, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     return lm.get_output_embeddings()(hidden[:, :-1][keep]).float(), targets[keep], rows
 
 
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at each of the K answer positions, [K]."""
+    return torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
+
+
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Sum of log p(target) per row: the log-probability of each row's whole answer, [n_rows]."""
-    token_logps = torch.gather(logits.log_softmax(-1), 1, targets[:, None]).squeeze(1)
-    return torch.zeros(n_rows, device=logits.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    per_token = token_logps(logits, targets)
+    return torch.zeros(n_rows, device=logits.device, dtype=per_token.dtype).index_add(0, rows, per_token)
+
+
+def chosen_nll(per_token: torch.Tensor, rows: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """Mean negative log-likelihood of the chosen answers' tokens (rows 0..n_pairs-1): TRL's `sft`
+    loss term, which `loss_type=["sigmoid", "sft"]` adds to DPO (RPO, Pang et al. 2024)."""
+    return -per_token[rows < n_pairs].mean()
 
 
 def dpo_losses(
@@ -94,14 +105,20 @@ class Pair:
 
 
 class DPO(torch.nn.Module):
-    """Sigmoid DPO: chosen and rejected answers go through the model in one batch."""
+    """Sigmoid DPO: chosen and rejected answers go through the model in one batch.
+
+    With `sft_weight` w > 0, each micro-batch also adds w * (mean NLL of its chosen tokens) per pair
+    (TRL's loss_type ["sigmoid", "sft"], loss_weights [1, w]): DPO alone may lower the chosen
+    answers' likelihood while it widens the margin; the NLL term keeps them likely.
+    """
 
     name = "dpo"
 
-    def __init__(self, causal_lm, beta: float):
+    def __init__(self, causal_lm, beta: float, sft_weight: float = 0.0):
         super().__init__()
         self.causal_lm = causal_lm
         self.beta = beta
+        self.sft_weight = sft_weight
 
     def collate(self, pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
         batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
@@ -111,10 +128,18 @@ class DPO(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = batch["ref_chosen"].shape[0]
-        logps = sequence_logps(*answer_logits(self.causal_lm, batch), 2 * n)
+        logits, targets, rows = answer_logits(self.causal_lm, batch)
+        per_token = token_logps(logits, targets)
+        logps = torch.zeros(2 * n, device=logits.device, dtype=per_token.dtype).index_add(0, rows, per_token)
         losses, margins = dpo_losses(logps[:n], logps[n:], batch["ref_chosen"], batch["ref_rejected"], self.beta)
         detached = margins.detach()
-        return losses.sum(), {"reward_margin": detached.sum(), "reward_accuracy": (detached > 0).float().sum()}
+        metrics = {"reward_margin": detached.sum(), "reward_accuracy": (detached > 0).float().sum()}
+        loss = losses.sum()  # the loop divides by the step's pairs
+        if self.sft_weight:
+            nll = chosen_nll(per_token, rows, n)
+            loss = loss + self.sft_weight * n * nll  # per pair, so that /pairs gives w * mean NLL
+            metrics["chosen_nll"] = n * nll.detach()
+        return loss, metrics
 
 
 class Distill(torch.nn.Module):

@@ -125,7 +125,7 @@ def build_model(cfg: Config, base_dir: Path, manifest: dict, precision, device, 
 
 def build_objective(cfg: Config, peft_model, tokenizer, base_dir: Path, manifest: dict, precision):
     if cfg.train.method == "dpo":
-        return DPO(peft_model, cfg.dpo.beta)
+        return DPO(peft_model, cfg.dpo.beta, cfg.dpo.sft_weight)
     if cfg.train.method == "distill":
         from trainer.teacher import load_teacher
 

@@ -13,8 +13,9 @@ from trainer.objectives import SFT, Distill, answer_logits, distill_kl, dpo_loss
 from trainer.tokens import IGNORE
 
 
-def trl_sigmoid_dpo(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta: float):
-    """Run TRL's DPOTrainer._compute_loss on per-token log-probs we hand it (through a model stand-in)."""
+def trl_sigmoid_dpo(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta: float, sft_weight: float = 0.0):
+    """Run TRL's DPOTrainer._compute_loss on per-token log-probs we hand it (through a model stand-in);
+    sft_weight > 0: TRL's loss_type ["sigmoid", "sft"] with loss_weights [1, sft_weight]."""
     from accelerate import Accelerator
     from trl import DPOTrainer
 
@@ -27,9 +28,10 @@ def trl_sigmoid_dpo(per_token_logps, completion_mask, ref_chosen, ref_rejected, 
     )
     trainer = SimpleNamespace(
         model=SimpleNamespace(training=True), accelerator=Accelerator(cpu=True), aux_loss_enabled=False,
-        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=["sigmoid"],
-        loss_weights=[1.0], beta=beta, use_weighting=False, _metrics=defaultdict(lambda: defaultdict(list)),
-        _total_train_tokens=0, _tp_size=1,
+        ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        loss_types=["sigmoid", "sft"] if sft_weight else ["sigmoid"],
+        loss_weights=[1.0, sft_weight] if sft_weight else [1.0], beta=beta, use_weighting=False,
+        _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
     inputs = {
         "input_ids": torch.zeros(rows, width, dtype=torch.long),
@@ -42,10 +44,14 @@ def trl_sigmoid_dpo(per_token_logps, completion_mask, ref_chosen, ref_rejected, 
     return loss, trainer._metrics["train"]
 
 
-def test_dpo_loss_matches_trl():
+PAIRS = 3
+
+
+def dpo_batch():
+    """Random logits over a small vocab for 3 pairs (rows: all chosen, then all rejected: TRL's order
+    and ours), completion masks of different lengths, and per-token log-probs of the targets."""
     torch.manual_seed(0)
-    pairs, width, vocab, beta = 3, 7, 11, 0.3
-    rows = 2 * pairs  # TRL's batch order, and ours: all chosen, then all rejected
+    width, vocab, rows = 7, 11, 2 * PAIRS
     completion_mask = torch.zeros(rows, width, dtype=torch.long)
     for r, start in enumerate([2, 3, 4, 2, 5, 3]):
         completion_mask[r, start:] = 1
@@ -54,7 +60,14 @@ def test_dpo_loss_matches_trl():
     # per-token log p(next token), masked to the completion: what both implementations sum
     per_token = torch.gather(logits.log_softmax(-1), 2, token_ids[:, 1:, None]).squeeze(2)
     per_token = per_token * completion_mask[:, 1:]
-    ref_chosen, ref_rejected = torch.randn(pairs) - 5, torch.randn(pairs) - 5
+    ref_chosen, ref_rejected = torch.randn(PAIRS) - 5, torch.randn(PAIRS) - 5
+    return completion_mask, logits, token_ids, per_token, ref_chosen, ref_rejected
+
+
+def test_dpo_loss_matches_trl():
+    pairs, rows, beta = PAIRS, 2 * PAIRS, 0.3
+    completion_mask, logits, token_ids, per_token, ref_chosen, ref_rejected = dpo_batch()
+    width = completion_mask.shape[1]
 
     trl_loss, trl_metrics = trl_sigmoid_dpo(per_token, completion_mask, ref_chosen, ref_rejected, beta)
 
@@ -66,6 +79,40 @@ def test_dpo_loss_matches_trl():
     assert margins.mean().item() == pytest.approx(trl_metrics["rewards/margins"][0], rel=1e-5)
     assert (margins > 0).float().mean().item() == pytest.approx(trl_metrics["rewards/accuracies"][0])
     assert trl_loss.item() != pytest.approx(float(torch.log(torch.tensor(2.0))))  # not the margin-0 value
+
+
+class LogitsLM(torch.nn.Module):
+    """Hands fixed logits to answer_logits: a decoder returning them as hidden states, identity head."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        padded = torch.cat([logits, torch.zeros_like(logits[:, :1])], dim=1)  # the last position has no target
+        self.decoder = lambda **_: SimpleNamespace(last_hidden_state=padded)
+        self.head = torch.nn.Identity()
+
+    def get_decoder(self):
+        return self.decoder
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_dpo_with_sft_weight_matches_trl_sigmoid_plus_sft():
+    """dpo.sft_weight w == TRL loss_type ["sigmoid", "sft"], loss_weights [1, w], through our DPO module."""
+    from trainer.objectives import DPO
+
+    beta, w = 0.3, 0.7
+    completion_mask, logits, token_ids, per_token, ref_chosen, ref_rejected = dpo_batch()
+    trl_loss, trl_metrics = trl_sigmoid_dpo(per_token, completion_mask, ref_chosen, ref_rejected, beta, w)
+    trl_plain, _ = trl_sigmoid_dpo(per_token, completion_mask, ref_chosen, ref_rejected, beta)
+    labels = token_ids.masked_fill(completion_mask == 0, IGNORE)
+    batch = {"input_ids": token_ids, "labels": labels, "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
+    loss, metrics = DPO(LogitsLM(logits), beta, sft_weight=w)(batch)
+    assert (loss / PAIRS).item() == pytest.approx(trl_loss.item(), rel=1e-6)  # the loop divides by pairs
+    assert trl_loss.item() > trl_plain.item() + 0.1  # the sft term is really in both
+    plain, _ = DPO(LogitsLM(logits), beta)(batch)
+    assert (plain / PAIRS).item() == pytest.approx(trl_plain.item(), rel=1e-6)
+    assert set(metrics) == {"reward_margin", "reward_accuracy", "chosen_nll"}
 
 
 def test_distill_kl_matches_kl_div():
