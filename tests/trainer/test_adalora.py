@@ -230,3 +230,46 @@ def test_the_loop_adds_the_orth_reg_once_per_step_as_peft_does(tmp_path, tiny_da
     assert all(grad.norm() > 0 for grad in want.values())
     # fp32 CE sums over other padding differ ~1e-5 relative (E's gradient); a 2x term is off by ~1
     assert relative_error(got, want) < 1e-3
+
+
+def phase(state) -> str:  # noqa: ANN001
+    if state.rank_pattern is None:
+        return "before pruning"
+    return "pruning" if state.exp_avg_ipt else "final ranks"
+
+
+def test_allocator_state_round_trips_through_its_file_at_every_phase(tmp_path):
+    """Before pruning (no pattern), mid-pruning (statistics + pattern), after the final allocation
+    (pattern only): saved and loaded into a fresh model, the next budget update acts the same."""
+    from trainer import adalora
+
+    live = tiny_adalora()  # 10 steps: tinit 1, pruning in steps 2-7, final allocation at step 8
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    phases = []
+    for step in range(10):
+        fresh = tiny_adalora()
+        adalora.save_allocator(live, tmp_path / "allocator.safetensors")
+        adalora.load_checkpoint_weights(fresh, adalora.checkpoint_weights(live))
+        adalora.load_allocator(fresh, tmp_path / "allocator.safetensors")
+        phases.append(phase(adalora.AllocatorState.of(live)))
+        for model in (live, fresh):
+            model(input_ids=ids, labels=ids).loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p -= 0.05 * p.grad
+            model.base_model.update_and_allocate(step)
+            model.zero_grad(set_to_none=True)
+        assert adalora.AllocatorState.of(fresh).rank_pattern == adalora.AllocatorState.of(live).rank_pattern, step
+        want = adalora.checkpoint_weights(live)
+        for name, tensor in adalora.checkpoint_weights(fresh).items():
+            torch.testing.assert_close(tensor, want[name], rtol=0, atol=0, msg=f"step {step}: {name}")
+    assert phases == ["before pruning"] * 3 + ["pruning"] * 6 + ["final ranks"]
+
+
+def test_a_checkpoint_without_allocator_state_is_refused(tmp_path):
+    from trainer.adalora import load_allocator
+    from trainer.errors import TrainerError
+
+    with pytest.raises(TrainerError, match="no rank allocator state; start a fresh out_dir"):
+        load_allocator(tiny_adalora(), tmp_path / "missing.safetensors")
