@@ -1,4 +1,4 @@
-"""AdaLoRA in the loop, and its conversion to the plain LoRA that vLLM serves.
+"""AdaLoRA in the loop, its checkpoint state, and its conversion to the plain LoRA that vLLM serves.
 
 AdaLoRA (PEFT's AdaLoraModel) writes each adapted weight's delta as an SVD-like triplet
     delta W = B @ (A * E) * scaling / (ranknum + 1e-5)      A: [r, in], E: [r, 1], B: [out, r]
@@ -8,21 +8,38 @@ unpruned triplets: rank R = the largest number of kept triplets over all modules
 kept fewer are zero-padded to R. With alpha = R the plain LoRA's scale is 1 and it computes the
 same delta as the AdaLoRA model.
 
-Three calls from the loop (trainer/train.py): `after_optimizer_step` each step (AdaLoRA's budget
-update needs the step's gradients, so it runs before zero_grad), `published_lora_config` for the
-manifest, `save_adapter` at the end. Not applied: PEFT's orthogonal regularisation, which PEFT
-adds in its model forward when labels are given; our loss module calls the decoder directly.
+Orthogonal regulariser: PEFT's AdaLoraModel.forward adds orth_reg_weight * R to the (mean) loss
+when labels are given, R = the mean over the adapter's A and B of ||A A^T - I||_F and
+||B^T B - I||_F (Frobenius norm, not squared). Our loss modules call the decoder directly, so
+`orth_reg_term` computes the same term and the loop (train.accumulate_gradients) adds it once per
+optimizer step, unscaled by the step's token count: the step's gradient is that of
+(sum of token losses / trained tokens) + orth_reg_weight * R, which is PEFT's loss for a step of
+one micro-batch. It is logged as train/orth_reg; train/loss stays the objective's loss alone.
+
+Checkpoints (trainer/checkpoint.py): PEFT's state dict of an AdaLoRA model drops pruned triplets
+and loading it resizes the live modules (new Parameters the optimizer does not hold), so the
+trained tensors are saved at full size by parameter name instead (`checkpoint_weights`), and
+PEFT's RankAllocator statistics (ipt, exp_avg_ipt, exp_avg_unc) plus the rank pattern so far go
+beside them (`AllocatorState`, ALLOCATOR_FILE): a resumed run allocates as the uninterrupted one.
+
+Calls from the loop (trainer/train.py): `orth_reg_term` in each step's backward,
+`after_optimizer_step` each step (AdaLoRA's budget update needs the step's gradients, so it runs
+before zero_grad), `published_lora_config` for the manifest, `save_adapter` at the end.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from trainer.config import LoraConfig
-from trainer.errors import ConfigError, PublishError
+from trainer.errors import ConfigError, PublishError, TrainerError
+
+ADAPTER = "default"  # the trained adapter's name in the PEFT model
+ALLOCATOR_FILE = "adalora_allocator.safetensors"  # in a checkpoint dir, beside the weights
 
 
 def is_adalora(peft_model) -> bool:
@@ -45,6 +62,23 @@ def planned_rank(cfg: LoraConfig) -> int:
     return cfg.r if cfg.method == "lora" else cfg.adalora.target_r
 
 
+def orth_reg_term(peft_model) -> torch.Tensor | None:
+    """orth_reg_weight * R as PEFT's AdaLoraModel.forward adds it to the loss (module docstring);
+    None for LoRA or a weight of 0. Computed in fp32 outside autocast: the tensors are fp32."""
+    if not is_adalora(peft_model):
+        return None
+    weight = peft_model.peft_config[ADAPTER].orth_reg_weight
+    if weight == 0:
+        return None
+    norms = []
+    for _, layer in _svd_layers(peft_model):
+        a, b = layer.lora_A[ADAPTER], layer.lora_B[ADAPTER]
+        for cov in (a @ a.T, b.T @ b):  # [r, r] each
+            eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+            norms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))
+    return weight * torch.stack(norms).mean()
+
+
 def after_optimizer_step(peft_model, step: int) -> None:
     """AdaLoRA's importance update and budget masking for optimizer step `step` (0-based)."""
     if is_adalora(peft_model):
@@ -55,6 +89,90 @@ def _svd_layers(peft_model):
     from peft.tuners.adalora.layer import SVDLinear
 
     return [(name, m) for name, m in peft_model.named_modules() if isinstance(m, SVDLinear)]
+
+
+def _trained(peft_model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_weights(peft_model) -> dict[str, torch.Tensor]:
+    """The trained tensors at full size (pruned triplets included, E = 0), by parameter name."""
+    return {n: p.detach().cpu().contiguous() for n, p in _trained(peft_model).items()}
+
+
+@torch.no_grad()
+def load_checkpoint_weights(peft_model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy into the live parameters in place, so the optimizer keeps holding them."""
+    params = _trained(peft_model)
+    if set(tensors) != set(params):
+        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise TrainerError(
+            f"AdaLoRA checkpoint weights do not match the model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}); resume with the same lora config or start a fresh out_dir"
+        )
+    for name, param in params.items():
+        param.copy_(tensors[name])
+
+
+@dataclass
+class AllocatorState:
+    """PEFT's RankAllocator statistics, per lora_A/B/E parameter name, and the rank pattern so far
+    (None before the first pruning; after the final allocation the statistics are empty)."""
+
+    ipt: dict[str, torch.Tensor]  # |theta * grad| of the last update
+    exp_avg_ipt: dict[str, torch.Tensor]  # EMA of sensitivity (beta1)
+    exp_avg_unc: dict[str, torch.Tensor]  # EMA of uncertainty (beta2)
+    rank_pattern: dict[str, list[bool]] | None  # lora_E name -> kept triplets
+
+    STATS = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    @classmethod
+    def of(cls, peft_model) -> AllocatorState:
+        allocator = peft_model.base_model.rankallocator
+        stats = {k: {n: t.detach().cpu().contiguous() for n, t in getattr(allocator, k).items()} for k in cls.STATS}
+        pattern = peft_model.peft_config[ADAPTER].rank_pattern
+        return cls(**stats, rank_pattern=None if pattern is None else {n: list(m) for n, m in pattern.items()})
+
+    def apply(self, peft_model) -> None:
+        allocator = peft_model.base_model.rankallocator
+        device = next(iter(_trained(peft_model).values())).device
+        for key in self.STATS:
+            setattr(allocator, key, {n: t.to(device) for n, t in getattr(self, key).items()})
+        peft_model.peft_config[ADAPTER].rank_pattern = self.rank_pattern
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"{key}/{n}": t for key in self.STATS for n, t in getattr(self, key).items()}
+        pattern = self.rank_pattern or {}
+        return tensors | {f"rank_pattern/{n}": torch.tensor(mask, dtype=torch.bool) for n, mask in pattern.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> AllocatorState:
+        parts: dict[str, dict[str, torch.Tensor]] = {key: {} for key in (*cls.STATS, "rank_pattern")}
+        for full, tensor in tensors.items():
+            key, _, name = full.partition("/")
+            if key not in parts:
+                raise TrainerError(
+                    f"AdaLoRA allocator state has an unknown entry {full!r}; written by another version?"
+                )
+            parts[key][name] = tensor
+        pattern = {n: t.tolist() for n, t in parts.pop("rank_pattern").items()} or None
+        return cls(**parts, rank_pattern=pattern)
+
+
+def save_allocator(peft_model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file(AllocatorState.of(peft_model).to_tensors(), path, metadata={"format": "pt"})
+
+
+def load_allocator(peft_model, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise TrainerError(
+            f"{path} is missing: this AdaLoRA checkpoint has no rank allocator state; start a fresh out_dir"
+        )
+    AllocatorState.from_tensors(load_file(path)).apply(peft_model)
 
 
 @torch.no_grad()

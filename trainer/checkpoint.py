@@ -1,7 +1,8 @@
 """Resumable checkpoints: out_dir/checkpoints/step-NNNNNN/, written atomically.
 
 A checkpoint holds the LoRA weights, optimizer and scheduler state, every process's RNG states
-and the trainer state (step, loss history). The data position is the step itself: batches are a
+and the trainer state (step, loss history); for AdaLoRA the weights at full size and the rank
+allocator's state (trainer/adalora.py). The data position is the step itself: batches are a
 pure function of (seed, step), so resuming at step k replays exactly the batches k, k+1, ...
 Files go into a `.tmp-step-NNNNNN` directory that is renamed into place only when complete, so a
 run killed mid-write leaves no directory that `latest()` would pick.
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer import adalora
 from trainer.errors import TrainerError
 
 STATE_FILE = "trainer_state.json"
@@ -107,7 +109,10 @@ def save_lora(peft_model, path: Path) -> None:
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    if adalora.is_adalora(peft_model):  # PEFT's state dict would drop the pruned triplets
+        weights = adalora.checkpoint_weights(peft_model)
+    else:
+        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
     save_file(weights, path)
 
 
@@ -115,7 +120,10 @@ def load_lora(peft_model, path: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(peft_model, load_file(path))
+    if adalora.is_adalora(peft_model):
+        adalora.load_checkpoint_weights(peft_model, load_file(path))
+    else:
+        set_peft_model_state_dict(peft_model, load_file(path))
 
 
 def best_file(root: Path, step: int) -> Path:
@@ -144,6 +152,8 @@ def commit(root: Path, step: int, peft_model, optimizer, scheduler, state: RunSt
     save_lora(peft_model, tmp / "adapter_model.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    if adalora.is_adalora(peft_model):
+        adalora.save_allocator(peft_model, tmp / adalora.ALLOCATOR_FILE)
     (tmp / STATE_FILE).write_text(state.to_json())  # last: its presence marks completeness
     _fsync_tree(tmp)
     final = step_dir(root, step)
@@ -164,6 +174,8 @@ def restore(path: Path, peft_model, optimizer, scheduler, rank: int) -> RunState
             "or start a fresh out_dir"
         )
     load_lora(peft_model, path / "adapter_model.safetensors")
+    if adalora.is_adalora(peft_model):
+        adalora.load_allocator(peft_model, path / adalora.ALLOCATOR_FILE)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     set_rng_state(torch.load(rng_file, weights_only=False))

@@ -65,6 +65,9 @@ class AdaLoraConfig:
     delta_t: int = 1  # steps between budget allocations
     beta1: float = 0.85  # EMA of sensitivity
     beta2: float = 0.85  # EMA of uncertainty
+    # PEFT's orthogonal regulariser on A and B (trainer/adalora.py): + weight * mean ||A A^T - I||_F,
+    # ||B^T B - I||_F, added once per optimizer step to the step's mean loss; 0 turns it off
+    orth_reg_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not 1 <= self.target_r <= self.init_r:
@@ -76,6 +79,8 @@ class AdaLoraConfig:
             )
         if self.delta_t < 1:
             raise ConfigError(f"lora.adalora.delta_t must be >= 1, got {self.delta_t}")
+        if not self.orth_reg_weight >= 0:  # also catches nan
+            raise ConfigError(f"lora.adalora.orth_reg_weight must be >= 0 (0 turns it off), got {self.orth_reg_weight}")
 
 
 @dataclass

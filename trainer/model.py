@@ -136,6 +136,7 @@ def peft_lora_config(cfg: LoraConfig, max_steps: int = 1):
         deltaT=ada.delta_t,
         beta1=ada.beta1,
         beta2=ada.beta2,
+        orth_reg_weight=ada.orth_reg_weight,
         total_step=max_steps,
         **common,
     )

@@ -197,10 +197,13 @@ def accumulate_gradients(run: Run, step: int) -> tuple[torch.Tensor, dict[str, t
     """Backward over this process's micro-batches of `step`; grads end up = d(step loss)/dθ.
 
     Returns (this process's summed loss, its summed metrics, the step's total weight (trained
-    tokens, or pairs for dpo) over all processes, all tokens of the step).
+    tokens, or pairs for dpo) over all processes, all tokens of the step). AdaLoRA's orthogonal
+    regulariser joins the first micro-batch's backward, so it weighs once per step whatever the
+    accumulation; it is not in the returned loss (train/loss), but in the metric orth_reg.
     """
     micro_batches, trained, tokens = run.batches.for_step(step)
-    scale = run.accelerator.num_processes / max(trained, 1)  # DDP averages grads over processes
+    processes = run.accelerator.num_processes
+    scale = processes / max(trained, 1)  # DDP averages grads over processes
     loss_sum = torch.zeros((), device=run.accelerator.device)
     metric_sums: dict[str, torch.Tensor] = {}
     for i, micro in enumerate(micro_batches):
@@ -208,9 +211,15 @@ def accumulate_gradients(run: Run, step: int) -> tuple[torch.Tensor, dict[str, t
         sync = nullcontext() if last else run.accelerator.no_sync(run.model)
         batch = run.objective.collate(micro, run.tokenizer.pad_token_id)
         batch = {k: v.to(run.accelerator.device) for k, v in batch.items()}
-        with sync, run.accelerator.autocast():
-            loss, metrics = run.model(batch)
-            run.accelerator.backward(loss * scale)
+        with sync:
+            with run.accelerator.autocast():
+                loss, metrics = run.model(batch)
+            step_loss = loss * scale  # this micro-batch's share of the step's mean loss
+            reg = adalora.orth_reg_term(run.peft_model) if i == 0 else None  # AdaLoRA: once per step
+            if reg is not None:  # same on every process; x processes undoes DDP's average
+                step_loss = step_loss + reg * processes
+                metrics = metrics | {"orth_reg": reg.detach() * trained / processes}  # reads back as reg
+            run.accelerator.backward(step_loss)
         loss_sum += loss.detach()
         for key, value in metrics.items():
             metric_sums[key] = metric_sums.get(key, 0) + value

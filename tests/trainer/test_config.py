@@ -111,6 +111,7 @@ def test_every_shipped_trainer_yaml_loads(path):
         assert lora.r == cfg.lora.r and not servability_problems(lora.to_dict(), cfg.publish.max_lora_rank)
     else:  # AdaLoRA: published as plain LoRA of rank <= init_r, which the engine must serve
         assert (lora.init_r, lora.total_step) == (cfg.lora.adalora.init_r, cfg.train.max_steps)
+        assert lora.orth_reg_weight == cfg.lora.adalora.orth_reg_weight  # PEFT's config carries ours
         assert cfg.lora.adalora.init_r <= cfg.publish.max_lora_rank
     quant = quantization_config(cfg.model, torch.bfloat16)
     assert (quant is None) == (cfg.model.quantization == "none")
