@@ -55,6 +55,24 @@ def choose_precision(requested: str, native_bf16_cpu: bool | None = None) -> Pre
     return Precision(name, "no" if name == "fp32" else name)
 
 
+def make_accelerator(precision: Precision):
+    """accelerate's Accelerator for this run's precision.
+
+    Its state is a per-process singleton that refuses a second run in another precision
+    ("AcceleratorState has already been initialized"). A single process that trains several runs
+    in turn (tests, benchmarks, notebooks) gets its mixed-precision state reset (the newest run's
+    precision then applies to the process); a process of a multi-process launch never does (its
+    state came from the launcher).
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=precision.mixed_precision, cpu=not torch.cuda.is_available())
+
+
 def load_tokenizer(base_dir: Path):
     from transformers import AutoTokenizer
 

@@ -27,7 +27,14 @@ from trainer.config import Config
 from trainer.dashboard import grad_norm, lora_histograms
 from trainer.data import Dataset
 from trainer.errors import ConfigError, PublishError
-from trainer.model import add_lora, choose_precision, load_base_model, load_tokenizer, trainable_parameters
+from trainer.model import (
+    add_lora,
+    choose_precision,
+    load_base_model,
+    load_tokenizer,
+    make_accelerator,
+    trainable_parameters,
+)
 from trainer.objectives import DPO, SFT, Distill, Pair
 from trainer.publish import check_servable
 from trainer.report import Reporter
@@ -144,12 +151,11 @@ def reference_pairs(batches: Batches, max_steps: int) -> list[Pair]:
 
 
 def setup(cfg: Config) -> Run:
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     parent = precheck(cfg)
     precision = choose_precision(cfg.model.precision)
-    accelerator = Accelerator(mixed_precision=precision.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(precision)
     set_seed(cfg.train.seed)
     base_dir = resolve_base(cfg.base, Path(cfg.models_dir))
     manifest = read_manifest(base_dir)
