@@ -110,6 +110,7 @@ def main() -> None:
         latest = json.loads(REPORT.read_text())
         ours = {k for k in ("sft", "reference", "dpo", "distill") if k in only or k not in latest}
         report = latest | {k: report[k] for k in ours if k in report} | {"date": report["date"]}
+        report["omp_threads"] = THREADS
         report["loadavg_1min"] = latest.get("loadavg_1min", {}) | loads
     report["targets"] = targets(report)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
