@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 
 from serving.config import ServingConfig, load_config
-from serving.engine import EngineProcess, check_cpu_lora_plugin, choose_dtype, local_engines
+from serving.engine import (
+    ENGINE_KEY_ENV,
+    EngineProcess,
+    check_cpu_lora_plugin,
+    choose_dtype,
+    ensure_engine_key,
+    local_engines,
+)
 from serving.errors import ServingError
 from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
 
@@ -60,6 +67,8 @@ def supervise(engines: list[EngineProcess], stop: threading.Event) -> None:
 def start_engines(cfg: ServingConfig, log_dir: Path) -> list[EngineProcess]:
     base = read_base(cfg.registry.models_dir, cfg.base)
     engines = local_engines(cfg, base.path, base.name, log_dir)
+    if engines and ensure_engine_key():
+        print(f"engines: a random engine key for this run (set {ENGINE_KEY_ENV} to choose one)", flush=True)
     for engine in engines:
         engine.start()
     for engine in engines:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,14 +31,27 @@ CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 PLUGIN_GROUP, PLUGIN_NAME = "vllm.general_plugins", "loraplane_cpu_lora"
 # The engines' API key. When set, local engines get it as vLLM's VLLM_API_KEY (the same check as
-# --api-key, kept out of the process list) and the gateway sends `Authorization: Bearer` with it on
-# every engine call; vLLM then refuses /v1 calls without it (only /health and /metrics stay open).
+# --api-key, kept out of the process list) and run ENGINE_KEY_GUARD, which asks for it on every other
+# path too (vLLM's own check covers /v1 only; POST /adapters loads an adapter from any path); the
+# gateway sends `Authorization: Bearer` with it on every engine call. Only GET /health, /metrics,
+# /ping and /version stay open. `loraplane serve` makes a random one when none is set.
 ENGINE_KEY_ENV = "LORAPLANE_ENGINE_API_KEY"
+ENGINE_KEY_GUARD = "loraplane_vllm.engine_key_guard.EngineKeyGuard"  # vLLM --middleware (an import path)
 
 
 def engine_auth_headers() -> dict[str, str]:
     key = os.environ.get(ENGINE_KEY_ENV)
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def ensure_engine_key() -> bool:
+    """Give this process (the gateway, and the engines it starts) an engine key if it has none: a
+    random one for this run, so local engines are closed to other local processes by default.
+    True when it made one."""
+    if os.environ.get(ENGINE_KEY_ENV):
+        return False
+    os.environ[ENGINE_KEY_ENV] = secrets.token_urlsafe(32)
+    return True
 
 
 def check_cpu_lora_plugin(cfg: ServingConfig) -> None:
@@ -152,6 +166,7 @@ class EngineProcess:
             "--disable-log-stats",
             "--uvicorn-log-level",
             "warning",
+            *(["--middleware", ENGINE_KEY_GUARD] if os.environ.get(ENGINE_KEY_ENV) else []),
             *e.extra_args,
         ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -11,10 +13,13 @@ from serving.capabilities import Machine
 from serving.config import load_config
 from serving.engine import (
     BIND_ENV,
+    ENGINE_KEY_ENV,
+    ENGINE_KEY_GUARD,
     EngineProcess,
     check_cpu_lora_plugin,
     choose_dtype,
     cpu_bind_lists,
+    ensure_engine_key,
     local_engines,
     usable_cpus,
 )
@@ -128,6 +133,21 @@ def test_engine_api_key_reaches_vllm_but_not_the_process_list(monkeypatch: pytes
     engine = EngineProcess(load_config(None), Path("."), "b", 0, Path("."))
     assert engine.environment()["VLLM_API_KEY"] == "engine-secret"  # vLLM reads it as --api-key
     assert "engine-secret" not in " ".join(engine.command())
+
+
+def test_engines_with_a_key_guard_every_path_and_serve_makes_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENGINE_KEY_ENV, "recorded-so-teardown-restores-it")
+    monkeypatch.delenv(ENGINE_KEY_ENV)
+    engine = EngineProcess(load_config(None), Path("."), "b", 0, Path("."))
+    assert "--middleware" not in engine.command()  # no key, no guard (the guard refuses to start keyless)
+    assert ensure_engine_key() is True
+    key = os.environ[ENGINE_KEY_ENV]
+    assert len(key) >= 40 and engine.environment()["VLLM_API_KEY"] == key
+    cmd = engine.command()
+    assert cmd[cmd.index("--middleware") + 1] == ENGINE_KEY_GUARD
+    module, _, name = ENGINE_KEY_GUARD.rpartition(".")
+    assert hasattr(importlib.import_module(module), name)  # the import path vLLM will resolve
+    assert ensure_engine_key() is False and os.environ[ENGINE_KEY_ENV] == key  # a set key is kept
 
 
 class FakeEngineProcess(EngineProcess):
