@@ -3,6 +3,8 @@ promote, persisted experiments, name clashes, the request log with response ids,
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -165,61 +167,32 @@ def test_database_lost_while_serving_keeps_serving_and_counts_drops(dirs, postgr
         assert resp.status_code == 503 and "database" in resp.json()["error"]["message"]
 
 
-def test_unreachable_database_at_start_names_the_url_without_password(dirs, tmp_path: Path) -> None:
-    import subprocess
-    import sys
+def serve_gateway_only(config: Path) -> subprocess.CompletedProcess[str]:
+    """`loraplane serve --gateway-only` with this config, to see it refuse at start (exit 2)."""
+    cmd = [sys.executable, "-m", "loraplane", "serve", "--config", str(config), "--gateway-only",
+           "--engine-url", "http://127.0.0.1:9"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
+
+def test_unreachable_database_at_start_names_the_url_without_password(dirs, tmp_path: Path) -> None:
     config = tmp_path / "serving.yaml"
     config.write_text(
         f"registry:\n  models_dir: {dirs[0]}\n  adapters_dir: {dirs[1]}\n"
         f"store:\n  url: postgresql://lp:hunter2@127.0.0.1:{free_port()}/lp\n  connect_timeout_s: 1\n"
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loraplane",
-            "serve",
-            "--config",
-            str(config),
-            "--gateway-only",
-            "--engine-url",
-            "http://127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = serve_gateway_only(config)
     assert out.returncode == 2, out.stderr
     assert "lp:***@127.0.0.1" in out.stderr and "hunter2" not in out.stderr + out.stdout
 
 
 def test_config_experiment_named_like_an_adapter_is_refused_at_start(dirs, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     config = tmp_path / "serving.yaml"
     config.write_text(
         f"registry:\n  models_dir: {dirs[0]}\n  adapters_dir: {dirs[1]}\n"
         "experiments:\n  - name: bot\n    variants: {other@v1: 1}\n"
     )
     (dirs[0] / BASE / "config.json").write_text("{}")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "loraplane",
-            "serve",
-            "--config",
-            str(config),
-            "--gateway-only",
-            "--engine-url",
-            "http://127.0.0.1:9",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = serve_gateway_only(config)
     assert out.returncode == 2 and "'bot' clashes" in out.stderr, out.stderr
 
 
