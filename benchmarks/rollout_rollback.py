@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +31,9 @@ import httpx
 import uvicorn
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import free_port, start_gateway_only  # noqa: E402
+
 from fakes.engine import MockSettings
 from fakes.engine import create_app as mock_engine_app
 from fakes.registry import write_mock_registry
@@ -41,30 +43,6 @@ from serving.store.connect import create_db_engine
 
 BASE = "smollm2-135m-instruct"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_gateway(config: Path, engine_url: str, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "loraplane", "serve", "--config", str(config), "--gateway-only"]
-    proc = subprocess.Popen(
-        [*argv, "--engine-url", engine_url, "--port", str(port)], stdout=log.open("ab"), stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"gateway did not start; see {log}")
 
 
 def chat(url: str, user: str) -> str:
@@ -170,7 +148,9 @@ def main() -> None:
     procs = []
     try:
         for i in range(2):
-            procs.append(start_gateway(config, f"http://127.0.0.1:{engine_port}", tmp / f"gw{i}.log"))
+            procs.append(
+                start_gateway_only(config, f"http://127.0.0.1:{engine_port}", tmp / f"gw{i}.log", timeout_s=120)
+            )
         store = Store(create_db_engine(url))
         urls = [u for _, u in procs]
         results = [trial(urls, store, settings, f"bench{i}", args.interval) for i in range(args.trials)]

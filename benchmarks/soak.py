@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import REPO, exit_on_sigterm, free_port, shown_args, write_result  # noqa: E402
+from bench_common import REPO, exit_on_sigterm, shown_args, start_gateway_only, start_mock_engine, write_result  # noqa: E402
 
 from fakes.registry import write_mock_registry  # noqa: E402
 
@@ -73,22 +73,6 @@ def write_config(root: Path) -> Path:
     path = root / "soak.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def start(cmd: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:4]} exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError(f"{url} not healthy after 60 s; see {log}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -245,15 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="loraplane-soak-") as tmp:
         root = Path(tmp)
-        engine_port, gateway_port = free_port(), free_port()
-        engine_url, url = f"http://127.0.0.1:{engine_port}", f"http://127.0.0.1:{gateway_port}"
         try:
-            engine_cmd = [sys.executable, "-m", "fakes.engine", "--port", str(engine_port), "--base", BASE]
-            engine_cmd += ["--tokens", "24", "--ttft-ms", "20", "--itl-ms", "4", "--error-rate", str(args.error_rate)]
-            procs.append(start(engine_cmd, engine_url, root / "engine.log"))
-            gateway_cmd = [sys.executable, "-m", "loraplane", "serve", "--config", str(write_config(root))]
-            gateway_cmd += ["--gateway-only", "--engine-url", engine_url, "--port", str(gateway_port)]
-            procs.append(start(gateway_cmd, url, root / "gateway.log"))
+            flags = ["--tokens", "24", "--ttft-ms", "20", "--itl-ms", "4", "--error-rate", str(args.error_rate)]
+            engine, engine_url = start_mock_engine(BASE, root / "engine.log", *flags)
+            procs.append(engine)
+            gateway, url = start_gateway_only(write_config(root), engine_url, root / "gateway.log")
+            procs.append(gateway)
             counts, errors, samples = asyncio.run(run_load(url, procs[-1].pid, args))
             time.sleep(2.0)  # every dropped stream has ended by now: nothing may stay counted in flight
             streams_left = in_flight_streams(url)
