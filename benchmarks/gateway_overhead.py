@@ -2,14 +2,14 @@
 
 The engine is the mock (`fakes.engine`: fixed TTFT and inter-token delay, no model),
 so every difference is the gateway's own cost: routing, adapter bookkeeping, SSE relay, metrics.
-Three runs, one after the other, same plan (seed):
+Four runs, one after the other, same plan (seed):
   direct      loadtest -> mock engine, base model
   gateway     loadtest -> gateway -> mock engine, base model
   adapter     loadtest -> gateway -> mock engine, an adapter version (hot-loaded on first use)
   no-log      loadtest -> a second gateway with the request log off (store.request_log: false)
 
     .venv/bin/python benchmarks/gateway_overhead.py --rate 20 --duration 20s
-    # writes runs/bench/gateway-overhead/{direct,gateway,adapter}/ and overhead.json
+    # writes runs/bench/gateway-overhead/{direct,gateway,adapter,no-log}/ and overhead.json
 """
 
 from __future__ import annotations
