@@ -137,6 +137,8 @@ def measure_vllm(base_dir: Path, adapter: Path | None, dtype: str, eager: bool, 
     greedy = SamplingParams(temperature=0.0, max_tokens=MAX_NEW_TOKENS)
     speed = SamplingParams(temperature=0.0, max_tokens=SPEED_TOKENS, ignore_eos=True)
     lora = LoRARequest("adapter", 1, str(adapter)) if adapter else None
+    # Warm-up, so the first timed run (the base's) does not pay the engine's first batches alone.
+    llm.generate(prompts[:SPEED_PROMPTS], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
     for tag, request in [("", None), ("_adapter", lora)] if lora else [("", None)]:
         if request is not None or not adapter:  # the base's own exact match comes from the transformers path
             replies = llm.generate(prompts, greedy, lora_request=request, use_tqdm=False)
