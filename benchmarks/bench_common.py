@@ -156,8 +156,15 @@ def shown_args(args: object) -> dict:
 
 
 def write_result(path: Path, result: dict) -> int:
-    """Write a benchmark's result JSON (with machine and date) and print it; the exit code."""
-    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **result}
+    """Write a benchmark's result JSON (with machine, date, the time it was written and the load
+    average then: 1/5/15 min, so a run on a busy machine says so) and print it; the exit code."""
+    stamp = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "written_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    result = {**stamp, **result}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

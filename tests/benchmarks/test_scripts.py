@@ -43,3 +43,14 @@ def test_request_log_overhead_runs_against_the_mock_engine(tmp_path: Path) -> No
     (only,) = result["rounds"]
     assert only["errors"] == [0.0, 0.0]  # both gateways answered every request
     assert set(result["median_added_ttft_s"]) == {"p50", "p95", "p99"}
+
+
+def test_results_say_when_and_under_what_load_they_were_written(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_common import write_result
+
+    out = tmp_path / "r.json"
+    assert write_result(out, {"tok_s": 1.5}) == 0
+    written = json.loads(out.read_text())
+    assert written["tok_s"] == 1.5 and written["written_utc"].endswith("Z")
+    assert len(written["loadavg_at_end"]) == 3 and all(x >= 0 for x in written["loadavg_at_end"])
