@@ -48,32 +48,45 @@ def overhead(direct: dict, routed: dict) -> dict[str, dict[str, float | None]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_plan_args(p: argparse.ArgumentParser, duration: str) -> None:
+    """The load plan and the mock engine's timing, shared with request_log_overhead.py."""
     p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--duration", default="20s")
+    p.add_argument("--duration", default=duration)
     p.add_argument("--arrival", default="poisson", choices=["constant", "poisson"])
     p.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     p.add_argument("--ttft-ms", type=float, default=50.0, help="the mock's time to first token")
     p.add_argument("--itl-ms", type=float, default=10.0, help="the mock's inter-token delay")
+
+
+def start_log_on_and_off(tmp: Path, args: argparse.Namespace, procs: list) -> tuple[str, str, str]:
+    """A mock registry (BASE, ADAPTER@v1), the mock engine, and two gateways in front of it, one with
+    the request log on and one with it off (each its own SQLite store); every process goes into
+    `procs` as it starts, for the caller to stop. (engine url, log-on url, log-off url)."""
+    models_dir, adapters_dir = write_mock_registry(tmp, BASE, ADAPTER, ["v1"])
+    common = f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n"
+    flags = ["--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
+    engine, engine_url = start_mock_engine(BASE, args.out / "engine.log", *flags)
+    procs.append(engine)
+    urls = []
+    for name, on in (("on", "true"), ("off", "false")):
+        config = tmp / f"log-{name}.yaml"
+        config.write_text(common + f"store:\n  url: sqlite:///{tmp}/log-{name}.db\n  request_log: {on}\n")
+        gateway, url = start_gateway_only(config, engine_url, args.out / f"gateway-log-{name}.log")
+        procs.append(gateway)
+        urls.append(url)
+    return engine_url, urls[0], urls[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_plan_args(p, duration="20s")
     p.add_argument("--out", type=Path, default=Path("runs/bench/gateway-overhead"))
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     procs = []
     with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
-        models_dir, adapters_dir = write_mock_registry(Path(tmp), BASE, ADAPTER, ["v1"])
-        config = Path(tmp) / "serving.yaml"
-        config.write_text(f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n")
-        nolog = Path(tmp) / "nolog.yaml"
-        nolog.write_text(config.read_text() + f"store:\n  url: sqlite:///{tmp}/nolog.db\n  request_log: false\n")
         try:
-            flags = ["--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
-            engine, engine_url = start_mock_engine(BASE, args.out / "engine.log", *flags)
-            procs.append(engine)
-            gateway, gateway_url = start_gateway_only(config, engine_url, args.out / "gateway.log")
-            procs.append(gateway)
-            nolog_gateway, nolog_url = start_gateway_only(nolog, engine_url, args.out / "gateway-nolog.log")
-            procs.append(nolog_gateway)
+            engine_url, gateway_url, nolog_url = start_log_on_and_off(Path(tmp), args, procs)
             runs = {
                 "direct": loadtest(engine_url, BASE, args.out / "direct", args),
                 "gateway": loadtest(gateway_url, BASE, args.out / "gateway", args),

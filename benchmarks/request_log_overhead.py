@@ -16,21 +16,13 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import start_gateway_only, start_mock_engine  # noqa: E402
-from gateway_overhead import BASE, QUANTILES, REPO, loadtest  # noqa: E402
-
-from fakes.registry import write_mock_registry  # noqa: E402
+from gateway_overhead import BASE, QUANTILES, REPO, add_plan_args, loadtest, start_log_on_and_off  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--duration", default="10s")
-    p.add_argument("--arrival", default="poisson", choices=["constant", "poisson"])
-    p.add_argument("--tokens", type=int, default=32)
-    p.add_argument("--ttft-ms", type=float, default=50.0)
-    p.add_argument("--itl-ms", type=float, default=10.0)
+    add_plan_args(p, duration="10s")
     p.add_argument("--out", type=Path, default=Path("runs/bench/request-log-overhead"))
     p.add_argument("--report", type=Path, default=REPO / "benchmarks/reports/request-log-overhead.json")
     args = p.parse_args(argv)
@@ -40,19 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="log-overhead-") as tmp_name:
         tmp = Path(tmp_name)
-        models_dir, adapters_dir = write_mock_registry(tmp, BASE, "bench-adapter", ["v1"])
-        common = f"base: {BASE}\nregistry:\n  models_dir: {models_dir}\n  adapters_dir: {adapters_dir}\n"
-        on, off = tmp / "on.yaml", tmp / "off.yaml"
-        on.write_text(common + f"store:\n  url: sqlite:///{tmp}/on.db\n  request_log: true\n")
-        off.write_text(common + f"store:\n  url: sqlite:///{tmp}/off.db\n  request_log: false\n")
         try:
-            flags = ["--tokens", str(args.tokens), "--ttft-ms", str(args.ttft_ms), "--itl-ms", str(args.itl_ms)]
-            engine, engine_url = start_mock_engine(BASE, args.out / "engine.log", *flags)
-            procs.append(engine)
-            on_proc, on_url = start_gateway_only(on, engine_url, args.out / "on.log")
-            procs.append(on_proc)
-            off_proc, off_url = start_gateway_only(off, engine_url, args.out / "off.log")
-            procs.append(off_proc)
+            _, on_url, off_url = start_log_on_and_off(tmp, args, procs)
             for i in range(args.rounds):
                 run_on = loadtest(on_url, BASE, args.out / f"on-{i}", args)
                 run_off = loadtest(off_url, BASE, args.out / f"off-{i}", args)
