@@ -13,12 +13,14 @@ in loraplane_unkeyed_requests_total{route}, so a client that forgets `user` show
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 
 from fastapi import Request
 
 from serving.auth import Principal
+from serving.store.records import UNIT_LEN
 
 
 def request_key(request: Request, body: dict, principal: Principal, sources: Sequence[str]) -> str | None:
@@ -37,3 +39,10 @@ def request_key(request: Request, body: dict, principal: Principal, sources: Seq
 
 def random_key() -> str:
     return f"unkeyed:{secrets.token_hex(8)}"
+
+
+def unit_of(key: str) -> str:
+    """The unit of assignment the request log records: a fixed-length digest of the A/B key (the
+    variant is sticky per key, so rollout statistics treat each key as one unit). Never the key
+    itself: user ids stay out of the log."""
+    return hashlib.sha256(key.encode()).hexdigest()[:UNIT_LEN]

@@ -29,6 +29,8 @@ class Target:
     upstream_model: str = ""
     rollout: str | None = None
     capture_bodies: bool = False  # the experiment/rollout asked for `capture: bodies`
+    step: int | None = None  # the rollout's step index whose weights chose the variant
+    pinned: bool = False  # the caller chose the variant (left out of rollout statistics)
 
     @property
     def adapter_label(self) -> str:

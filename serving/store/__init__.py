@@ -42,6 +42,7 @@ from serving.store.records import (
     FeedbackRecord,
     RequestRecord,
     RolloutRecord,
+    UnitStats,
 )
 from serving.store.store import Store
 from serving.store.writer import FeedbackJob, StoreWriter
@@ -59,6 +60,7 @@ __all__ = [
     "RolloutRecord",
     "Store",
     "StoreWriter",
+    "UnitStats",
     "migrate",
     "safe_url",
     "store_url",

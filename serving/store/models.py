@@ -65,6 +65,9 @@ class RolloutRow(Base):
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
     evaluated_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Goes up by one on every change: a decision is written only if the revision it read is still
+    # the row's (compare-and-set), so two deciders can never both act on one state.
+    revision: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
 
 class RequestLogRow(Base):
@@ -86,10 +89,17 @@ class RequestLogRow(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     request_body: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # only with capture: bodies
     response_text: Mapped[str | None] = mapped_column(Text, nullable=True)  # only with capture: bodies
+    # Rollout statistics (records.RequestRecord says what each holds).
+    unit: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16), nullable=False, default="ok")
+    error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    excluded: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     __table_args__ = (
         Index("ix_request_log_rollout_created", "rollout", "created_at"),
         Index("ix_request_log_created", "created_at"),
+        Index("ix_request_log_rollout_units", "rollout", "variant", "step", "unit"),
     )
 
 
@@ -108,6 +118,9 @@ class FeedbackRow(Base):
     rollout: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[float] = mapped_column(Float, nullable=False)
     updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    unit: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    excluded: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class AuditRow(Base):
@@ -131,3 +144,6 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(128), nullable=False)
     expires_at: Mapped[float] = mapped_column(Float, nullable=False)
     acquired_at: Mapped[float] = mapped_column(Float, nullable=False)
+    # Fencing token: goes up each time the lease changes holder; a decision carries the token it
+    # was made under and is refused once the lease has moved on.
+    token: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CAPTURE_MODES = ("none", "bodies")
+# What a request's outcome means for the variant that was chosen for it. Only "error" counts
+# against the variant; "client_closed" (logged as status 499) and "client_error" (the caller's own
+# bad request) do not.
+OUTCOMES = ("ok", "error", "client_closed", "client_error")
+ERROR_KINDS = ("load_failed", "upstream_status", "unavailable", "timeout", "stream_error", "truncated")
+# Why a logged request is left out of rollout statistics: it was pinned to a variant by the caller,
+# it was a control's answer given after the assigned candidate failed (the failure is counted on
+# the candidate's own row), or it was served from a cache.
+EXCLUSIONS = ("pinned", "fallback", "cached")
+UNIT_LEN = 32
 ROLLOUT_STATES = ("running", "paused", "promoted", "rolled_back")
 ACTIVE_ROLLOUT_STATES = ("running", "paused")  # states in which a rollout splits traffic
 
@@ -32,6 +42,7 @@ class RolloutRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     evaluated_at: float | None = None
+    revision: int = 0  # see models.RolloutRow.revision
 
     @property
     def active(self) -> bool:
@@ -77,6 +88,13 @@ class RequestRecord:
     completion_tokens: int | None = None
     request_body: Any | None = None
     response_text: str | None = None
+    # Rollout statistics (docs/rollouts.md): the unit of assignment, the step whose weights chose the
+    # variant, what the outcome means for the variant, and why a row is left out of the statistics.
+    unit: str | None = None  # UNIT_LEN hex chars of sha256(A/B key): the user the variant is sticky for
+    step: int | None = None  # the rollout's step index whose weights assigned this request
+    outcome: str = "ok"  # one of OUTCOMES
+    error_kind: str | None = None  # bounded: why an outcome is "error" (ERROR_KINDS)
+    excluded: str | None = None  # None = counted; else why not (EXCLUSIONS)
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,26 @@ class FeedbackRecord:
     comment: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Copied from the rated request's log row, so per-unit feedback needs no join.
+    unit: str | None = None
+    step: int | None = None
+    excluded: str | None = None
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """One assignment unit's aggregate for one variant at one rollout step: what the rollout's
+    statistics read (never rows). `ttft_over` counts requests whose TTFT (or latency, unstreamed)
+    was above the threshold the query was given (0 when it was given none)."""
+
+    variant: str
+    step: int
+    unit: str
+    requests: int
+    errors: int
+    ttft_over: int
+    score_sum: float
+    score_n: int
 
 
 @dataclass(frozen=True)

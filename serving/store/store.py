@@ -39,10 +39,12 @@ from serving.store.records import (
     FeedbackRecord,
     RequestRecord,
     RolloutRecord,
+    UnitStats,
 )
 
 _ROLLOUT_FIELDS = {f.name for f in fields(RolloutRecord)}
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
+_FEEDBACK_COPIED = ("score", "label", "comment", "key_name", "model", "variant", "rollout", "unit", "step", "excluded")
 
 
 def _experiment(row: ExperimentRow) -> ExperimentRecord:
@@ -284,6 +286,47 @@ class Store:
         with self._tx() as s:
             return [_request(r) for r in s.scalars(query)]
 
+    def rollout_units(self, rollout: str, *, ttft_threshold_s: float | None) -> list[UnitStats]:
+        """Per (variant, step, unit) aggregates of a rollout's counted requests and their feedback,
+        computed in SQL on indexed columns (never body columns). Rows with `excluded` set, or with
+        no unit or step (logged before units existed), are left out."""
+        r = RequestLogRow
+        latency = sa.func.coalesce(r.ttft_s, r.latency_s)
+        over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
+        counted = sa.and_(r.rollout == rollout, r.excluded.is_(None), r.unit.is_not(None), r.step.is_not(None))
+        requests = (
+            sa.select(
+                r.variant,
+                r.step,
+                r.unit,
+                sa.func.count().label("n"),
+                sa.func.sum(sa.case((r.outcome == "error", 1), else_=0)).label("errors"),
+                sa.func.sum(over).label("over"),
+            )
+            .where(counted)
+            .group_by(r.variant, r.step, r.unit)
+        )
+        f = FeedbackRow
+        scores = (
+            sa.select(
+                f.variant,
+                f.step,
+                f.unit,
+                sa.func.sum(f.score).label("total"),
+                sa.func.count().label("n"),
+            )
+            .where(f.rollout == rollout, f.excluded.is_(None), f.unit.is_not(None), f.step.is_not(None))
+            .group_by(f.variant, f.step, f.unit)
+        )
+        with self._tx() as s:
+            out: dict[tuple[Any, Any, Any], list] = {
+                (v, st, u): [int(n), int(e or 0), int(o or 0), 0.0, 0] for v, st, u, n, e, o in s.execute(requests)
+            }
+            for v, st, u, total, n in s.execute(scores):
+                row = out.setdefault((v, st, u), [0, 0, 0, 0.0, 0])
+                row[3], row[4] = float(total or 0.0), int(n)
+        return [UnitStats(v, st, u, *values) for (v, st, u), values in sorted(out.items())]
+
     def put_feedback(self, records: list[FeedbackRecord]) -> None:
         """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""
         if not records:
@@ -302,7 +345,7 @@ class Store:
                     row = FeedbackRow(response_id=record.response_id, created_at=now)
                     s.add(row)
                     existing[record.response_id] = row
-                for key in ("score", "label", "comment", "key_name", "model", "variant", "rollout"):
+                for key in _FEEDBACK_COPIED:
                     setattr(row, key, getattr(record, key))
                 row.updated_at = now
 

@@ -207,6 +207,9 @@ class StoreWriter:
                 request.rollout,
                 job.label,
                 job.comment,
+                unit=request.unit,
+                step=request.step,
+                excluded=request.excluded,
             )
             records[job.response_id] = record
             results.append((future, record))

@@ -9,7 +9,7 @@ import pytest
 
 from serving.config import load_config
 from serving.store.cli import main
-from serving.store.connect import store_url
+from serving.store.connect import head_revision, store_url
 from tests.conftest import free_port
 
 
@@ -23,11 +23,12 @@ def test_default_is_sqlite_in_the_adapters_dir(tmp_path: Path, capsys, monkeypat
     monkeypatch.delenv("LORAPLANE_STORE_URL", raising=False)
     config = write_config(tmp_path)
     assert main(["status", "--config", str(config)]) == 0
-    assert "revision None of 0001: needs `loraplane store migrate`" in capsys.readouterr().out
+    head = head_revision()
+    assert f"revision None of {head}: needs `loraplane store migrate`" in capsys.readouterr().out
     assert main(["migrate", "--config", str(config)]) == 0
     assert (tmp_path / "adapters" / "loraplane.db").is_file()
     assert main(["status", "--config", str(config)]) == 0
-    assert "revision 0001 of 0001: up to date" in capsys.readouterr().out
+    assert f"revision {head} of {head}: up to date" in capsys.readouterr().out
 
 
 def test_env_url_overrides_the_config(tmp_path: Path, monkeypatch, postgres_server_url: str, capsys) -> None:
