@@ -12,7 +12,7 @@ import sys
 
 # name -> (entry point "module:function", one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "base": ("trainer.base_models:main", "provision a base model into models/ (base pull|list)"),
+    "base": ("trainer.base_models:main", "provision a base model into models/ (base pull|add|list)"),
     "train": ("trainer.cli:main", "train a LoRA/QLoRA adapter and publish it to the registry"),
     "quantize": ("trainer.quantize:main", "quantize a base to GPTQ/AWQ 4-bit (compressed-tensors) for vLLM"),
     "merge": ("trainer.merge:main", "merge an adapter into its full-precision base"),

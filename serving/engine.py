@@ -23,6 +23,7 @@ import httpx
 from serving.capabilities import Machine, detect_machine
 from serving.config import ServingConfig
 from serving.errors import ConfigError, EngineUnavailable
+from serving.registry import register_hint
 
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
@@ -277,5 +278,5 @@ def local_engines(cfg: ServingConfig, base_dir: Path, served_name: str, log_dir:
     if cfg.engine.replicas == 0:  # a gateway-only process needs no model weights
         return []
     if not (base_dir / "config.json").is_file():
-        raise ConfigError(f"base model directory {base_dir} has no config.json; run `loraplane base pull {cfg.base}`")
+        raise ConfigError(f"base model directory {base_dir} has no config.json; {register_hint(cfg.base)}")
     return [EngineProcess(cfg, base_dir, served_name, i, log_dir) for i in range(cfg.engine.replicas)]

@@ -144,7 +144,7 @@ def read_base(models_dir: Path, base: str) -> BaseInfo:
     path = models_dir / base if (models_dir / base).is_dir() else Path(base)
     manifest_path = path / BASE_MANIFEST
     if not manifest_path.is_file():
-        raise NotFound(f"base model {base!r}: no {BASE_MANIFEST} in {path}; run `loraplane base pull {base}`")
+        raise NotFound(f"base model {base!r}: no {BASE_MANIFEST} in {path}; {register_hint(base)}")
     manifest = json.loads(manifest_path.read_text())
     return BaseInfo(
         manifest.get("name", path.name),
@@ -152,6 +152,14 @@ def read_base(models_dir: Path, base: str) -> BaseInfo:
         manifest["weights_sha256"],
         manifest.get("source_weights_sha256"),
         manifest,
+    )
+
+
+def register_hint(base: str) -> str:
+    """What to run so that base `base` has a manifest (the serving side does not know the bundled list)."""
+    return (
+        f"register it with `loraplane base add PATH --name {base}` (PATH: the Hugging Face checkpoint), "
+        f"or `loraplane base pull {base}` if it is a bundled base (`loraplane base list` shows what is there)"
     )
 
 

@@ -1,8 +1,9 @@
-"""Base models: `loraplane base pull NAME` materializes a bundled model into models/NAME/.
+"""Base models in models/NAME/: `loraplane base pull NAME` (bundled) and `base add PATH` (your own).
 
 A base directory is a plain Hugging Face checkpoint (config.json, *.safetensors, tokenizer
 with chat template) plus `loraplane-base.json`, whose `weights_sha256` is what adapter
-manifests pin. Any local Hugging Face causal-LM directory works as a base too.
+manifests pin. The trainer accepts any local Hugging Face causal-LM directory as a base;
+serving needs it registered (`loraplane base add PATH`, trainer/base_add.py).
 Nothing here downloads: bundled bases come from an installed Python package.
 """
 
@@ -80,12 +81,17 @@ def resolve_base(name_or_dir: str, models_dir: Path) -> Path:
     if path.is_dir():
         check_causal_lm_dir(path)
         return path
-    hint = (
-        f"run `loraplane base pull {name_or_dir}`"
-        if name_or_dir in BUNDLED
-        else (f"pull one of {', '.join(BUNDLED)} or pass a local Hugging Face model directory")
+    raise BaseModelError(f"base model {name_or_dir!r} not found in {models_dir}/; {register_hint(name_or_dir)}")
+
+
+def register_hint(name: str) -> str:
+    """What to run to get base `name` into models/: pull a bundled one, add your own."""
+    if name in BUNDLED:
+        return f"run `loraplane base pull {name}`"
+    return (
+        f"register your checkpoint with `loraplane base add PATH --name {name}` (PATH: a local Hugging Face "
+        f"model directory), pull a bundled base ({', '.join(BUNDLED)}), or pass a model directory"
     )
-    raise BaseModelError(f"base model {name_or_dir!r} not found in {models_dir}/; {hint}")
 
 
 def read_manifest(model_dir: Path) -> dict:
@@ -115,7 +121,10 @@ def _fsync_tree(root: Path) -> None:
 def pull(name: str, models_dir: Path, force: bool = False) -> Path:
     """Materialize a bundled base as a safetensors checkpoint, atomically."""
     if name not in BUNDLED:
-        raise BaseModelError(f"unknown base {name!r}; bundled bases: {', '.join(BUNDLED)}")
+        raise BaseModelError(
+            f"unknown bundled base {name!r} (bundled: {', '.join(BUNDLED)}); to register your own checkpoint "
+            f"run `loraplane base add PATH --name {name}`"
+        )
     target = models_dir / name
     if (target / MANIFEST_NAME).is_file() and not force:
         print(f"{name}: already at {target} (use --force to rebuild)")
@@ -177,18 +186,35 @@ def list_bases(models_dir: Path) -> list[dict]:
     return out
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="loraplane base", description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    # --models-dir before or after the action: the action's copy leaves the attribute alone when absent
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help="default: models")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where bases live")
     sub = parser.add_subparsers(dest="action", required=True)
-    pull_p = sub.add_parser("pull", help="materialize a bundled base into models/NAME")
+    pull_p = sub.add_parser("pull", parents=[common], help="materialize a bundled base into models/NAME")
     pull_p.add_argument("name")
     pull_p.add_argument("--force", action="store_true")
-    sub.add_parser("list", help="list bases in models/")
-    args = parser.parse_args(argv)
+    add_p = sub.add_parser(
+        "add", parents=[common], help="register a local Hugging Face checkpoint as models/NAME (checked first)"
+    )
+    add_p.add_argument("path", type=Path, help="a Hugging Face model directory (config.json, *.safetensors)")
+    add_p.add_argument("--name", help="registry name (default: the directory name, lower-cased)")
+    add_p.add_argument("--link", action="store_true", help="symlink the files instead of copying them")
+    sub.add_parser("list", parents=[common], help="list bases in models/")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     try:
         if args.action == "pull":
             pull(args.name, args.models_dir, args.force)
+        elif args.action == "add":
+            from trainer.base_add import add
+
+            add(args.path, args.models_dir, args.name, args.link)
         else:
             for entry in list_bases(args.models_dir):
                 print(f"{entry['name']:<28} {entry['weights_sha256'][:12]}  {entry['path']}")
