@@ -26,7 +26,7 @@ from serving.engine import (
     local_engines,
 )
 from serving.errors import ServingError
-from serving.registry import AdapterRef, AdapterRegistry, parse_model_name, read_base
+from serving.registry import AdapterRegistry, parse_model_name, read_base
 
 
 def _config_from_args(args: argparse.Namespace) -> ServingConfig:
@@ -208,12 +208,23 @@ def eval_summary(manifest: dict) -> str:
     return f"{result.get('metric', 'metric')}={value:.3f}{count}"
 
 
-def adapters_main(argv: list[str]) -> int:
+GATEWAY_URL = "http://127.0.0.1:8000"
+
+
+def adapters_parser() -> argparse.ArgumentParser:
+    """--config and --gateway (alias --url) are accepted before or after the action."""
     parser = argparse.ArgumentParser(prog="loraplane adapters", description="the adapter registry")
-    parser.add_argument("--config", action="append", default=[])
+    config_help = "serving YAML (repeatable, merged; before or after the action)"
+    parser.add_argument("--config", action="append", default=[], help=config_help)
+    gateway_help = f"a running gateway (default {GATEWAY_URL})"
+    parser.add_argument("--gateway", "--url", dest="gateway", default=GATEWAY_URL, help=gateway_help)
+    common = argparse.ArgumentParser(add_help=False)  # the action's copies: absent leaves the top-level value
+    common.add_argument("--config", action="append", dest="config_after", default=[], help=config_help)
+    common.add_argument("--gateway", "--url", dest="gateway", default=argparse.SUPPRESS, help=gateway_help)
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="versions in the registry and whether each is servable")
-    pub = sub.add_parser("publish", help="validate an adapter directory and publish it as NAME@VERSION")
+    sub.add_parser("list", parents=[common], help="versions in the registry: servable, stable, eval")
+    pub_help = "validate an adapter directory and publish it as NAME@VERSION"
+    pub = sub.add_parser("publish", parents=[common], help=pub_help)
     pub.add_argument("src", type=Path)
     pub.add_argument("model", help="NAME@VERSION, e.g. support-bot@v3")
     pub.add_argument("--base", help="the served base's name, when adapter_config.json names it otherwise")
@@ -222,10 +233,13 @@ def adapters_main(argv: list[str]) -> int:
         ("unload", "unload NAME@VERSION from a running gateway's engines"),
         ("promote", "make NAME@VERSION the stable version bare NAME resolves to (every replica, audited)"),
     ):
-        p = sub.add_parser(action, help=help_)
-        p.add_argument("model")
-        p.add_argument("--gateway", default="http://127.0.0.1:8000")
-    args = parser.parse_args(argv)
+        sub.add_parser(action, parents=[common], help=help_).add_argument("model")
+    return parser
+
+
+def adapters_main(argv: list[str]) -> int:
+    args = adapters_parser().parse_args(argv)
+    args.config += args.config_after
     try:
         cfg = load_config([Path(p) for p in args.config])
         if args.action in ("load", "unload", "promote"):
@@ -239,13 +253,9 @@ def adapters_main(argv: list[str]) -> int:
 
             print(f"published {publish_adapter_dir(registry, args.src, args.model, args.base)}")
             return 0
-        for name in registry.names():
-            for version in registry.versions(name):
-                try:
-                    status = f"ok  {eval_summary(registry.validate(AdapterRef(name, version)))}"
-                except ServingError as exc:
-                    status = f"REJECTED: {exc}"
-                print(f"{name}@{version:<8} {status}")
+        from serving.adapter_table import table
+
+        print(table(registry, cfg, eval_summary))
     except ServingError as exc:
         print(f"loraplane adapters: error: {exc}", file=sys.stderr)
         return 2

@@ -158,7 +158,9 @@ class TrainConfig:
     log_every: int = 1  # steps between progress/TensorBoard train-loss points
     eval_every: int = 0  # steps between evals (loss + perplexity); 0: only at the end
     early_stopping_patience: int = 0  # evals without eval-loss improvement before stopping; 0: off
-    save_every: int = 0  # steps between resumable checkpoints; 0: none
+    # steps between resumable checkpoints (the newest 2 kept in out_dir/checkpoints; a LoRA checkpoint is the
+    # adapter plus its optimizer state, ~3x the adapter); what `resume: true` continues from; 0: none
+    save_every: int = 50
     length_grouping: bool = True  # batch samples of similar length together (less padding)
     method: Literal["sft", "dpo", "distill"] = "sft"  # the objective (trainer/objectives.py)
     histogram_every: int = 10  # steps between LoRA weight/gradient histograms in TensorBoard; 0: off

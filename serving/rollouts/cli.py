@@ -52,11 +52,22 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--steps {text!r} must be comma-separated integers, e.g. 10,50,100") from None
 
 
+GATEWAY_URL = "http://127.0.0.1:8000"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loraplane rollout", description="progressive rollouts of adapter versions")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway (admin key: env LORAPLANE_ADMIN_KEY)")
+    url_help = f"the gateway (default {GATEWAY_URL}; admin key: env LORAPLANE_ADMIN_KEY)"
+    p.add_argument("--url", default=GATEWAY_URL, help=url_help)
+    # --url also after the action: the action's copy leaves the attribute alone when it is absent
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
     sub = p.add_subparsers(dest="action", required=True)
-    start = sub.add_parser("start", help="start moving an adapter name's traffic to a candidate version")
+
+    def add(action: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(action, help=help_, parents=[common])
+
+    start = add("start", "start moving an adapter name's traffic to a candidate version")
     start.add_argument("name", help="the rollout's name")
     start.add_argument("--candidate", required=True, help="ADAPTER@vN")
     start.add_argument("--control", help="ADAPTER@vM (default: the adapter's stable version)")
@@ -68,15 +79,15 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
     start.add_argument("--reason")
-    status = sub.add_parser("status", help="state, weights, per-variant numbers and guard verdicts")
+    status = add("status", "state, weights, per-variant numbers and guard verdicts")
     status.add_argument("name", nargs="?", help="a rollout (default: list every rollout)")
     status.add_argument("--json", action="store_true", help="print the gateway's JSON")
     status.add_argument("--plot", type=Path, help="also write a PNG: scores with intervals and weights over time")
     for action in ACTIONS:
-        a = sub.add_parser(action, help=f"{action} a rollout now (audited)")
+        a = add(action, f"{action} a rollout now (audited)")
         a.add_argument("name")
         a.add_argument("--reason")
-    export = sub.add_parser("export", help="write sft.jsonl + preferences.jsonl from captured bodies")
+    export = add("export", "write sft.jsonl + preferences.jsonl from captured bodies")
     export.add_argument("name")
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--min-score", type=float, default=1.0, help="answers scored at least this go to sft.jsonl")
@@ -85,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def summary(report: dict) -> str:
+    if "variants" not in report:  # the database is down: the gateway answers what it last saw
+        return _last_seen(report)
     lines = [
         f"rollout {report['name']}: {report['state']} at {report['step_percent']}% "
         f"({report['candidate']} vs {report['control']})",
@@ -105,6 +118,18 @@ def summary(report: dict) -> str:
         span = "" if lo is None else f" worsening [{lo:+.4f}, {hi:+.4f}] margin {g['margin']}"
         lines.append(f"  guard {g['metric']:<10} {g['verdict']}{span}")
     return "\n".join(lines)
+
+
+def _last_seen(report: dict) -> str:
+    """The short answer a gateway gives while its database is down (state `paused`, no numbers)."""
+    weights = ", ".join(f"{k} {v}%" for k, v in (report.get("weights") or {}).items()) or "-"
+    return "\n".join(
+        [
+            f"rollout {report.get('name')}: {report.get('state')} at step {report.get('step')} (weights: {weights})",
+            f"  reason: {report.get('reason')}",
+            "  per-variant numbers and guard verdicts are unavailable until the control-plane database is back",
+        ]
+    )
 
 
 def _start_body(args: argparse.Namespace) -> dict:

@@ -80,7 +80,7 @@ def test_peft_made_adapter_publishes_then_serves(peft_made_adapter: Path, config
     assert manifest["dataset"]["sha256"] == "unknown" and manifest["eval"]["value"] is None
     capsys.readouterr()
     assert adapters_main(["--config", str(config), "list"]) == 0
-    assert "bot@v3       ok  eval unknown" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[1].split() == ["bot@v3", "stable*", "ok", "eval", "unknown"]
 
     from serving.config import load_config
     from serving.gateway.app import create_app

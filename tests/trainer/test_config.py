@@ -142,3 +142,10 @@ def test_dpo_and_distill_recipes_build_on_demo_v1():
     distill = load_config(REPO / "configs/train/demo-distill.yaml")
     assert (distill.train.method, distill.distill.teacher, distill.lora.r) == ("distill", "demo-json@v1", 4)
     assert load_config(REPO / "configs/train/demo.yaml").lora.r == 16  # the teacher's rank
+
+
+def test_default_run_writes_a_checkpoint_that_resume_can_use():
+    """`resume: true` is the default, so the default run must write checkpoints for it to resume from."""
+    cfg = load_config(None, [])
+    assert cfg.resume is True
+    assert 0 < cfg.train.save_every <= cfg.train.max_steps, "a default run would write no checkpoint"
