@@ -121,11 +121,14 @@ def check_store(cfg: ServingConfig) -> None:
     from serving.store import Store
 
     registry = AdapterRegistry(cfg.registry.adapters_dir, read_base(cfg.registry.models_dir, cfg.base), 1)
-    for experiment in cfg.experiments:
+    for experiment in cfg.experiments:  # refused, not fatal: a restarted pod would meet the same clash
         if experiment.name in (cfg.base, registry.base.name) or registry.versions(experiment.name):
-            raise ServingError(
-                f"experiments: name {experiment.name!r} clashes with the base or an adapter of that name; "
-                "rename the experiment (to split an adapter's own traffic, start a rollout)"
+            print(
+                f"loraplane serve: warning: experiments: name {experiment.name!r} clashes with the base or an "
+                "adapter of that name, so it is not served as an experiment; rename the experiment (to split "
+                "an adapter's own traffic, start a rollout)",
+                file=sys.stderr,
+                flush=True,
             )
     Store.open(cfg).close()  # also migrates: a fresh SQLite file or an empty database is made ready
 

@@ -47,7 +47,11 @@ class ControlPlane:
     async def start(self) -> None:
         """Seed the config file's experiments (the store's copy wins), load the first snapshot."""
         for experiment in self.cfg.experiments:
-            self.check_experiment_name(experiment.name)
+            try:
+                self.check_experiment_name(experiment.name)
+            except Conflict as exc:  # an adapter published under this name: serve the adapter, never crash-loop
+                log.error("config experiment %r is not served: %s", experiment.name, exc.message)
+                continue
             await asyncio.to_thread(
                 self.store.seed_experiment, experiment.name, dict(experiment.variants), capture=experiment.capture
             )

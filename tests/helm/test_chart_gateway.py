@@ -151,4 +151,14 @@ def test_gateway_hpa_ingress_and_pdb(releases):
 def test_rendered_config_file_is_plain_yaml_with_no_unset_values(release):
     text = release.find("ConfigMap", f"{PREFIX}-gateway")["data"]["serving.yaml"]
     assert "<no value>" not in text and "null" not in text
-    assert set(yaml.safe_load(text)) == {"base", "gateway", "registry", "engine", "engines", "experiments", "auth"}
+    assert set(yaml.safe_load(text)) == {
+        "base",
+        "gateway",
+        "registry",
+        "engine",
+        "engines",
+        "experiments",
+        "auth",
+        "store",
+        "rollouts",
+    }

@@ -185,15 +185,33 @@ def test_unreachable_database_at_start_names_the_url_without_password(dirs, tmp_
     assert "lp:***@127.0.0.1" in out.stderr and "hunter2" not in out.stderr + out.stdout
 
 
-def test_config_experiment_named_like_an_adapter_is_refused_at_start(dirs, tmp_path: Path) -> None:
+def test_config_experiment_named_like_an_adapter_is_skipped_at_start_not_fatal(dirs, tmp_path: Path) -> None:
+    """A restarted pod would meet the same clash: the CLI warns and goes on (here it then stops at the
+    unreachable database, which is fatal), so a clash never crash-loops a gateway."""
     config = tmp_path / "serving.yaml"
     config.write_text(
         f"registry:\n  models_dir: {dirs[0]}\n  adapters_dir: {dirs[1]}\n"
+        f"store:\n  url: postgresql://lp@127.0.0.1:{free_port()}/lp\n  connect_timeout_s: 1\n"
         "experiments:\n  - name: bot\n    variants: {other@v1: 1}\n"
     )
     (dirs[0] / BASE / "config.json").write_text("{}")
     out = serve_gateway_only(config)
-    assert out.returncode == 2 and "'bot' clashes" in out.stderr, out.stderr
+    assert "warning: experiments: name 'bot' clashes" in out.stderr and "not served as an experiment" in out.stderr
+    assert out.returncode == 2 and "is unreachable" in out.stderr, out.stderr  # the store, not the clash
+
+
+def test_gateway_with_a_clashing_config_experiment_serves_the_adapter(dirs, db_url: str, caplog) -> None:
+    experiments = [{"name": "bot", "variants": {"other@v1": 1}}, {"name": "bot-ab", "variants": {"other@v1": 1}}]
+    with (
+        engine() as eng,
+        GatewayThread(
+            gateway_app(dirs, [eng.url], experiments=experiments, **{"store.url": db_url}), free_port()
+        ) as gw,
+    ):
+        resp = chat(gw.url, "bot")
+        assert resp.status_code == 200 and resp.headers["x-loraplane-adapter"] == "bot@v1"
+        assert chat(gw.url, "bot-ab").headers["x-loraplane-adapter"] == "other@v1"  # the other one is seeded
+    assert "config experiment 'bot' is not served: experiment name 'bot' clashes with adapter 'bot'" in caplog.text
 
 
 def test_feedback_right_after_a_stream_ends(dirs, tmp_path: Path) -> None:

@@ -230,3 +230,23 @@ failureThreshold: {{ .probe.failureThreshold }}
   value: {{ $rl.redisUrl | quote }}
 {{- end }}
 {{- end }}
+
+{{- /* "true" when the gateway gets the auth file (a second --config): API keys are on, or an admin key
+or an existing Secret is given. The admin key works whatever gateway.auth.enabled is. */ -}}
+{{- define "loraplane.authFile" -}}
+{{- $a := .Values.gateway.auth -}}
+{{- if or $a.enabled $a.adminKeySha256 $a.existingSecret $a.keys }}true{{ end -}}
+{{- end }}
+
+{{- /* `config_key: value` lines for the values in .values named in .keys (valuesKey -> config key)
+that are not null; "{}" when none is set (null = the gateway's own default, serving/config.py). */ -}}
+{{- define "loraplane.optionalKeys" -}}
+{{- $out := list -}}
+{{- range $valuesKey, $configKey := .keys -}}
+{{- $v := index $.values $valuesKey -}}
+{{- if not (kindIs "invalid" $v) -}}
+{{- $out = append $out (printf "%s: %s" $configKey (toJson $v)) -}}
+{{- end -}}
+{{- end -}}
+{{- if $out }}{{ join "\n" $out }}{{ else }}{}{{ end -}}
+{{- end }}
