@@ -41,7 +41,7 @@ def test_gpu_case_rolls_ten_percent_to_v2(releases, tmp_path):
 
 def test_readme_rollout_command_sets_ninety_ten(render, tmp_path):
     """`helm upgrade ... --set-json '<ROLLOUT_SET_JSON>'`, parsed by Helm's own --set-json parser."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
     assert f"--set-json '{ROLLOUT_SET_JSON}'" in readme
     release = render(helm_python.parse_set_json(ROLLOUT_SET_JSON))
     cfg = load_gateway_config(release, tmp_path)
