@@ -26,21 +26,21 @@ class Strict(BaseModel):
 
 
 class GatewayConfig(Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = "127.0.0.1"  # bind address (0.0.0.0: every interface)
+    port: int = Field(8000, ge=1, le=65535)  # gateway port
     # Upstream timeouts (seconds): connect covers a dead engine, read covers a stalled stream.
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(300.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0)  # an engine may stall this long mid-response
     max_in_flight: int = Field(256, ge=1)  # beyond this, requests get 429 instead of queueing forever
     # Request bounds (serving/gateway/limits.py). A request may ask for at most
     # min(max_tokens_limit, engine.max_model_len - 1) tokens; one that names none gets default_max_tokens.
     max_tokens_limit: int = Field(1024, ge=1)
-    default_max_tokens: int = Field(256, ge=1)
+    default_max_tokens: int = Field(256, ge=1)  # injected when a request names no max_tokens
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # 413 beyond this, counted while reading
     # Upstream connections the gateway holds at once (None: max_in_flight); a request that waits
     # longer than upstream_wait_timeout_s for one gets 503 with Retry-After instead of a hang.
     max_upstream_connections: int | None = Field(None, ge=1)
-    upstream_wait_timeout_s: float = Field(5.0, gt=0)
+    upstream_wait_timeout_s: float = Field(5.0, gt=0)  # seconds a request waits for an upstream connection
     # Where the A/B key of a request comes from, first match wins: "user" (the body's `user`),
     # "header" (X-User-Id), "api_key" (the caller's key). Never the client address. A request
     # with none of them gets a random key (see README, "A/B keys").
@@ -48,8 +48,8 @@ class GatewayConfig(Strict):
 
 
 class RegistryConfig(Strict):
-    models_dir: Path = Path("models")
-    adapters_dir: Path = Path("adapters")
+    models_dir: Path = Path("models")  # registered bases (models/NAME/, loraplane-base.json)
+    adapters_dir: Path = Path("adapters")  # published adapters (adapters/NAME/vN/)
     # The adapters directory as the engine sees it (differs from adapters_dir when the engine
     # runs in another container, e.g. on Kubernetes). None = same as adapters_dir.
     engine_adapters_dir: Path | None = None
@@ -62,14 +62,14 @@ class EngineConfig(Strict):
     port: int = Field(8100, ge=1, le=65535)  # replica i listens on port + i
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: chosen by hardware
     max_loras: int = Field(4, ge=1)  # adapters resident in one batch
-    max_lora_rank: int = Field(16, ge=1)
+    max_lora_rank: int = Field(16, ge=1)  # vLLM --max-lora-rank: larger adapters are refused
     max_cpu_loras: int = Field(8, ge=1)  # adapters cached in host memory
-    max_model_len: int = Field(2048, ge=64)
+    max_model_len: int = Field(2048, ge=64)  # vLLM --max-model-len: prompt + completion tokens
     kv_cache_memory_bytes: int = Field(2 * 1024**3, ge=64 * 1024**2)  # CPU KV cache
     quantization: str | None = None  # vLLM --quantization; None: read from the checkpoint's config
-    startup_timeout_s: float = Field(300.0, gt=0)
-    extra_args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(300.0, gt=0)  # seconds an engine may take to answer /health
+    extra_args: list[str] = Field(default_factory=list)  # appended to the vLLM command line
+    env: dict[str, str] = Field(default_factory=dict)  # extra environment of the engine processes
     # CPU engines: "auto" binds each local replica's OpenMP threads to its own share of the usable
     # cores (all of them for one replica; benchmarks/RESULTS.md); "vllm" keeps vLLM's default, which
     # reserves a core for its scheduler. VLLM_CPU_OMP_THREADS_BIND in `env` overrides both.
@@ -132,7 +132,7 @@ class AuthConfig(Strict):
     enabled: bool = False  # False: no key needed for /v1 (local use); True: every /v1 call needs a key
     # The admin API (/admin/*) always needs this key, auth.enabled or not; without one it answers 403.
     admin_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    keys: list[KeyConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)  # API keys (hashes) and what each may call
     # Local development only: an open admin API, honoured only when gateway.host is a loopback
     # address (the gateway refuses to start otherwise).
     local_dev_open_admin: bool = False
@@ -142,11 +142,11 @@ class RateLimitConfig(Strict):
     """Where per-key rate limits are counted. None: in each gateway process (N replicas allow N
     times the rate); a Redis/Valkey URL: shared by every replica (env LORAPLANE_REDIS_URL overrides)."""
 
-    redis_url: str | None = None
+    redis_url: str | None = None  # redis://host:port/db for shared rate limits
     # Redis unreachable: "open" serves the request uncounted (loraplane_ratelimit_errors_total
     # counts it); "closed" answers 503 with Retry-After.
     on_redis_error: Literal["open", "closed"] = "open"
-    redis_timeout_s: float = Field(0.25, gt=0)
+    redis_timeout_s: float = Field(0.25, gt=0)  # seconds per Redis call
 
 
 class StoreConfig(Strict):
@@ -156,7 +156,7 @@ class StoreConfig(Strict):
     # `loraplane.db` in registry.adapters_dir (one gateway). Env LORAPLANE_STORE_URL overrides it.
     url: str | None = None
     poll_interval_s: float = Field(1.0, gt=0, le=1.0)  # every replica sees a change within 2 s
-    connect_timeout_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)  # seconds to connect to the database
     request_log: bool = True  # log every completion (id, variant, status, TTFT, tokens)
     log_queue_size: int = Field(20_000, ge=1)  # records waiting for the writer; beyond: dropped, counted
     log_batch_size: int = Field(500, ge=1)  # records per write
@@ -179,7 +179,7 @@ class RolloutsConfig(Strict):
     min_samples: int = Field(200, ge=1)  # requests per variant at a step before it may advance
     alpha: float = Field(0.05, gt=0, lt=0.5)  # chance of any false rollback or promotion over a rollout
     method: Literal["msprt", "eb"] = "msprt"  # always-valid interval for candidate - control
-    promote_when: Literal["better", "not_worse", "no_regression"] = "better"
+    promote_when: Literal["better", "not_worse", "no_regression"] = "better"  # see docs/rollouts.md
     # Guards and the worsening each tolerates (error-rate points, p95-exceedance points, score points).
     guards: dict[str, float] = Field(  # keys: error_rate, ttft_p95, feedback
         default_factory=lambda: {"error_rate": 0.0, "ttft_p95": 0.0, "feedback": 0.0}
@@ -216,7 +216,7 @@ class ServingConfig(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     # Extra engines already running elsewhere (e.g. Kubernetes Services): base URLs.
     engines: list[str] = Field(default_factory=list)
-    experiments: list[ExperimentConfig] = Field(default_factory=list)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)  # A/B experiments seeded into the store at start
     auth: AuthConfig = Field(default_factory=AuthConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)

@@ -66,3 +66,21 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "own-base" / "index.html").is_file()
+
+
+def _script(name: str):  # noqa: ANN202
+    sys.path.insert(0, str(REPO / "scripts"))
+    return __import__(name)
+
+
+def test_cli_reference_is_generated_from_the_parsers() -> None:
+    page = (REPO / "docs" / "cli.md").read_text()
+    assert page == _script("cli_reference").page(), "regenerate: python scripts/cli_reference.py --write"
+    assert "### loraplane base add" in page and "--link" in page
+
+
+def test_every_config_key_has_a_description_and_the_reference_is_current() -> None:
+    reference = _script("config_reference")
+    assert reference.undocumented() == [], "add a comment on (or above) these fields in their config class"
+    page = (REPO / "docs" / "configuration.md").read_text()
+    assert page == reference.page(), "regenerate: python scripts/config_reference.py --write"

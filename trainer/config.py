@@ -29,11 +29,11 @@ GENERATION_METRICS = ("exact_match", "json_valid", "rouge_l", "bleu")  # trainer
 class ModelConfig:
     """How the base is loaded: quantization and precision (auto = chosen by hardware)."""
 
-    quantization: Literal["none", "nf4", "int8"] = "none"
+    quantization: Literal["none", "nf4", "int8"] = "none"  # nf4: QLoRA 4-bit; int8: 8-bit; none
     double_quant: bool = True  # NF4 only: quantize the quantization constants too
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA w/ bf16, else fp32
-    gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False  # recompute activations: less memory, slower
+    attn_implementation: str = "sdpa"  # sdpa, eager or flash_attention_2
 
 
 def parse_layers(value: list[int] | str, key: str = "lora.layers") -> list[int]:
@@ -58,8 +58,8 @@ class AdaLoraConfig:
     tinit_ratio of the steps the budget shrinks (cubic schedule) to an average of target_r, and
     is frozen for the last tfinal_ratio. Published as a plain LoRA of rank = the largest kept rank."""
 
-    init_r: int = 12
-    target_r: int = 8
+    init_r: int = 12  # AdaLoRA: rank each layer starts with
+    target_r: int = 8  # AdaLoRA: average rank after pruning (what is published)
     tinit_ratio: float = 0.1  # fraction of train.max_steps before pruning starts
     tfinal_ratio: float = 0.2  # fraction of train.max_steps with the final ranks fixed
     delta_t: int = 1  # steps between budget allocations
@@ -86,9 +86,9 @@ class AdaLoraConfig:
 @dataclass
 class LoraConfig:
     method: Literal["lora", "adalora"] = "lora"  # adalora: see AdaLoraConfig (lora.r is then unused)
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scale numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])  # or "all-linear"
     rslora: bool = False  # scale by alpha/sqrt(r) instead of alpha/r
     use_dora: bool = False  # trainable, but the publisher refuses it (vLLM cannot load DoRA)
@@ -122,7 +122,7 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data/demo/train.jsonl"
+    train: str = "data/demo/train.jsonl"  # training file (JSONL, csv, json, parquet)
     eval: str | None = "data/demo/heldout.jsonl"  # a file, or None to split train by val_ratio
     val_ratio: float = 0.0  # used only when eval is None
     format: str = "auto"  # auto | chat | alpaca | sharegpt | prompt_completion
@@ -148,13 +148,13 @@ class TrainConfig:
     max_steps: int = 60  # optimizer steps
     batch_size: int = 8  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    lr: float = 3e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"  # learning-rate decay after warmup
     warmup_ratio: float = 0.05  # fraction of max_steps spent warming up linearly
     min_lr_ratio: float = 0.0  # cosine/linear decay floor, as a fraction of lr
     max_grad_norm: float | None = 1.0  # None: no clipping
-    seed: int = 0
+    seed: int = 0  # seed of LoRA init, dropout and batch order
     log_every: int = 1  # steps between progress/TensorBoard train-loss points
     eval_every: int = 0  # steps between evals (loss + perplexity); 0: only at the end
     early_stopping_patience: int = 0  # evals without eval-loss improvement before stopping; 0: off
@@ -217,7 +217,7 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["exact_match"])  # of GENERATION_METRICS
     max_examples: int | None = None  # cap on eval examples (None: all)
     batch_size: int = 16  # prompts per generate() call (left padded)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # tokens generated per eval example (greedy)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in GENERATION_METRICS]
@@ -230,10 +230,10 @@ class EvalConfig:
 
 @dataclass
 class PublishConfig:
-    enabled: bool = True
+    enabled: bool = True  # publish to the registry after training
     name: str | None = None  # adapter name in the registry, ^[a-z0-9][a-z0-9_-]{0,62}$
     version: str | None = None  # v1, v2, ...
-    adapters_dir: str = "adapters"
+    adapters_dir: str = "adapters"  # the registry's adapters/ directory
     max_lora_rank: int = 16  # the serving engine's --max-lora-rank; higher ranks are refused
 
     def __post_init__(self) -> None:
@@ -256,7 +256,7 @@ class PublishConfig:
 @dataclass
 class Config:
     base: str = "smollm2-135m-instruct"  # registry name in models_dir, or a local HF model dir
-    models_dir: str = "models"
+    models_dir: str = "models"  # where registered bases live (models/NAME)
     out_dir: str = "runs/default"  # logs, loss plot, checkpoints, final adapter
     resume: bool = True  # continue from the newest complete checkpoint in out_dir if any
     model: ModelConfig = field(default_factory=ModelConfig)
