@@ -84,3 +84,15 @@ def test_every_config_key_has_a_description_and_the_reference_is_current() -> No
     assert reference.undocumented() == [], "add a comment on (or above) these fields in their config class"
     page = (REPO / "docs" / "configuration.md").read_text()
     assert page == reference.page(), "regenerate: python scripts/config_reference.py --write"
+
+
+def test_http_api_reference_is_the_gateways_openapi_schema() -> None:
+    import json
+
+    reference = _script("api_reference")
+    spec = reference.openapi()
+    assert json.loads((REPO / "docs" / "openapi.json").read_text()) == json.loads(json.dumps(spec)), (
+        "regenerate: python scripts/api_reference.py --write"
+    )
+    page = (REPO / "docs" / "api.md").read_text()
+    assert page == reference.page(spec) and "| POST | `/v1/chat/completions` |" in page
