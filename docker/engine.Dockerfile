@@ -3,8 +3,8 @@
 # The vLLM OpenAI server for CUDA GPUs, from vLLM's official image. The chart starts it with
 # --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True so the gateway can load adapters at runtime.
 #   docker build -f docker/engine.Dockerfile -t loraplane/engine:0.1.0 .
-# Pin VLLM_VERSION to the vLLM release you tested (pyproject's gpu extra needs vllm>=0.11).
-ARG VLLM_VERSION=v0.11.0
+# VLLM_VERSION: a release within pyproject's gpu extra (vllm>=0.32,<0.33; tests/helm/test_chart_images.py).
+ARG VLLM_VERSION=v0.32.0
 FROM vllm/vllm-openai:${VLLM_VERSION}
 
 # The official image runs as root with caches under /root. The chart runs uid 1000 with a read-only

@@ -67,6 +67,16 @@ def test_engine_image_is_vllms_official_image_with_runtime_lora_updating():
     assert instructions(path, "ENTRYPOINT") == ['["python3", "-m", "vllm.entrypoints.openai.api_server"]']
 
 
+def test_gpu_engine_image_is_within_the_gpu_extras_vllm_pin():
+    text = dockerfiles()["loraplane/engine"].read_text()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (pin,) = [d for d in pyproject["project"]["optional-dependencies"]["gpu"] if d.startswith("vllm")]
+    lower, upper = (part.lstrip("><=") for part in pin.removeprefix("vllm").split(","))
+    (version,) = [line.split("=v", 1)[1] for line in text.splitlines() if line.startswith("ARG VLLM_VERSION=")]
+    as_tuple = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert as_tuple(lower) <= as_tuple(version) < as_tuple(upper), (version, pin)
+
+
 def test_cpu_engine_image_installs_the_cpu_extras_vllm_pin():
     text = dockerfiles()["loraplane/engine-cpu"].read_text()
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
