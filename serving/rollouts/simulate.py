@@ -15,7 +15,7 @@ The aggregates are kept as stats.Moments and updated per look only for the users
 (the sums are additive over units), which is what makes 1,000 rollouts x 40 looks fast; a test checks
 them against Moments.of the dense cells.
 
-    python -m serving.rollouts.simulate [--rollouts 1000] [--out benchmarks/reports/rollouts/stats.json]
+    python -m serving.rollouts.simulate [--rollouts 1000] [--out benchmarks/reports/rollouts/simulation-units.json]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class Scenario:
     activity_pareto: float | None = None  # Pareto shape of per-user request rates (overrides sigma)
     concentration: float | None = None  # per-user rates ~ Beta(mean k, (1 - mean) k); None: all at the mean
     error_rate: tuple[float, float] = (0.02, 0.02)
-    error_drift: float = 1.0  # both versions' error rates times this by the last look (linear in time)
+    error_drift: float = 1.0  # both versions' error rates times this by look drift_looks (linear, then flat)
+    drift_looks: int | None = None  # None: the drift spans every look
     feedback_mean: tuple[float, float] = (0.55, 0.55)
     rating_share: float = 0.5  # mean share of a user's requests that get a score
     rating_concentration: float | None = None  # users differ in how often they rate (Beta); None: all alike
@@ -76,12 +77,13 @@ MILD = Scenario(
     ttft_user_sigma=0.3,
 )
 DRIFT = Scenario(
-    "2,000 users, step 10% -> 50% while both versions' errors drift 1% -> 4%",
+    "2,000 users, step 10% -> 50% while both versions' errors drift 1% -> 4% (over looks 1-15)",
     users=2000,
     activity_sigma=1.0,
     concentration=10.0,
     error_rate=(0.01, 0.01),
     error_drift=4.0,
+    drift_looks=15,  # load grows while the rollout is at 10% and around the step to 50%
     rating_concentration=10.0,
 )
 AA_SCENARIOS = (INDEPENDENT, HEAVY, MILD, DRIFT)
@@ -184,7 +186,7 @@ class _Aggregates:
 
         In one look a rollout is at one step and a user on one variant there, so each touched user
         changes in one column j: the product sums change by a rank-one update in row and column j."""
-        n_rollouts, n_users, g, c = self.total.shape
+        n_users, g, c = self.total.shape[1:]
         keys, inverse = np.unique((rollout * n_users + user) * c + column, return_inverse=True)
         inc_n = np.stack([np.bincount(inverse, count[:, k], keys.size) for k in range(g)], axis=1)  # (m, g)
         inc_t = np.stack([np.bincount(inverse, total[:, k], keys.size) for k in range(g)], axis=1)
@@ -197,44 +199,48 @@ class _Aggregates:
         oj_n, oj_t = old_n[rows, :, j], old_t[rows, :, j]  # (m, g)
         self.count[r, u, :, j] = oj_n + inc_n
         self.total[r, u, :, j] = oj_t + inc_t
-        (a0, b0), (a1, b1) = unit_terms(oj_t, oj_n), unit_terms(oj_t + inc_t, oj_n + inc_n)
-        da, db = a1 - a0, b1 - b0  # (m, g)
-        old_a, old_b = unit_terms(old_t, old_n)  # (m, g, c)
-        base = (r[:, None] * g + np.arange(g)) * c  # (m, g): flat index of (rollout, guard)
-        row_at = ((base + j[:, None])[..., None] * c + np.arange(c)).ravel()  # (rollout, guard, j, k)
-        col_at = ((base[..., None] + np.arange(c)) * c + j[:, None, None]).ravel()  # (rollout, guard, k, j)
-        diag = ((base + j[:, None]) * c + j[:, None]).ravel()
-        size = n_rollouts * g * c * c
+        at = (r[:, None] * g + np.arange(g)) * c + j[:, None]  # (m, g): flat (rollout, guard, j)
+        self._products(at, j, unit_terms(old_t, old_n), unit_terms(oj_t, oj_n), unit_terms(oj_t + inc_t, oj_n + inc_n))
+        self._counts(r, j, at, old_n, oj_n, inc_n, inc_t)
+
+    def _scatter(self, at: NDArray, values: NDArray, like: NDArray) -> NDArray:
+        return np.bincount(at.ravel(), values.ravel(), like.size).reshape(like.shape)
+
+    def _products(self, at: NDArray, j: NDArray, old: tuple, before: tuple, after: tuple) -> None:
+        """aa, ab, bb and a, b after each touched unit's column j went from `before` to `after`."""
+        c = self.total.shape[3]
+        (old_a, old_b), da, db = old, after[0] - before[0], after[1] - before[1]  # old: (m, g, c); da: (m, g)
+        row_at = at[..., None] * c + np.arange(c)  # (rollout, guard, j, k)
+        col_at = (at - j[:, None])[..., None] * c + np.arange(c) * c + j[:, None, None]  # (rollout, guard, k, j)
+        diag = at * c + j[:, None]
         for name, x0, dx, y0, dy in (
             ("aa", old_a, da, old_a, da),
             ("ab", old_a, da, old_b, db),
             ("bb", old_b, db, old_b, db),
         ):
             # (x0 + dx e_j)(y0 + dy e_j)^T - x0 y0^T = dx e_j y0^T + x0 dy e_j^T + dx dy e_j e_j^T
-            flat = np.bincount(row_at, (dx[..., None] * y0).ravel(), size)
-            flat += np.bincount(col_at, (x0 * dy[..., None]).ravel(), size)
-            flat += np.bincount(diag, (dx * dy).ravel(), size)
-            getattr(self, name)[...] += flat.reshape(n_rollouts, g, c, c)
-        at = (base + j[:, None]).ravel()
-        self.a += np.bincount(at, da.ravel(), n_rollouts * g * c).reshape(n_rollouts, g, c)
-        self.b += np.bincount(at, db.ravel(), n_rollouts * g * c).reshape(n_rollouts, g, c)
-        self.n += np.bincount(at, inc_n.ravel(), n_rollouts * g * c).reshape(n_rollouts, g, c)
-        self.t += np.bincount(at, inc_t.ravel(), n_rollouts * g * c).reshape(n_rollouts, g, c)
-        new_col = (oj_n == 0) & (inc_n > 0)
-        self.col_units += (
-            np.bincount(at, new_col.ravel(), n_rollouts * g * c).reshape(n_rollouts, g, c).astype(np.int64)
-        )
+            target = getattr(self, name)
+            target += self._scatter(row_at, dx[..., None] * y0, target)
+            target += self._scatter(col_at, x0 * dy[..., None], target)
+            target += self._scatter(diag, dx * dy, target)
+        self.a += self._scatter(at, da, self.a)
+        self.b += self._scatter(at, db, self.b)
+
+    def _counts(
+        self, r: NDArray, j: NDArray, at: NDArray, old_n: NDArray, oj_n: NDArray, inc_n: NDArray, inc_t: NDArray
+    ) -> None:
+        """Observations, sums, and units seen per column, per guard and per arm."""
+        g = self.total.shape[2]
+        self.n += self._scatter(at, inc_n, self.n)
+        self.t += self._scatter(at, inc_t, self.t)
+        self.col_units += self._scatter(at, (oj_n == 0) & (inc_n > 0), self.col_units).astype(np.int64)
         seen = old_n > 0  # (m, g, c) before
-        first = ~seen.any(-1) & (inc_n > 0)
+        rg = r[:, None] * g + np.arange(g)
+        self.units += self._scatter(rg, ~seen.any(-1) & (inc_n > 0), self.units).astype(np.int64)
         in_arm = self.candidate[j]
-        arm_first = ~np.where(in_arm[:, None], seen[..., self.candidate].any(-1), seen[..., ~self.candidate].any(-1))
-        arm_first &= inc_n > 0
-        flat_rg = (r[:, None] * g + np.arange(g)).ravel()
-        self.units += np.bincount(flat_rg, first.ravel(), n_rollouts * g).reshape(n_rollouts, g).astype(np.int64)
-        arm_at = flat_rg * 2 + np.repeat((~in_arm).astype(np.int64), g)
-        self.arm_units += (
-            np.bincount(arm_at, arm_first.ravel(), n_rollouts * g * 2).reshape(n_rollouts, g, 2).astype(np.int64)
-        )
+        seen_arm = np.where(in_arm[:, None], seen[..., self.candidate].any(-1), seen[..., ~self.candidate].any(-1))
+        arm_at = rg * 2 + (~in_arm).astype(np.int64)[:, None]
+        self.arm_units += self._scatter(arm_at, ~seen_arm & (inc_n > 0), self.arm_units).astype(np.int64)
 
     def moments(self, rows: NDArray, guard: int, per_request: bool = False) -> Moments:
         if per_request:
@@ -285,7 +291,8 @@ def _traffic(sc: Scenario, users: _Users, rows: NDArray, share: NDArray, look: i
     flat = users.pick(rollout, rng)
     user = flat % users.cdf.shape[1]
     cand = users.bucket.ravel()[flat] < share[rollout]
-    drift = 1.0 + (sc.error_drift - 1.0) * look / max(sc.looks - 1, 1)
+    span = max((sc.drift_looks or sc.looks) - 1, 1)
+    drift = 1.0 + (sc.error_drift - 1.0) * min(look / span, 1.0)
     p_err = np.clip(users.error.ravel()[flat] * drift + cand * (sc.error_rate[1] - sc.error_rate[0]), 0, 1)
     median = np.where(cand, sc.ttft_median_s[1], sc.ttft_median_s[0])
     ttft = median * users.latency.ravel()[flat] * np.exp(sc.ttft_sigma * rng.standard_normal(rollout.size))

@@ -5,7 +5,7 @@ it replaced does not, real effects are found at the default sizes, and the simul
 aggregates equal the statistics of the dense per-unit cells.
 
 Default sizes (serving/config.py RolloutsConfig): steps 10,50,100, min_samples 200, alpha 0.05,
-guards error_rate/ttft_p95/feedback with margin 0, promote_when better. The CI sizes here are 400
+guards error_rate/ttft_p95/feedback with margin 0, promote_when better. The CI sizes here are 300
 rollouts per A/A scenario; `python -m serving.rollouts.simulate` runs 1,000 (docs/rollouts.md).
 """
 
@@ -31,7 +31,7 @@ from serving.rollouts.simulate import (
 from serving.rollouts.stats import Cells, Moments, stratified_difference
 
 DEFAULTS = RolloutsConfig().spec()
-ROLLOUTS = 400
+ROLLOUTS = 300
 
 
 @pytest.mark.parametrize("scenario", AA_SCENARIOS, ids=lambda s: s.name.split(",")[0].split(":")[0])
@@ -90,6 +90,8 @@ def test_running_aggregates_equal_the_statistics_of_the_dense_cells() -> None:
         )
         arm_units = [(dense.count[..., mask] > 0).any(-1).sum(-1) for mask in (agg.candidate, ~agg.candidate)]
         assert agg.arm_units[:, guard].T.tolist() == [a.tolist() for a in arm_units]
+        assert agg.col_units[:, guard].tolist() == (dense.count > 0).sum(axis=1).tolist()
+        np.testing.assert_allclose(agg.n[:, guard], dense.count.sum(axis=1))
 
 
 def test_the_simulated_sticky_buckets_are_what_assign_variant_does() -> None:
