@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         result = simulate(spec, sc, args.rollouts, seed=args.seed + i, per_request=per_request)
         if per_request:
             result.scenario = f"{sc.name} [per-request analysis, replaced]"
-        results.append({"scenario": asdict(sc), "expected": expected, "per_request": per_request, **asdict(result)})
+        results.append({**asdict(result), "traffic": asdict(sc), "expected": expected, "per_request": per_request})
         print(_row(result), flush=True)
     seconds = round(time.perf_counter() - started, 1)
     print(f"{seconds} s; unit weight cap {UNIT_WEIGHT_CAP}")
