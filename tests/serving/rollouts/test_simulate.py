@@ -34,7 +34,7 @@ DEFAULTS = RolloutsConfig().spec()
 ROLLOUTS = 300
 
 
-@pytest.mark.parametrize("scenario", AA_SCENARIOS, ids=lambda s: s.name.split(",")[0].split(":")[0])
+@pytest.mark.parametrize("scenario", AA_SCENARIOS, ids=["independent", "300-heavy-tailed", "2000-beta55", "step-drift"])
 def test_aa_rollouts_of_gateway_traffic_falsely_decide_at_most_alpha(scenario) -> None:
     result = simulate(DEFAULTS, scenario, rollouts=ROLLOUTS, seed=11)
     assert result.rates["rollback"] <= DEFAULTS.alpha, result
