@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from fakes.engine import MockSettings
 from fakes.engine import create_app as mock_engine_app
 from fakes.registry import write_mock_registry
 from serving.rollouts.report import build_report
-from serving.store import Store
+from serving.store import RequestRecord, Store, UnitStats
 from serving.store.connect import create_db_engine
 
 BASE = "smollm2-135m-instruct"
@@ -50,15 +51,32 @@ def chat(url: str, user: str) -> str:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).headers["x-loraplane-adapter"]
 
 
+def unit_stats(requests: list[RequestRecord], threshold: float | None) -> list[UnitStats]:
+    """What Store.rollout_units computes in SQL, from rows in memory (for the replay below)."""
+    cells: dict[tuple[str, int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for r in requests:
+        if r.excluded is not None or r.unit is None or r.step is None:
+            continue
+        cell = cells[r.variant, r.step, r.unit]
+        latency = r.ttft_s if r.ttft_s is not None else r.latency_s
+        cell[0] += 1
+        cell[1] += r.outcome == "error"
+        cell[2] += threshold is not None and latency > threshold
+    return [UnitStats(v, st, u, n, e, o, 0.0, 0) for (v, st, u), (n, e, o) in sorted(cells.items())]
+
+
 def breach_time(store: Store, name: str, t0: float, until: float) -> float | None:
     rollout = store.get_rollout(name)
     assert rollout is not None
     running = replace(rollout, state="running")
     requests = store.requests(rollout=name, limit=1_000_000)
+    control = [r for r in requests if r.variant == rollout.control and r.excluded is None and r.unit is not None]
+    sample = [(r.unit or "", r.step or 0, r.ttft_s if r.ttft_s is not None else r.latency_s) for r in control]
+    threshold = rollout.config.get("ttft_threshold_s")
     t = t0
     while t <= until:
         seen = [r for r in requests if r.created_at + r.latency_s <= t]  # answered by t
-        _, verdicts, _, _ = build_report(running, seen, [])
+        verdicts = build_report(running, unit_stats(seen, threshold), sample).verdicts
         if any(v.verdict == "fail" for v in verdicts):
             return t
         t += 0.05

@@ -24,7 +24,7 @@ from serving.gateway.state import GatewayState, StateDep
 from serving.registry import parse_model_name
 from serving.rollouts.actions import manual_action, new_rollout
 from serving.rollouts.policy import MANUAL, GuardSpec
-from serving.rollouts.report import build_report, finite
+from serving.rollouts.report import finite, read_rollout
 from serving.store import RolloutRecord
 
 rollouts = APIRouter(prefix="/admin/rollouts", dependencies=[Depends(require_admin)])
@@ -100,9 +100,7 @@ async def list_rollouts(state: StateDep) -> dict:
 
 
 async def _report(state: GatewayState, rollout: RolloutRecord) -> dict:
-    requests = await _db(state.store.requests, rollout=rollout.name, limit=state.cfg.rollouts.max_requests)
-    feedback = await _db(state.store.feedback, rollout=rollout.name)
-    report, _, _, _ = build_report(rollout, requests, feedback)
+    report = dict((await _db(read_rollout, state.store, rollout)).report)
     report["state"], report["reason"] = state.evaluator.effective_state(rollout)
     report["evaluator"] = {"leader": state.evaluator.leader, "holder": state.evaluator.holder}
     return report

@@ -107,10 +107,11 @@ def summary(report: dict) -> str:
         v = report["variants"][role]
         fb = v["feedback"]
         mean = "-" if fb["mean"] is None else f"{fb['mean']:.3f} [{fb['ci'][0]:.3f}, {fb['ci'][1]:.3f}]"
-        p95 = "-" if v["ttft_p95_s"] is None else f"{v['ttft_p95_s'] * 1000:.0f} ms"
+        over = v.get("ttft_over_threshold")
+        p95 = "-" if over is None else f"{over:.1%}"
         rate = "-" if v["error_rate"] is None else f"{v['error_rate']:.3%}"
         lines.append(
-            f"  {role:<9} {v['version']:<24} requests {v['requests']:<6} errors {rate:<8} TTFT p95 {p95:<8} "
+            f"  {role:<9} {v['version']:<24} requests {v['requests']:<6} errors {rate:<8} TTFT over threshold {p95:<6} "
             f"feedback n={fb['n']} mean {mean}"
         )
     for g in report["guards"]:

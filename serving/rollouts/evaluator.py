@@ -2,7 +2,8 @@
 
 Every gateway replica runs `Evaluator.run`; each tick (rollouts.tick_s) it tries to take or renew
 the lease "rollout-evaluator" for rollouts.lease_s. The holder evaluates every running rollout
-whose interval has passed: it reads the rollout's request log and feedback, builds the report
+whose interval has passed: it reads the rollout's per-unit aggregates (report.read_rollout: per
+variant, step and user, computed in SQL, never request rows), builds the report
 (report.py), asks the policy (policy.decide) and writes the outcome -- advance, hold, promote (the
 stable pointer moves in the same transaction) or rollback -- with the report as the audit record's
 numbers. When the holder dies its lease lapses and another replica takes over within lease_s.
@@ -27,7 +28,7 @@ from serving.config import RolloutsConfig
 from serving.metrics import GatewayMetrics
 from serving.rollouts.actions import version_of
 from serving.rollouts.policy import Decision, RolloutSpec, State, decide
-from serving.rollouts.report import build_report
+from serving.rollouts.report import read_rollout
 from serving.store import ControlSnapshot, RolloutRecord, Store
 
 log = logging.getLogger("loraplane.rollouts")
@@ -92,10 +93,9 @@ class Evaluator:
 
     def evaluate(self, rollout: RolloutRecord, now: float) -> Decision:
         spec = RolloutSpec.from_json(rollout.config)
-        requests = self.store.requests(rollout=rollout.name, limit=self.cfg.max_requests)
-        feedback = self.store.feedback(rollout=rollout.name)
-        report, verdicts, at_step, threshold = build_report(rollout, requests, feedback)
-        d = decide(spec, rollout.step, at_step, verdicts)
+        read = read_rollout(self.store, rollout)  # per-unit aggregates in SQL, never request rows
+        d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
+        report, threshold = read.report, read.threshold
         changes = decision_changes(rollout, spec, d, now)
         if threshold is not None and rollout.config.get("ttft_threshold_s") is None:
             changes["config"] = {**changes.get("config", rollout.config), "ttft_threshold_s": threshold}

@@ -5,7 +5,10 @@ steps, e.g. 10% -> 50% -> 100%. Reaching the last step (100) is promotion: the s
 moves to the candidate and the rollout ends. At each evaluation, `decide` returns one outcome:
 
 - rollback: some guard shows the candidate worse than control by more than the guard's margin
-  (always-valid interval, see stats.py), candidate -> 0%, reason recorded;
+  (always-valid interval, see stats.py), candidate -> 0%, reason recorded; or the candidate has no
+  observations at this step while the control has min_samples from enough users that the
+  candidate's share of them would surely have included some (its adapter fails for everyone and
+  nothing of it is logged);
 - hold: a variant has fewer than min_samples requests at this step, or, at the last step before
   100, the promotion rule is not met yet (an inconclusive rollout holds until a person decides);
 - advance: enough samples at this step and no guard failed -> next step;
@@ -14,7 +17,11 @@ moves to the candidate and the rollout ends. At each evaluation, `decide` return
 Promotion rules (`promote_when`): "better" (default) -- the feedback guard shows the candidate
 better than control, so an A/A rollout promotes with probability <= alpha; "not_worse" -- every
 guard shows the candidate no worse than its margin (non-inferiority); "no_regression" -- no guard
-failed (Flagger-style: advance on passing checks).
+failed and every guard has its min_samples (Flagger-style: promote on the absence of shown harm;
+not evidence that the candidate is better).
+
+A guard gives a verdict only once each variant has min_samples observations over the rollout from
+at least MIN_UNITS users; before that it is pending (and cannot roll back).
 
 Alpha is split evenly over the guards (Bonferroni), so the chance that *any* guard ever makes a
 false claim (a false rollback or a false promotion) over the whole rollout is <= alpha.
@@ -26,14 +33,12 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from numpy.typing import ArrayLike
-
-from serving.rollouts.stats import Comparison, Interval, compare
+from serving.rollouts.stats import Arm, Cells, Comparison, compare
 
 Metric = Literal["error_rate", "ttft_p95", "feedback"]
 METRICS: tuple[str, ...] = ("error_rate", "ttft_p95", "feedback")
 PromoteWhen = Literal["better", "not_worse", "no_regression"]
-Method = Literal["msprt", "eb"]
+Method = Literal["msprt"]
 Outcome = Literal["advance", "hold", "promote", "rollback", "pause"]
 
 
@@ -101,8 +106,11 @@ class RolloutSpec:
         metrics = [g.metric for g in self.guards]
         if len(metrics) != len(set(metrics)):
             raise ValueError(f"guards repeat a metric: {metrics}")
-        if self.method not in ("msprt", "eb"):
-            raise ValueError(f"method {self.method!r} is not one of msprt, eb")
+        if self.method != "msprt":
+            raise ValueError(
+                f"method {self.method!r} is not supported: only msprt (the unit-level mixture SPRT) is; "
+                "the per-request empirical-Bernstein method ignored that variants are sticky per user"
+            )
         if self.promote_when == "better" and "feedback" not in metrics:
             raise ValueError(
                 "promote_when 'better' needs a feedback guard; add --guard feedback:0 or pick no_regression"
@@ -146,16 +154,24 @@ class GuardVerdict:
     margin: float
     worsening_lo: float | None
     worsening_hi: float | None
-    candidate: Interval
-    control: Interval
+    candidate: Arm
+    control: Arm
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
+# Users per variant before any verdict: the cluster-robust variance needs a few dozen clusters.
+MIN_UNITS = 20
+# The candidate showing nothing at a step is a failure only if, with its share of the step's users,
+# the chance that none of them is on the candidate is below this (see decide).
+NO_SHOW_P = 0.001
+
+
 def judge(guard: GuardSpec, cmp: Comparison, min_samples: int) -> GuardVerdict:
     """A guard's verdict from the always-valid interval on candidate - control."""
-    if cmp.candidate.n < min_samples or cmp.control.n < min_samples:
+    arms = (cmp.candidate, cmp.control)
+    if any(a.n < min_samples or a.units < MIN_UNITS for a in arms) or cmp.strata == 0:
         return GuardVerdict(guard.metric, "pending", guard.margin, None, None, cmp.candidate, cmp.control)
     # Higher error rate / exceedance is worse; lower feedback is worse.
     lo, hi = (-cmp.diff_hi, -cmp.diff_lo) if guard.metric == "feedback" else (cmp.diff_lo, cmp.diff_hi)
@@ -170,10 +186,9 @@ def judge(guard: GuardSpec, cmp: Comparison, min_samples: int) -> GuardVerdict:
     return GuardVerdict(guard.metric, verdict, guard.margin, lo, hi, cmp.candidate, cmp.control)
 
 
-def evaluate_guard(spec: RolloutSpec, guard: GuardSpec, candidate: ArrayLike, control: ArrayLike) -> GuardVerdict:
-    """candidate/control: the guard's observations in [0, 1] (error flags, latency exceedances, scores)."""
-    cmp = compare(candidate, control, spec.guard_alpha, spec.method)
-    return judge(guard, cmp, spec.min_samples)
+def evaluate_guard(spec: RolloutSpec, guard: GuardSpec, cells: Cells) -> GuardVerdict:
+    """cells: the guard's per-unit aggregates (error counts, latency exceedances, scores)."""
+    return judge(guard, compare(cells, spec.guard_alpha), spec.min_samples)
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,9 @@ class Decision:
 
 def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, str]:
     if spec.promote_when == "no_regression":
+        pending = [v.metric for v in verdicts if v.verdict == "pending"]
+        if pending:
+            return False, f"no verdict yet (too few observations or users): {', '.join(pending)}"
         return True, "no guard failed"
     if spec.promote_when == "not_worse":
         open_ = [v.metric for v in verdicts if v.verdict not in ("not_worse", "better")]
@@ -197,8 +215,37 @@ def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, 
     return False, f"feedback not yet shown better (verdict {feedback.verdict})"
 
 
-def decide(spec: RolloutSpec, step_index: int, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
-    """One evaluation of a running rollout. step_counts: (candidate, control) requests at this step."""
+def no_show(spec: RolloutSpec, step_index: int, step_counts: tuple[int, int], control_units: int | None) -> str | None:
+    """Why the candidate counts as failed for showing nothing at this step, or None.
+
+    With sticky assignment each user is on the candidate with probability p (its share), whatever
+    they send, so a working candidate shows no user among K with probability (1 - p)^K."""
+    candidate_n, control_n = step_counts
+    if candidate_n > 0 or control_n < spec.min_samples:
+        return None
+    share = spec.steps[step_index] / 100
+    if control_units is not None and (1 - share) ** control_units > NO_SHOW_P:
+        return None
+    users = "" if control_units is None else f" from {control_units} users"
+    return (
+        f"candidate has no observations at step {spec.steps[step_index]}% while control has "
+        f"{control_n} requests{users}: the candidate fails for everyone (e.g. its adapter did not load) "
+        "or its requests are not logged"
+    )
+
+
+def decide(
+    spec: RolloutSpec,
+    step_index: int,
+    step_counts: tuple[int, int],
+    verdicts: list[GuardVerdict],
+    control_units: int | None = None,
+) -> Decision:
+    """One evaluation of a running rollout. step_counts: (candidate, control) requests at this step;
+    control_units: the control's users at this step (None: unknown, the no-show rule needs only counts)."""
+    missing = no_show(spec, step_index, step_counts, control_units)
+    if missing is not None:
+        return Decision("rollback", missing, step_index)
     for v in verdicts:
         if v.verdict == "fail":
             return Decision(

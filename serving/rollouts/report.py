@@ -1,90 +1,102 @@
-"""A rollout's numbers, from its request log and feedback (pure: records in, JSON-ready dict out).
+"""A rollout's numbers, from per-unit aggregates (store.UnitStats: per variant, step and user).
 
 The evaluator decides on these numbers and writes them into the audit log; `GET /admin/rollouts/NAME`
-returns the same dict. Observations per guard:
+returns the same dict. What each guard reads per unit (the user its variant is sticky for) and step:
 
-- error_rate: 1 for a response with status >= 500 (the engine or the adapter failed), else 0;
-- ttft_p95: 1 when the time to first token (the latency for non-streamed responses) is above the
-  threshold frozen at the control's p95 over its first min_samples requests of the rollout; the
-  control's requests used to set the threshold are left out of the comparison;
-- feedback: the scores in [0, 1] given to each variant's responses.
+- error_rate: `errors` of `requests` (outcome "error": the variant failed the request);
+- ttft_p95: `ttft_over` of `requests`, the requests whose TTFT (latency when not streamed) was above
+  the threshold frozen at the control's p95 over its first min_samples requests of the rollout; those
+  requests are taken out of the control's cells, so the threshold is independent of the data it is
+  tested on;
+- feedback: `score_sum` of `score_n` (scores in [0, 1]).
+
+Statistics (stats.py): capped-weight unit means, compared within each step, combined across steps,
+with a cluster-robust variance and an always-valid interval.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.rollouts.policy import GuardVerdict, RolloutSpec, evaluate_guard
-from serving.rollouts.stats import exceedance, interval
-from serving.store import FeedbackRecord, RequestRecord, RolloutRecord
+from serving.rollouts.stats import Cells, arm_summaries
+from serving.store import RolloutRecord, Store, UnitStats
 
-ERROR_STATUS = 500  # statuses at or above count as errors of the variant that answered
-
-
-@dataclass
-class Observations:
-    """One variant's sequences in arrival order."""
-
-    times: np.ndarray  # request created_at
-    errors: np.ndarray
-    ttft: np.ndarray  # TTFT, or latency when the response was not streamed
-    latency: np.ndarray
-    scores: np.ndarray
-
-    @classmethod
-    def of(cls, requests: list[RequestRecord], feedback: list[FeedbackRecord]) -> Observations:
-        return cls(
-            np.array([r.created_at for r in requests], dtype=np.float64),
-            np.array([1.0 if r.status >= ERROR_STATUS else 0.0 for r in requests]),
-            np.array([r.ttft_s if r.ttft_s is not None else r.latency_s for r in requests], dtype=np.float64),
-            np.array([r.latency_s for r in requests], dtype=np.float64),
-            np.array([min(1.0, max(0.0, f.score)) for f in feedback], dtype=np.float64),
-        )
-
-    def since(self, t: float) -> int:
-        return int((self.times >= t).sum())
+# One control request of the threshold sample: (unit, step, TTFT or latency in seconds).
+Sample = tuple[str, int, float]
+FIELDS = {
+    "error_rate": ("errors", "requests"),
+    "ttft_p95": ("ttft_over", "requests"),
+    "feedback": ("score_sum", "score_n"),
+}
 
 
-def split(
-    rollout: RolloutRecord, requests: list[RequestRecord], feedback: list[FeedbackRecord]
-) -> tuple[Observations, Observations]:
-    """(candidate, control) observations of this rollout."""
-    out = []
-    for variant in (rollout.candidate, rollout.control):
-        ok = [r for r in requests if r.rollout == rollout.name and r.variant == variant]
-        rated = [f for f in feedback if f.rollout == rollout.name and f.variant == variant]
-        out.append(Observations.of(ok, rated))
-    return out[0], out[1]
+@dataclass(frozen=True)
+class Evaluation:
+    """What one read of a rollout gives the policy and the people: report, verdicts, step counts."""
+
+    report: dict[str, Any]
+    verdicts: list[GuardVerdict]
+    step_counts: tuple[int, int]  # (candidate, control) requests at the current step
+    control_units: int  # the control's users at the current step
+    threshold: float | None  # the TTFT threshold, once frozen
 
 
-def ttft_threshold(rollout: RolloutRecord, control: Observations, min_samples: int) -> float | None:
-    """The frozen threshold: stored on the rollout once set, else the control's first-min_samples p95."""
+def ttft_threshold(rollout: RolloutRecord, sample: list[Sample], min_samples: int) -> float | None:
+    """The frozen threshold: stored on the rollout once set, else the p95 of the control's first
+    min_samples requests (None while it has fewer)."""
     stored = rollout.config.get("ttft_threshold_s")
     if stored is not None:
         return float(stored)
-    if control.ttft.size < min_samples:
+    if len(sample) < min_samples:
         return None
-    return float(np.quantile(control.ttft[:min_samples], 0.95))
+    return float(np.quantile([t for _, _, t in sample[:min_samples]], 0.95))
 
 
-def guard_verdicts(
-    spec: RolloutSpec, candidate: Observations, control: Observations, threshold: float | None
-) -> list[GuardVerdict]:
-    out = []
-    for guard in spec.guards:
-        if guard.metric == "error_rate":
-            c, s = candidate.errors, control.errors
-        elif guard.metric == "feedback":
-            c, s = candidate.scores, control.scores
-        elif threshold is None:  # ttft_p95 before the threshold is frozen
-            c, s = np.zeros(0), np.zeros(0)
-        else:
-            c, s = exceedance(candidate.ttft, threshold), exceedance(control.ttft[spec.min_samples :], threshold)
-        out.append(evaluate_guard(spec, guard, c, s))
+def cells_of(
+    units: Iterable[UnitStats], candidate: str, metric: str, held_out: dict[tuple[str, int], tuple[int, int]]
+) -> Cells:
+    """Dense per-unit cells of one guard: one column per (step, variant) present.
+
+    held_out: (unit, step) -> (requests, over-threshold) of control requests to leave out (the
+    TTFT threshold's sample; only for ttft_p95)."""
+    total_field, count_field = FIELDS[metric]
+    rows = [u for u in units if getattr(u, count_field) > 0]
+    unit_index = {u: i for i, u in enumerate(sorted({r.unit for r in rows}))}
+    columns = sorted({(r.step, r.variant == candidate) for r in rows})
+    col_index = {c: j for j, c in enumerate(columns)}
+    total = np.zeros((len(unit_index), len(columns)))
+    count = np.zeros_like(total)
+    for r in rows:
+        i, j = unit_index[r.unit], col_index[r.step, r.variant == candidate]
+        n, t = getattr(r, count_field), getattr(r, total_field)
+        if metric == "ttft_p95" and r.variant != candidate:
+            held_n, held_over = held_out.get((r.unit, r.step), (0, 0))
+            n, t = n - held_n, t - held_over
+        total[i, j], count[i, j] = t, max(n, 0)
+    is_candidate = np.array([c for _, c in columns], dtype=bool)
+    strata = np.array([s for s, _ in columns], dtype=np.int64)
+    return Cells(total, count, strata, is_candidate)
+
+
+def held_out_of(
+    sample: list[Sample], threshold: float | None, min_samples: int
+) -> dict[tuple[str, int], tuple[int, int]]:
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    if threshold is None:
+        return out
+    for unit, step, ttft in sample[:min_samples]:
+        n, over = out.get((unit, step), (0, 0))
+        out[unit, step] = (n + 1, over + int(ttft > threshold))
     return out
+
+
+def guard_verdicts(spec: RolloutSpec, cells: dict[str, Cells]) -> list[GuardVerdict]:
+    return [evaluate_guard(spec, guard, cells[guard.metric]) for guard in spec.guards]
 
 
 def finite(value: Any) -> Any:
@@ -98,42 +110,44 @@ def finite(value: Any) -> Any:
     return value
 
 
-def _quantile(x: np.ndarray, q: float) -> float | None:
-    return float(np.quantile(x, q)) if x.size else None
-
-
-def variant_numbers(version: str, obs: Observations, alpha: float) -> dict[str, Any]:
-    n = int(obs.errors.size)
-    fb = interval(obs.scores, alpha)
+def variant_numbers(version: str, rows: list[UnitStats], feedback: Cells, arm: int, alpha: float) -> dict[str, Any]:
+    """Raw totals per request (for people) and the feedback's unit-level mean and interval."""
+    requests = sum(r.requests for r in rows)
+    errors = sum(r.errors for r in rows)
+    over = sum(r.ttft_over for r in rows)
+    n, users, mean, lo, hi = (a.item() if a.ndim == 0 else a for a in arm_summaries(feedback, alpha)[arm])
     return {
         "version": version,
-        "requests": n,
-        "errors": int(obs.errors.sum()),
-        "error_rate": float(obs.errors.mean()) if n else None,
-        "ttft_p50_s": _quantile(obs.ttft, 0.5),
-        "ttft_p95_s": _quantile(obs.ttft, 0.95),
-        "latency_p50_s": _quantile(obs.latency, 0.5),
-        "latency_p95_s": _quantile(obs.latency, 0.95),
+        "requests": requests,
+        "users": len({r.unit for r in rows if r.requests}),
+        "errors": errors,
+        "error_rate": errors / requests if requests else None,
+        "ttft_over_threshold": over / requests if requests else None,
         "feedback": {
-            "n": fb.n,
-            "mean": fb.mean,
-            "ci": [fb.lo, fb.hi],
+            "n": int(n),
+            "users": int(users),
+            "mean": float(mean),
+            "ci": [float(lo), float(hi)],
             "ci_level": 1 - alpha,
         },
     }
 
 
-def build_report(
-    rollout: RolloutRecord, requests: list[RequestRecord], feedback: list[FeedbackRecord]
-) -> tuple[dict[str, Any], list[GuardVerdict], tuple[int, int], float | None]:
-    """(report dict, guard verdicts, (candidate, control) requests at this step, TTFT threshold)."""
+def build_report(rollout: RolloutRecord, units: list[UnitStats], sample: list[Sample]) -> Evaluation:
+    """The rollout's report and verdicts from its per-unit aggregates (units, computed with the
+    frozen TTFT threshold) and the control's first requests (sample, for the threshold)."""
     spec = RolloutSpec.from_json(rollout.config)
-    candidate, control = split(rollout, requests, feedback)
-    threshold = ttft_threshold(rollout, control, spec.min_samples)
-    verdicts = guard_verdicts(spec, candidate, control, threshold)
-    step_started = float(rollout.config.get("step_started_at", rollout.created_at))
-    at_step = (candidate.since(step_started), control.since(step_started))
-    cand_pct = rollout.weights.get(rollout.candidate, 0)
+    threshold = ttft_threshold(rollout, sample, spec.min_samples)
+    held_out = held_out_of(sample, threshold, spec.min_samples)
+    cells = {m: cells_of(units, rollout.candidate, m, held_out) for m in FIELDS}
+    if threshold is None:  # ttft_p95 before the threshold is frozen: nothing to compare yet
+        cells["ttft_p95"] = cells_of([], rollout.candidate, "ttft_p95", {})
+    verdicts = guard_verdicts(spec, cells)
+    here = [u for u in units if u.step == rollout.step]
+    cand = [u for u in here if u.variant == rollout.candidate]
+    ctrl = [u for u in here if u.variant != rollout.candidate]
+    at_step = (sum(u.requests for u in cand), sum(u.requests for u in ctrl))
+    control_units = len({u.unit for u in ctrl if u.requests})
     report = {
         "name": rollout.name,
         "adapter": rollout.adapter,
@@ -142,10 +156,11 @@ def build_report(
         "candidate": rollout.candidate,
         "control": rollout.control,
         "step": rollout.step,
-        "step_percent": cand_pct,
+        "step_percent": rollout.weights.get(rollout.candidate, 0),
         "steps": list(spec.steps),
         "weights": dict(rollout.weights),
         "requests_at_step": {"candidate": at_step[0], "control": at_step[1]},
+        "users_at_step": {"candidate": len({u.unit for u in cand if u.requests}), "control": control_units},
         "min_samples": spec.min_samples,
         "interval_s": spec.interval_s,
         "alpha": spec.alpha,
@@ -155,9 +170,29 @@ def build_report(
         "created_at": rollout.created_at,
         "evaluated_at": rollout.evaluated_at,
         "variants": {
-            "candidate": variant_numbers(rollout.candidate, candidate, spec.alpha),
-            "control": variant_numbers(rollout.control, control, spec.alpha),
+            "candidate": variant_numbers(
+                rollout.candidate,
+                [u for u in units if u.variant == rollout.candidate],
+                cells["feedback"],
+                0,
+                spec.alpha,
+            ),
+            "control": variant_numbers(
+                rollout.control, [u for u in units if u.variant != rollout.candidate], cells["feedback"], 1, spec.alpha
+            ),
         },
         "guards": [v.to_json() for v in verdicts],
     }
-    return finite(report), verdicts, at_step, threshold
+    return Evaluation(finite(report), verdicts, at_step, control_units, threshold)
+
+
+def read_rollout(store: Store, rollout: RolloutRecord) -> Evaluation:
+    """The evaluator's and the status page's read: aggregates in SQL, never request rows.
+
+    Two bounded queries: the control's first min_samples TTFTs (the threshold's sample) and the
+    per-unit aggregates with the threshold."""
+    spec = RolloutSpec.from_json(rollout.config)
+    sample = store.control_ttft_sample(rollout.name, rollout.control, spec.min_samples)
+    threshold = ttft_threshold(rollout, sample, spec.min_samples)
+    units = store.rollout_units(rollout.name, ttft_threshold_s=threshold)
+    return build_report(rollout, units, sample)

@@ -1,41 +1,41 @@
-"""Statistics that survive peeking: always-valid confidence sequences for bounded means.
+"""Always-valid comparisons at the unit of assignment, stratified by rollout step.
 
-A rollout looks at its numbers every evaluation interval, for as long as it runs. A fixed-n test
-(t-test, z-test) read that often rejects a true null far more often than its alpha. A *confidence
-sequence* (CS) is a sequence of intervals that holds the true mean at *every* time at once with
-probability >= 1 - alpha, so it may be read after every batch and acted on as soon as it excludes
-a value:
+The gateway assigns a rollout's variant sticky per user (`assign_variant` over the A/B key), so
+one user's requests are not independent: a user who sends many requests with a high error rate
+moves their variant's rate by much more than a per-request variance allows for. A test that
+treats requests as independent then rejects a true null far more often than alpha (41% of A/A
+rollouts with 300 heavy-tailed users, docs/rollouts.md). Everything here is therefore computed
+per *unit* (the user the variant is sticky for), from per-unit aggregates (store.UnitStats):
 
-    P(exists t >= 1: mu not in CS_t) <= alpha
+1. Unit means with capped weights. In one step, unit i of variant v has `count` observations
+   (requests, or ratings for feedback) with sum `total`; its mean is m_i = total / count and its
+   weight w_i = min(count, cap). A variant's estimate at step s is the weighted mean of its units'
+   means, theta_sv = sum w_i m_i / sum w_i. The cap bounds what one user can move the estimate:
+   a key that rates a thousand answers weighs as much as one that rates `cap`.
+2. Stratified by step (Cochran-Mantel-Haenszel style). Each step s compares candidate and control
+   within the step, d_s = theta_s,candidate - theta_s,control, so allocation changes (10% -> 50%)
+   plus drift shared by both versions cannot bias the comparison; the steps are combined as
+   d = sum_s omega_s d_s with omega_s proportional to 1 / (1/W_s,candidate + 1/W_s,control).
+3. Cluster-robust (delta-method / sandwich) variance over units: d is a smooth function of
+   per-unit sums, with influence of unit i IF_i = sum over the unit's (step, variant) cells of
+   +-omega_s w_i (m_i - theta_sv) / W_sv; V = K/(K-1) sum_i IF_i^2 (K units; the CR1 correction
+   of Liang and Zeger, Biometrika 73(1), 1986; Cameron and Miller, "A practitioner's guide to
+   cluster-robust inference", J. Human Resources 50(2), 2015). A user seen in two steps, on either
+   variant, is one cluster. One pseudo-unit of variance 1/4 per cell keeps V above 0 when no
+   errors have been seen.
+4. Always valid: the normal-mixture boundary on d with the plug-in variance V,
 
-Method: the empirical-Bernstein confidence sequence with the polynomial stitched boundary of
-Howard, Ramdas, McAuliffe and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence
-sequences", Annals of Statistics 49(2), 2021 -- Theorem 4 (empirical Bernstein: for observations
-in [a, b] and any predictable estimate X^_i in [a, b], S_t = sum(X_i - mu) is sub-exponential with
-variance process V_t = sum((X_i - X^_i)^2) and scale c = b - a) with Theorem 1 / eq. (10)
-(the stitched boundary u(v) below, valid for every t simultaneously, for v >= m). It is
-nonasymptotic (exact for any sample size, no normal approximation) and variance-adaptive, which
-matters for error rates near 0.
+       |d - delta| < sqrt( V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2) / V)) ),
 
-Two variants (candidate vs control), two methods for the difference of means:
+   the mixture SPRT of Johari, Koomen, Pekelis and Walsh ("Peeking at A/B tests", KDD 2017;
+   "Always valid inference", Operations Research 70(3), 2022). With a consistent plug-in variance
+   it is an asymptotic confidence sequence in the sense of Waudby-Smith, Arbour, Sinha, Kennedy
+   and Ramdas, "Time-uniform central limit theory and asymptotic confidence sequences" (Annals of
+   Statistics, 2024): valid at every look as the number of units grows. Being asymptotic, its
+   error rates at our sizes are shown by the simulation (simulate.py) rather than proved.
 
-- "eb": each variant gets its own EB CS at alpha/2; the difference lies in
-  [lo_c - hi_s, hi_c - lo_s] at every time with probability >= 1 - alpha (union bound). Exact
-  for any n, but about twice as wide as it needs to be.
-- "msprt" (default): the mixture sequential probability ratio test of Johari, Koomen, Pekelis and
-  Walsh, "Peeking at A/B tests: why it matters, and what to do about it", KDD 2017 (and
-  "Always valid inference", Operations Research 70(3), 2022): the difference of means is
-  approximately normal with variance V = var_c/n_c + var_s/n_s; mixing the likelihood ratio over
-  a N(0, tau^2) prior on the effect gives the always-valid interval
-
-      |diff - theta| < sqrt( V (V + tau^2) / tau^2 * (2 log(1/alpha) + log((V + tau^2) / V)) ).
-
-  It is valid as n grows (a normal approximation), so the A/A simulation in
-  tests/serving/rollouts/test_simulate.py is what shows its false-decision rates stay under
-  alpha at our sample sizes (min_samples per variant before any verdict).
-
-Everything here is pure numpy and vectorised over leading axes, so the A/A simulation can run
-thousands of rollouts at once with the same code the evaluator calls on one.
+Everything is numpy, vectorised over leading axes: the simulation evaluates a thousand rollouts at
+once with the same functions the evaluator calls on one.
 """
 
 from __future__ import annotations
@@ -45,120 +45,23 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-# Boundary shape (Howard et al. 2021, eq. (10)): eta = spacing of the stitched epochs, s = the
-# polynomial's exponent (their defaults eta=2, s=1.4), M_INTRINSIC = the intrinsic time (variance)
-# below which the boundary is held flat. Smaller m tightens early intervals, loosens late ones.
-ETA = 2.0
-S_EXP = 1.4
-M_INTRINSIC = 5.0
-_ZETA_S = 3.1055  # Riemann zeta(1.4)
+# The mixture's prior scale on the difference (rate or score points): the interval is tightest when
+# tau^2 is near V when decisions are made; 0.05 suits hundreds to thousands of units.
+MSPRT_TAU = 0.05
+# The most observations one unit counts for in one step (requests, ratings): see point 1 above.
+UNIT_WEIGHT_CAP = 10.0
+PSEUDO_VARIANCE = 0.25  # the variance of one pseudo-unit per cell: the most a [0, 1] value can have
+
+F = NDArray[np.float64]
 
 
-def stitched_boundary(v: ArrayLike, alpha: float, c: float = 1.0, m: float = M_INTRINSIC) -> NDArray[np.float64]:
-    """One-sided boundary u(v): P(exists t: S_t >= u(max(V_t, m))) <= alpha for a sub-gamma S_t.
-
-    u(v) = sqrt(k1^2 v l(v) + k2^2 c^2 l(v)^2) + c k2 l(v),
-    l(v) = s log log(eta v / m) + log(zeta(s) / (alpha log(eta)^s)),
-    k1 = (eta^1/4 + eta^-1/4) / sqrt 2,  k2 = (sqrt eta + 1) / 2.
-    """
+def mixture_radius(variance: ArrayLike, alpha: float, tau: float = MSPRT_TAU) -> F:
+    """Half-width of the two-sided normal-mixture confidence sequence for an estimate of variance V."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    v = np.maximum(np.asarray(v, dtype=np.float64), m)
-    k1 = (ETA**0.25 + ETA**-0.25) / np.sqrt(2.0)
-    k2 = (np.sqrt(ETA) + 1.0) / 2.0
-    ell = S_EXP * np.log(np.log(ETA * v / m)) + np.log(_ZETA_S / (alpha * np.log(ETA) ** S_EXP))
-    return np.sqrt(k1**2 * v * ell + k2**2 * c**2 * ell**2) + c * k2 * ell
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Running mean and its always-valid interval after n observations (n may be 0: [lo, hi] = [0, 1])."""
-
-    n: int
-    mean: float
-    lo: float
-    hi: float
-
-
-def variance_process(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """V_t = sum_i (X_i - X^_i)^2 along the last axis, X^_i the running mean of X_1..X_{i-1} with a
-    pseudo-observation of 1/2 (predictable: it never uses X_i itself)."""
-    t = np.arange(1, x.shape[-1] + 1, dtype=np.float64)
-    before = np.cumsum(x, axis=-1) - x
-    return np.cumsum((x - (0.5 + before) / t) ** 2, axis=-1)
-
-
-def eb_bounds(
-    total: ArrayLike, variance: ArrayLike, n: ArrayLike, alpha: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """(mean, lo, hi) of the two-sided EB CS from the running sum and V_t after n observations."""
-    n = np.asarray(n, dtype=np.float64)
-    mean = np.asarray(total, dtype=np.float64) / n
-    radius = stitched_boundary(variance, alpha / 2.0) / n
-    return mean, np.clip(mean - radius, 0.0, 1.0), np.clip(mean + radius, 0.0, 1.0)
-
-
-def running_cs(x: ArrayLike, alpha: float) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Mean, lower and upper bound of the two-sided EB confidence sequence after each observation.
-
-    x: observations in [0, 1] along the last axis (any leading axes: independent sequences).
-    Returns three arrays of x's shape; index t-1 holds the interval after t observations.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.size and (x.min() < 0 or x.max() > 1):
-        raise ValueError("observations must lie in [0, 1]")
-    t = np.arange(1, x.shape[-1] + 1, dtype=np.float64)
-    return eb_bounds(np.cumsum(x, axis=-1), variance_process(x), t, alpha)
-
-
-def interval(x: ArrayLike, alpha: float) -> Interval:
-    """The always-valid interval after all of x (one sequence)."""
-    values = np.asarray(x, dtype=np.float64).ravel()
-    if values.size == 0:
-        return Interval(0, float("nan"), 0.0, 1.0)
-    mean, lo, hi = running_cs(values, alpha)
-    return Interval(int(values.size), float(mean[-1]), float(lo[-1]), float(hi[-1]))
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """candidate - control: each variant's interval at alpha/2 and the difference's bounds."""
-
-    candidate: Interval
-    control: Interval
-    diff_lo: float
-    diff_hi: float
-
-
-def compare(candidate: ArrayLike, control: ArrayLike, alpha: float, method: str = "msprt") -> Comparison:
-    """Always-valid bounds on mean(candidate) - mean(control) at level alpha.
-
-    Each variant's own interval (for people to read) is its EB CS at alpha / 2."""
-    c_x = np.asarray(candidate, dtype=np.float64).ravel()
-    s_x = np.asarray(control, dtype=np.float64).ravel()
-    c, s = interval(c_x, alpha / 2.0), interval(s_x, alpha / 2.0)
-    if method == "eb" or c.n == 0 or s.n == 0:
-        return Comparison(c, s, c.lo - s.hi, c.hi - s.lo)
-    if method != "msprt":
-        raise ValueError(f"method {method!r} is not one of msprt, eb")
-    var_c = regularised_variance(c_x.sum(), (c_x**2).sum(), c.n)
-    var_s = regularised_variance(s_x.sum(), (s_x**2).sum(), s.n)
-    lo, hi = msprt_diff(c.mean, var_c, c.n, s.mean, var_s, s.n, alpha)
-    return Comparison(c, s, float(lo), float(hi))
-
-
-# The mixture's prior scale on the difference (rate or score points): the interval is tightest when
-# tau^2 is near V at the time decisions are made; 0.05 suits hundreds to thousands of samples.
-MSPRT_TAU = 0.05
-
-
-def regularised_variance(total: ArrayLike, total_sq: ArrayLike, n: ArrayLike) -> NDArray[np.float64]:
-    """Sample variance with one pseudo-observation of variance 1/4 (the most a [0, 1] value can
-    have), so a run of identical values (no errors yet) never claims zero variance."""
-    n = np.asarray(n, dtype=np.float64)
-    total = np.asarray(total, dtype=np.float64)
-    squares = np.asarray(total_sq, dtype=np.float64) - total**2 / np.maximum(n, 1.0)
-    return (np.maximum(squares, 0.0) + 0.25) / (n + 1.0)
+    v = np.maximum(np.asarray(variance, dtype=np.float64), 1e-300)
+    t2 = tau * tau
+    return np.sqrt(v * (v + t2) / t2 * (2.0 * np.log(1.0 / alpha) + np.log((v + t2) / v)))
 
 
 def msprt_diff(
@@ -170,22 +73,174 @@ def msprt_diff(
     n_s: ArrayLike,
     alpha: float,
     tau: float = MSPRT_TAU,
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Always-valid (lo, hi) for mean_c - mean_s by the normal-mixture SPRT (Johari et al. 2017)."""
+) -> tuple[F, F]:
+    """Always-valid (lo, hi) for mean_c - mean_s from two independent samples' variances and sizes."""
     v = np.asarray(var_c, dtype=np.float64) / np.asarray(n_c, dtype=np.float64)
     v = v + np.asarray(var_s, dtype=np.float64) / np.asarray(n_s, dtype=np.float64)
-    t2 = tau * tau
-    radius = np.sqrt(v * (v + t2) / t2 * (2.0 * np.log(1.0 / alpha) + np.log((v + t2) / v)))
     diff = np.asarray(mean_c, dtype=np.float64) - np.asarray(mean_s, dtype=np.float64)
+    radius = mixture_radius(v, alpha, tau)
     return diff - radius, diff + radius
 
 
-def exceedance(latencies: ArrayLike, threshold_s: float) -> NDArray[np.float64]:
-    """1.0 where a latency is above the threshold: the Bernoulli sequence the latency guard tests.
+@dataclass(frozen=True)
+class Cells:
+    """One guard's per-unit aggregates, dense: `total` and `count` of shape (..., units, columns);
+    column j holds step `strata[j]` of the candidate when `candidate[j]`, else of the control (a
+    unit is on one variant per step: its column of the other variant is 0). Leading axes are
+    independent rollouts."""
 
-    The p95 itself is not a mean, so the guard tests what a p95 regression means: with a threshold
-    frozen at the control's p95 before the comparison starts, a candidate whose p95 is above it
-    exceeds the threshold more often than the control's 5%. A mean of 0/1 values in [0, 1] fits
-    the confidence sequence above exactly.
-    """
-    return (np.asarray(latencies, dtype=np.float64) > threshold_s).astype(np.float64)
+    total: NDArray
+    count: NDArray
+    strata: NDArray  # (columns,) step index of each column
+    candidate: NDArray  # (columns,) bool
+
+
+def unit_terms(total: ArrayLike, count: ArrayLike, cap: float = UNIT_WEIGHT_CAP) -> tuple[F, F]:
+    """(a, b) = (w m, w) per unit and column: the capped weight times the unit mean, and the weight."""
+    count = np.asarray(count, dtype=np.float64)
+    w = np.minimum(count, cap)
+    return w * np.asarray(total, dtype=np.float64) / np.maximum(count, 1.0), w
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Sufficient statistics of the stratified estimate and its cluster-robust variance: sums over
+    units of a, b (shape (..., C)) and of their products per column pair (..., C, C), and the number
+    of units with any weight. Additive over units, so a simulation can update them incrementally."""
+
+    a: F
+    b: F
+    aa: F
+    ab: F  # ab[j, k] = sum_i a_ij b_ik
+    bb: F
+    units: NDArray
+    strata: NDArray
+    candidate: NDArray
+
+    @classmethod
+    def of(cls, cells: Cells, cap: float = UNIT_WEIGHT_CAP) -> Moments:
+        a, b = unit_terms(cells.total, cells.count, cap)
+        return cls(
+            a.sum(axis=-2),
+            b.sum(axis=-2),
+            np.einsum("...ij,...ik->...jk", a, a),
+            np.einsum("...ij,...ik->...jk", a, b),
+            np.einsum("...ij,...ik->...jk", b, b),
+            (b > 0).any(axis=-1).sum(axis=-1),
+            cells.strata,
+            cells.candidate,
+        )
+
+
+def _gather(x: F, index: NDArray) -> F:
+    """x[..., index] with index -1 meaning 0 (a step without that variant)."""
+    padded = np.concatenate([x, np.zeros((*x.shape[:-1], 1))], axis=-1)
+    return padded[..., np.where(index < 0, x.shape[-1], index)]
+
+
+def stratified_difference(mo: Moments, alpha: float, tau: float = MSPRT_TAU) -> tuple[F, F, F, F, NDArray]:
+    """(diff, lo, hi, variance, strata used) of candidate - control for every leading index.
+
+    Where no step has both variants yet: diff NaN, bounds [-1, 1], variance inf."""
+    steps = np.unique(mo.strata)
+    where = {(int(s), bool(c)): j for j, (s, c) in enumerate(zip(mo.strata, mo.candidate, strict=True))}
+    cand = np.array([where.get((int(s), True), -1) for s in steps], dtype=np.int64)
+    ctrl = np.array([where.get((int(s), False), -1) for s in steps], dtype=np.int64)
+    w_c, w_s = _gather(mo.b, cand), _gather(mo.b, ctrl)  # (..., S)
+    both = (w_c > 0) & (w_s > 0)
+    safe_c, safe_s = np.maximum(w_c, 1e-300), np.maximum(w_s, 1e-300)
+    harmonic = np.where(both, safe_c * safe_s / (safe_c + safe_s), 0.0)
+    omega = harmonic / np.maximum(harmonic.sum(axis=-1, keepdims=True), 1e-300)
+    theta = mo.a / np.maximum(mo.b, 1e-300)  # per column
+    diff = (omega * (_gather(theta, cand) - _gather(theta, ctrl))).sum(axis=-1)
+    # Influence of unit i: sum_j c_j (a_ij - theta_j b_ij), c_j = +-omega_s(j) / B_j.
+    step_of = np.searchsorted(steps, mo.strata)
+    sign = np.where(mo.candidate, 1.0, -1.0)
+    c = sign * omega[..., step_of] / np.maximum(mo.b, 1e-300)
+    cj, ck = c[..., :, None], c[..., None, :]
+    tj, tk = theta[..., :, None], theta[..., None, :]
+    quad = mo.aa - tk * mo.ab - tj * np.swapaxes(mo.ab, -1, -2) + tj * tk * mo.bb
+    spread = np.maximum((cj * ck * quad).sum(axis=(-2, -1)), 0.0)
+    correction = mo.units / np.maximum(mo.units - 1, 1)
+    pseudo = (omega[..., step_of] ** 2 * PSEUDO_VARIANCE / np.maximum(mo.b, 1.0) ** 2).sum(axis=-1)
+    variance = correction * spread + pseudo
+    used = both.sum(axis=-1)
+    radius = mixture_radius(variance, alpha, tau)
+    none = used == 0
+    diff = np.where(none, np.nan, diff)
+    return (
+        diff,
+        np.where(none, -1.0, diff - radius),
+        np.where(none, 1.0, diff + radius),
+        np.where(none, np.inf, variance),
+        used,
+    )
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One variant over the whole rollout: observations, units, the capped-weight mean of its units'
+    means and that mean's always-valid interval (for people to read; decisions use the difference)."""
+
+    n: int
+    units: int
+    mean: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """candidate - control, stratified by step: estimate, always-valid bounds, variance, steps used."""
+
+    candidate: Arm
+    control: Arm
+    diff: float
+    diff_lo: float
+    diff_hi: float
+    variance: float
+    strata: int
+
+
+def arm_summaries(
+    cells: Cells, alpha: float, cap: float = UNIT_WEIGHT_CAP, tau: float = MSPRT_TAU
+) -> list[tuple[NDArray, ...]]:
+    """For (candidate, control): (n, units, mean, lo, hi) pooled over steps, per leading index."""
+    out: list[tuple[NDArray, ...]] = []
+    for mask in (cells.candidate, ~cells.candidate):
+        count = cells.count[..., mask].sum(axis=-1)  # per unit, all steps
+        total = cells.total[..., mask].sum(axis=-1)
+        w = np.minimum(count, cap).astype(np.float64)
+        m = total / np.maximum(count, 1)
+        weight = w.sum(axis=-1)
+        mean = (w * m).sum(axis=-1) / np.maximum(weight, 1e-300)
+        units = (count > 0).sum(axis=-1)
+        resid = w * (m - mean[..., None]) / np.maximum(weight, 1e-300)[..., None]
+        variance = units / np.maximum(units - 1, 1) * (resid**2).sum(axis=-1)
+        variance = variance + PSEUDO_VARIANCE / np.maximum(weight, 1.0) ** 2
+        radius = mixture_radius(variance, alpha, tau)
+        empty = units == 0
+        lo = np.where(empty, 0.0, np.clip(mean - radius, 0.0, 1.0))
+        hi = np.where(empty, 1.0, np.clip(mean + radius, 0.0, 1.0))
+        out.append((count.sum(axis=-1), units, np.where(empty, np.nan, mean), lo, hi))
+    return out
+
+
+def comparisons(cells: Cells, alpha: float, cap: float = UNIT_WEIGHT_CAP) -> list[Comparison]:
+    """One Comparison per rollout (leading axis of length R, or none for one rollout).
+
+    Each variant's own interval is at alpha / 2, the difference's at alpha."""
+    if cells.total.ndim == 2:
+        cells = Cells(cells.total[None], cells.count[None], cells.strata, cells.candidate)
+    diff, lo, hi, variance, used = stratified_difference(Moments.of(cells, cap), alpha)
+    arms = arm_summaries(cells, alpha / 2.0, cap)
+    out = []
+    for r in range(diff.shape[0]):
+        c, s = (Arm(int(a[0][r]), int(a[1][r]), float(a[2][r]), float(a[3][r]), float(a[4][r])) for a in arms)
+        out.append(Comparison(c, s, float(diff[r]), float(lo[r]), float(hi[r]), float(variance[r]), int(used[r])))
+    return out
+
+
+def compare(cells: Cells, alpha: float, cap: float = UNIT_WEIGHT_CAP) -> Comparison:
+    """The always-valid comparison of one rollout (cells without leading axes)."""
+    return comparisons(cells, alpha, cap)[0]

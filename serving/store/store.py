@@ -327,6 +327,20 @@ class Store:
                 row[3], row[4] = float(total or 0.0), int(n)
         return [UnitStats(v, st, u, *values) for (v, st, u), values in sorted(out.items())]
 
+    def control_ttft_sample(self, rollout: str, variant: str, n: int) -> list[tuple[str, int, float]]:
+        """(unit, step, TTFT or latency) of a variant's first n counted requests in a rollout, oldest
+        first: the sample a rollout's TTFT threshold is frozen from (bounded by n; indexed)."""
+        r = RequestLogRow
+        query = (
+            sa.select(r.unit, r.step, sa.func.coalesce(r.ttft_s, r.latency_s))
+            .where(r.rollout == rollout, r.variant == variant, r.excluded.is_(None))
+            .where(r.unit.is_not(None), r.step.is_not(None))
+            .order_by(r.created_at, r.id)
+            .limit(n)
+        )
+        with self._tx() as s:
+            return [(str(u), int(st or 0), float(t)) for u, st, t in s.execute(query)]
+
     def put_feedback(self, records: list[FeedbackRecord]) -> None:
         """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""
         if not records:

@@ -1,4 +1,5 @@
-"""The rollout state machine and decision policy."""
+"""The rollout state machine and decision policy: min-samples and min-users gates, rollback on a
+failed guard or on a candidate that shows nothing, the promotion rules."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from serving.rollouts.policy import (
+    MIN_UNITS,
     GuardSpec,
     RolloutSpec,
     State,
@@ -14,6 +16,7 @@ from serving.rollouts.policy import (
     manual_transition,
     state_after,
 )
+from serving.rollouts.stats import Cells
 
 GUARDS = (GuardSpec("error_rate", 0.0), GuardSpec("ttft_p95", 0.0), GuardSpec("feedback", 0.0))
 
@@ -31,14 +34,25 @@ def spec(**changes: object) -> RolloutSpec:
     return RolloutSpec(**values)
 
 
-def bern(p: float, n: int, seed: int) -> np.ndarray:
-    return (np.random.default_rng(seed).random(n) < p) * 1.0
+def cells(p: tuple[float, float], users: int, seed: int, per_user: int = 4) -> Cells:
+    """(control, candidate) rates; `users` per variant, each with per_user observations, one step."""
+    rng = np.random.default_rng(seed)
+    count = np.zeros((2 * users, 2))
+    total = np.zeros_like(count)
+    count[:users, 0], count[users:, 1] = per_user, per_user
+    total[:users, 0] = rng.binomial(per_user, p[1], users)
+    total[users:, 1] = rng.binomial(per_user, p[0], users)
+    return Cells(total, count, np.array([0, 0]), np.array([True, False]))
 
 
-def verdicts(s: RolloutSpec, feedback: tuple[float, float] = (0.5, 0.5), errors: tuple[float, float] = (0.02, 0.02)):
-    n = 2000
+def verdicts(
+    s: RolloutSpec,
+    feedback: tuple[float, float] = (0.5, 0.5),
+    errors: tuple[float, float] = (0.02, 0.02),
+    users: int = 500,
+):
     data = {"error_rate": errors, "ttft_p95": (0.05, 0.05), "feedback": feedback}
-    return [evaluate_guard(s, g, bern(data[g.metric][1], n, 1), bern(data[g.metric][0], n, 2)) for g in s.guards]
+    return [evaluate_guard(s, g, cells(data[g.metric], users, i)) for i, g in enumerate(s.guards)]
 
 
 def test_spec_validation_names_the_bad_value() -> None:
@@ -78,7 +92,7 @@ def test_rolls_back_on_a_guard_breach_with_the_numbers_in_the_reason() -> None:
     s = spec()
     bad = verdicts(s, errors=(0.02, 0.15))
     assert [v.verdict for v in bad][0] == "fail"
-    d = decide(s, 0, (10, 90), bad)  # even before min samples at this step
+    d = decide(s, 0, (10, 90), bad)  # even before min samples at this step (the guard has its own)
     assert d.outcome == "rollback" and "error_rate" in d.reason and "margin 0.0" in d.reason
     assert state_after(d) is State.ROLLED_BACK
 
@@ -103,9 +117,39 @@ def test_promotion_rules_at_the_last_compared_step() -> None:
     assert decide(better, 1, (500, 500), worse_fb).outcome == "rollback"
 
 
-def test_guard_verdicts_are_pending_below_min_samples() -> None:
+def test_guard_verdicts_are_pending_below_min_samples_or_min_users() -> None:
     s = spec(min_samples=5000)
     assert {v.verdict for v in verdicts(s)} == {"pending"}
+    small = spec(min_samples=50)
+    few_users = verdicts(small, errors=(0.0, 1.0), users=MIN_UNITS - 1)  # 76 requests, all failing
+    assert {v.verdict for v in few_users} == {"pending"}
+    assert verdicts(small, errors=(0.0, 1.0), users=MIN_UNITS)[0].verdict == "fail"
+
+
+def test_no_regression_never_promotes_while_a_guard_has_no_verdict() -> None:
+    """The demo's old decision: promoted after 12 candidate requests with every guard pending."""
+    flagger = spec(promote_when="no_regression", min_samples=5000)
+    held = decide(flagger, 1, (6000, 6000), verdicts(flagger))
+    assert held.outcome == "hold" and "no verdict yet" in held.reason
+
+
+def test_a_candidate_with_no_observations_while_control_has_min_samples_is_rolled_back() -> None:
+    s = spec()
+    pending = verdicts(spec(min_samples=10**6))
+    d = decide(s, 1, (0, 100), pending, control_units=40)  # 50%: 0.5^40 of happening by chance
+    assert d.outcome == "rollback" and "candidate has no observations at step 50%" in d.reason
+    assert "100 requests from 40 users" in d.reason and state_after(d) is State.ROLLED_BACK
+    assert decide(s, 1, (0, 100), pending).outcome == "rollback"  # users unknown: the counts alone
+    # At 10% a handful of users all landing on control is ordinary: hold, not roll back.
+    assert decide(s, 0, (0, 100), pending, control_units=20).outcome == "hold"
+    assert decide(s, 0, (0, 100), pending, control_units=70).outcome == "rollback"  # 0.9^70 < 0.001
+    assert decide(s, 1, (0, 99), pending, control_units=40).outcome == "hold"  # control short of min_samples
+    assert decide(s, 1, (1, 100), pending, control_units=40).outcome == "hold"
+
+
+def test_the_per_request_method_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="sticky per user"):
+        spec(method="eb")
 
 
 def test_manual_transitions() -> None:

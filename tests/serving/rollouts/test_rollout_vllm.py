@@ -78,7 +78,7 @@ def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp
     assert variants["candidate"]["feedback"]["n"] == len(v2)
     assert variants["candidate"]["feedback"]["mean"] == pytest.approx(sum(v2) / len(v2))
     assert variants["control"]["feedback"]["mean"] == pytest.approx(sum(v1) / len(v1))
-    assert variants["control"]["error_rate"] == 0.0 and variants["control"]["latency_p50_s"] > 0
+    assert variants["control"]["error_rate"] == 0.0 and variants["control"]["users"] >= 1
     advance = next(a for a in audit if a["action"] == "rollout.advance")
     assert advance["actor"].startswith("evaluator:") and advance["numbers"]["report"]["step_percent"] == 25
     assert back and code == 0
