@@ -1,4 +1,6 @@
-"""Admin API (admin key when auth is on): adapter load/unload, experiment weights, health, metrics."""
+"""Admin API (the admin key; see require_admin): adapter load/unload, experiment weights, health, metrics.
+
+Every admin POST takes a JSON body (`{}` when there is nothing to say): see require_json."""
 
 from __future__ import annotations
 
@@ -18,7 +20,25 @@ from serving.registry import parse_model_name
 
 
 async def require_admin(request: Request) -> None:
+    """The admin key (or the open local-development admin), and a JSON body on every POST."""
     request.app.state.gateway.keys.check_admin(request.headers.get("authorization"))
+    if request.method == "POST":
+        require_json(request.headers.get("content-type"), request.url.path)
+
+
+def require_json(content_type: str | None, path: str) -> None:
+    """An admin POST must say `Content-Type: application/json`: a browser sends that cross-site
+    only after a CORS preflight, which the gateway never answers, so no page a developer visits
+    can drive the admin API of a gateway with `auth.local_dev_open_admin` on (a plain form or a
+    bodiless fetch is a "simple" request that needs no preflight)."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise BadRequest(
+            f"POST {path} needs a JSON body with `Content-Type: application/json`, got "
+            f"{content_type or 'no Content-Type'}; send `{{}}` when there is nothing to say",
+            param="Content-Type",
+            code="json_body_required",
+        )
 
 
 admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
@@ -46,8 +66,7 @@ async def list_adapters(state: StateDep) -> dict:
 async def load_adapter(name: str, version: str, state: StateDep) -> dict:
     parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
     ref = state.registry.resolve(parsed_name, parsed_version)
-    state.registry.validate(ref)  # rejected versions never reach an engine
-    state.resolver.validated.add(ref.key)
+    state.resolver.approve(ref)  # rejected versions never reach an engine
     loaded = []
     for engine in state.pool.candidates(None):
         await state.pool.ensure_loaded(engine, ref)
@@ -59,7 +78,7 @@ async def load_adapter(name: str, version: str, state: StateDep) -> dict:
 async def unload_adapter(name: str, version: str, state: StateDep) -> dict:
     parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
     ref = state.registry.resolve(parsed_name, parsed_version)
-    state.resolver.validated.discard(ref.key)
+    state.resolver.forget(ref)
     return {"id": ref.key, "unloaded_from": await state.pool.unload_everywhere(ref.key)}
 
 
