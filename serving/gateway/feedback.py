@@ -3,8 +3,11 @@
     {"id": "<response id>", "score": 0..1, "label": "...", "comment": "..."}   (👍/👎 = 1/0)
 
 Unknown id -> 404, score out of range -> 400, another key's response -> 403, a repeat replaces
-the earlier score. The write goes through the store writer (batched, after any request record
-still queued), and the answer comes once it is committed.
+the earlier score. Like a completion, a call takes a token from its key's rate limit (a bucket of
+its own, `rate_limit_per_minute` per minute: 429 past it) and a place among
+`gateway.max_in_flight` (429 when full); the admin key is not rate-limited. The write goes through
+the store writer (batched, after any request record still queued), and the answer comes once it is
+committed.
 """
 
 from __future__ import annotations
@@ -69,9 +72,16 @@ def _caller(state: GatewayState, request: Request) -> tuple[Principal | None, bo
 @router.post("/v1/feedback")
 async def feedback(request: Request, state: StateDep) -> dict:
     principal, is_admin = _caller(state, request)
-    response_id, score, label, comment = parse_feedback(await read_body(request, state.cfg.gateway.max_body_bytes))
-    job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
-    record = await state.control.feedback(job)
+    if principal is not None:  # the admin key is not rate-limited
+        await state.limiter.take(principal, "feedback")
+    lease = state.admission.admit()  # counts toward gateway.max_in_flight like a completion
+    try:
+        body = await read_body(request, state.cfg.gateway.max_body_bytes)
+        response_id, score, label, comment = parse_feedback(body)
+        job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
+        record = await state.control.feedback(job)
+    finally:
+        lease.release()
     return {
         "object": "feedback",
         "id": record.response_id,
