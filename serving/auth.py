@@ -7,6 +7,7 @@ import hmac
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from serving.config import AuthConfig, KeyConfig
 from serving.errors import Forbidden, RateLimited, Unauthorized
@@ -95,25 +96,29 @@ class KeyStore:
         )
 
 
+Bucket = Literal["requests", "feedback"]  # a key's completions, and its POST /v1/feedback calls
+
+
 class RateLimiter:
-    """Token bucket per key: `rate_limit_per_minute` tokens, refilled continuously."""
+    """Token bucket per key and bucket: `rate_limit_per_minute` tokens, refilled continuously.
+    Feedback has a bucket of its own: rating each answer never eats into the key's completions."""
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last time)
+        self._buckets: dict[tuple[Bucket, str], tuple[float, float]] = {}  # -> (tokens, last time)
 
-    def take(self, principal: Principal) -> None:
+    def take(self, principal: Principal, bucket: Bucket = "requests") -> None:
         limit = principal.rate_limit_per_minute
         if limit <= 0:
             return
         now = self._clock()
-        tokens, last = self._buckets.get(principal.name, (float(limit), now))
+        tokens, last = self._buckets.get((bucket, principal.name), (float(limit), now))
         tokens = min(float(limit), tokens + (now - last) * limit / 60.0)
         if tokens < 1.0:
             retry_after = math.ceil((1.0 - tokens) * 60.0 / limit)
-            self._buckets[principal.name] = (tokens, now)
+            self._buckets[(bucket, principal.name)] = (tokens, now)
             raise RateLimited(
-                f"key {principal.name!r} is over its limit of {limit} requests per minute; retry after {retry_after} s",
+                f"key {principal.name!r} is over its limit of {limit} {bucket} per minute; retry after {retry_after} s",
                 retry_after_s=retry_after,
             )
-        self._buckets[principal.name] = (tokens - 1.0, now)
+        self._buckets[(bucket, principal.name)] = (tokens - 1.0, now)

@@ -192,7 +192,7 @@ def _admin(gateway: str, action: str, model: str) -> dict:
     )
     try:
         resp = httpx.post(
-            f"{gateway.rstrip('/')}/admin/adapters/{name}/{version}/{action}", headers=headers, timeout=120
+            f"{gateway.rstrip('/')}/admin/adapters/{name}/{version}/{action}", headers=headers, json={}, timeout=120
         )
     except httpx.HTTPError as exc:
         raise ServingError(f"gateway {gateway} unreachable: {exc!r}; is `loraplane serve` running?") from None

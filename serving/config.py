@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,8 @@ from serving.rollouts.policy import GuardSpec, RolloutSpec
 
 ABKeySource = Literal["user", "header", "api_key"]
 AB_KEY_SOURCES: tuple[ABKeySource, ...] = ("user", "header", "api_key")
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # API key names (auth.keys[].name)
+RESERVED_KEY_NAMES = ("admin", "anonymous")  # what the logs record for the admin key / auth off
 
 
 class Strict(BaseModel):
@@ -37,6 +40,9 @@ class GatewayConfig(Strict):
     max_tokens_limit: int = Field(1024, ge=1)
     default_max_tokens: int = Field(256, ge=1)  # injected when a request names no max_tokens
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # 413 beyond this, counted while reading
+    # Choices one request asks for: a completions request gets len(prompt list) x n (chat: n);
+    # beyond this it is refused, naming both (one request could otherwise ask for 160,000 answers).
+    max_choices_per_request: int = Field(64, ge=1)
     # Upstream connections the gateway holds at once (None: max_in_flight); a request that waits
     # longer than upstream_wait_timeout_s for one gets 503 with Retry-After instead of a hang.
     max_upstream_connections: int | None = Field(None, ge=1)
@@ -119,7 +125,9 @@ class ExperimentConfig(Strict):
 
 
 class KeyConfig(Strict):
-    """An API key, stored as its sha256 (never the key itself)."""
+    """An API key, stored as its sha256 (never the key itself). Its name is what the request log,
+    feedback ownership and rate-limit buckets record: unique, 1..128 of [A-Za-z0-9._-], not
+    "admin" or "anonymous" (AuthConfig checks them all, naming the key)."""
 
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -136,6 +144,23 @@ class AuthConfig(Strict):
     # Local development only: an open admin API, honoured only when gateway.host is a loopback
     # address (the gateway refuses to start otherwise).
     local_dev_open_admin: bool = False
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> AuthConfig:
+        for i, key in enumerate(self.keys):
+            if not KEY_NAME_RE.match(key.name) or key.name in RESERVED_KEY_NAMES:
+                raise ValueError(
+                    f"keys[{i}].name {key.name[:160]!r} must be 1..128 of A-Z a-z 0-9 . _ - "
+                    f"and not {' or '.join(RESERVED_KEY_NAMES)}"
+                )
+            for field in ("name", "sha256"):
+                first = next(j for j, other in enumerate(self.keys) if getattr(other, field) == getattr(key, field))
+                if first != i:
+                    raise ValueError(
+                        f"keys[{first}] ({self.keys[first].name!r}) and keys[{i}] ({key.name!r}) have the same "
+                        f"{field}: give each key its own"
+                    )
+        return self
 
 
 class RateLimitConfig(Strict):

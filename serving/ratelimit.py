@@ -4,6 +4,8 @@
 N replicas then allow N times the rate. Set (or env LORAPLANE_REDIS_URL): one bucket per key in
 Redis/Valkey, refilled and taken by one Lua script, atomically, on Redis' own clock (replicas'
 clocks never disagree about a bucket). `rate_limit_per_minute` tokens, refilled continuously.
+A key has two buckets of that size: its completions ("requests") and its POST /v1/feedback calls
+("feedback").
 
 Redis unreachable or slower than `ratelimit.redis_timeout_s`: with `on_redis_error: open` (the
 default) the request is served uncounted and loraplane_ratelimit_errors_total goes up (alert on
@@ -18,7 +20,7 @@ from typing import Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from serving.auth import Principal, RateLimiter
+from serving.auth import Bucket, Principal, RateLimiter
 from serving.config import RateLimitConfig
 from serving.errors import Overloaded, RateLimited
 from serving.metrics import GatewayMetrics
@@ -47,8 +49,14 @@ return {allowed, retry}
 """
 
 
+def redis_key(principal: Principal, bucket: Bucket) -> str:
+    """`loraplane:ratelimit:<key name>` for completions (as before feedback had a bucket),
+    `loraplane:ratelimit:feedback:<key name>` for feedback (key names never hold a colon)."""
+    return KEY_PREFIX + (principal.name if bucket == "requests" else f"{bucket}:{principal.name}")
+
+
 class Limiter(Protocol):
-    async def take(self, principal: Principal) -> None: ...
+    async def take(self, principal: Principal, bucket: Bucket = "requests") -> None: ...
 
     async def close(self) -> None: ...
 
@@ -57,8 +65,8 @@ class LocalLimiter:
     def __init__(self) -> None:
         self._bucket = RateLimiter(time.monotonic)
 
-    async def take(self, principal: Principal) -> None:
-        self._bucket.take(principal)
+    async def take(self, principal: Principal, bucket: Bucket = "requests") -> None:
+        self._bucket.take(principal, bucket)
 
     async def close(self) -> None:
         return None
@@ -72,12 +80,12 @@ class RedisLimiter:
         )
         self._script = self.client.register_script(TOKEN_BUCKET)
 
-    async def take(self, principal: Principal) -> None:
+    async def take(self, principal: Principal, bucket: Bucket = "requests") -> None:
         limit = principal.rate_limit_per_minute
         if limit <= 0:
             return
         try:
-            allowed, retry_after = await self._script(keys=[KEY_PREFIX + principal.name], args=[limit])
+            allowed, retry_after = await self._script(keys=[redis_key(principal, bucket)], args=[limit])
         except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.ratelimit_errors.inc()
             if self.cfg.on_redis_error == "open":
@@ -88,7 +96,7 @@ class RedisLimiter:
             ) from None
         if not allowed:
             raise RateLimited(
-                f"key {principal.name!r} is over its limit of {limit} requests per minute "
+                f"key {principal.name!r} is over its limit of {limit} {bucket} per minute "
                 f"(shared by every gateway replica); retry after {retry_after} s",
                 retry_after_s=max(1, int(retry_after)),
             )

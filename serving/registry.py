@@ -10,10 +10,13 @@ other); tests/test_registry_contract.py asserts both give the same verdicts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from serving.errors import AdapterRejected, BadRequest, NotFound
@@ -184,30 +187,18 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-class AdapterRegistry:
-    def __init__(self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int):
-        self.adapters_dir = adapters_dir
-        self.base = base
-        self.max_lora_rank = max_lora_rank
+@dataclass(frozen=True)
+class RegistrySnapshot:
+    """What the registry directory held at one scan: adapter name -> its published versions, in
+    version order. Read-only; the request path reads one of these and never lists a folder."""
 
-    def versions(self, name: str) -> list[str]:
-        root = self.adapters_dir / name
-        if not root.is_dir():
-            return []
-        found = [p.name for p in root.iterdir() if p.is_dir() and VERSION_RE.match(p.name)]
-        return sorted(found, key=version_number)
-
-    def names(self) -> list[str]:
-        if not self.adapters_dir.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in self.adapters_dir.iterdir()
-            if p.is_dir() and ADAPTER_NAME_RE.match(p.name) and self.versions(p.name)
-        )
+    versions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    names: tuple[str, ...] = ()  # sorted
 
     def resolve(self, name: str, version: str | None) -> AdapterRef:
-        versions = self.versions(name)
+        """`name@version`, or `name`'s newest version when `version` is None; NotFound naming
+        the published versions otherwise."""
+        versions = self.versions.get(name)
         if not versions:
             raise NotFound(
                 f"model {name!r} does not exist: no base, adapter or experiment by that name",
@@ -223,6 +214,59 @@ class AdapterRegistry:
                 code="model_not_found",
             )
         return AdapterRef(name, version)
+
+
+def scan(adapters_dir: Path) -> RegistrySnapshot:
+    """List the registry directory once: every adapter name with at least one version directory
+    (a publish in progress, `.tmp-*`, does not match VERSION_RE and stays invisible)."""
+    found: dict[str, tuple[str, ...]] = {}
+    try:
+        roots = [e for e in os.scandir(adapters_dir) if e.is_dir() and ADAPTER_NAME_RE.match(e.name)]
+    except FileNotFoundError:
+        return RegistrySnapshot()
+    for root in roots:
+        try:
+            versions = [e.name for e in os.scandir(root.path) if e.is_dir() and VERSION_RE.match(e.name)]
+        except (FileNotFoundError, NotADirectoryError):  # removed between the two listings
+            continue
+        if versions:
+            found[root.name] = tuple(sorted(versions, key=version_number))
+    return RegistrySnapshot(MappingProxyType(found), tuple(sorted(found)))
+
+
+class AdapterRegistry:
+    """The registry directory as a process sees it: `names`, `versions` and `resolve` read the
+    snapshot of the last `refresh()` (the first read scans); only `refresh()` lists folders. A
+    long-lived reader (the gateway) calls `refresh()` from its background poll, so a version
+    published since is served within one poll interval."""
+
+    def __init__(self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int):
+        self.adapters_dir = adapters_dir
+        self.base = base
+        self.max_lora_rank = max_lora_rank
+        self._snapshot: RegistrySnapshot | None = None
+
+    @property
+    def snapshot(self) -> RegistrySnapshot:
+        return self._snapshot if self._snapshot is not None else self.refresh()
+
+    def refresh(self) -> RegistrySnapshot:
+        """Scan the directory and install the result (one attribute swap: readers in other
+        threads see the old snapshot or the new one, never half of one)."""
+        self._snapshot = scan(self.adapters_dir)
+        return self._snapshot
+
+    def versions(self, name: str) -> list[str]:
+        return list(self.snapshot.versions.get(name, ()))
+
+    def names(self) -> list[str]:
+        return list(self.snapshot.names)
+
+    def has(self, name: str) -> bool:
+        return name in self.snapshot.versions
+
+    def resolve(self, name: str, version: str | None) -> AdapterRef:
+        return self.snapshot.resolve(name, version)
 
     def path(self, ref: AdapterRef) -> Path:
         return self.adapters_dir / ref.name / ref.version

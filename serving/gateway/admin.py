@@ -1,4 +1,6 @@
-"""Admin API (admin key when auth is on): adapter load/unload, experiment weights, health, metrics."""
+"""Admin API (the admin key; see require_admin): adapter load/unload, experiment weights, health, metrics.
+
+Every admin POST takes a JSON body (`{}` when there is nothing to say): see require_json."""
 
 from __future__ import annotations
 
@@ -13,72 +15,82 @@ from pydantic import ValidationError
 
 from serving.config import ExperimentConfig
 from serving.errors import BadRequest, EngineUnavailable
-from serving.gateway.state import GatewayState, StateDep
+from serving.gateway.deps import ControlDep, KeysDep, MetricsDep, PoolDep, RegistryDep, ResolverDep, StoreDep
 from serving.registry import parse_model_name
 
 
-async def require_admin(request: Request) -> None:
-    request.app.state.gateway.keys.check_admin(request.headers.get("authorization"))
+async def require_admin(request: Request, keys: KeysDep) -> None:
+    """The admin key (or the open local-development admin), and a JSON body on every POST."""
+    keys.check_admin(request.headers.get("authorization"))
+    if request.method == "POST":
+        require_json(request.headers.get("content-type"), request.url.path)
+
+
+def require_json(content_type: str | None, path: str) -> None:
+    """An admin POST must say `Content-Type: application/json`: a browser sends that cross-site
+    only after a CORS preflight, which the gateway never answers, so no page a developer visits
+    can drive the admin API of a gateway with `auth.local_dev_open_admin` on (a plain form or a
+    bodiless fetch is a "simple" request that needs no preflight)."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise BadRequest(
+            f"POST {path} needs a JSON body with `Content-Type: application/json`, got "
+            f"{content_type or 'no Content-Type'}; send `{{}}` when there is nothing to say",
+            param="Content-Type",
+            code="json_body_required",
+        )
 
 
 admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 ops = APIRouter()
 
 
-def _adapter_status(state: GatewayState) -> list[dict]:
-    out = []
-    for name in state.registry.names():
-        for version in state.registry.versions(name):
-            key = f"{name}@{version}"
-            stable = state.control.stable_version(name) == version
-            out.append(
-                {"id": key, "name": name, "version": version, "stable": stable, "loaded_on": state.pool.holders(key)}
-            )
-    return out
-
-
 @admin.get("/adapters")
-async def list_adapters(state: StateDep) -> dict:
-    return {"data": _adapter_status(state)}
+async def list_adapters(registry: RegistryDep, control: ControlDep, pool: PoolDep) -> dict:
+    adapters = registry.snapshot  # one snapshot for the whole listing
+    out = []
+    for name in adapters.names:
+        stable = control.stable_version(name)
+        for version in adapters.versions[name]:
+            key = f"{name}@{version}"
+            row = {"id": key, "name": name, "version": version, "stable": stable == version}
+            out.append({**row, "loaded_on": pool.holders(key)})
+    return {"data": out}
 
 
 @admin.post("/adapters/{name}/{version}/load")
-async def load_adapter(name: str, version: str, state: StateDep) -> dict:
-    parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
-    ref = state.registry.resolve(parsed_name, parsed_version)
-    state.registry.validate(ref)  # rejected versions never reach an engine
-    state.resolver.validated.add(ref.key)
+async def load_adapter(name: str, version: str, registry: RegistryDep, resolver: ResolverDep, pool: PoolDep) -> dict:
+    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    resolver.approve(ref)  # rejected versions never reach an engine
     loaded = []
-    for engine in state.pool.candidates(None):
-        await state.pool.ensure_loaded(engine, ref)
+    for engine in pool.candidates(None):
+        await pool.ensure_loaded(engine, ref)
         loaded.append(engine.index)
     return {"id": ref.key, "loaded_on": loaded}
 
 
 @admin.post("/adapters/{name}/{version}/unload")
-async def unload_adapter(name: str, version: str, state: StateDep) -> dict:
-    parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
-    ref = state.registry.resolve(parsed_name, parsed_version)
-    state.resolver.validated.discard(ref.key)
-    return {"id": ref.key, "unloaded_from": await state.pool.unload_everywhere(ref.key)}
+async def unload_adapter(name: str, version: str, registry: RegistryDep, resolver: ResolverDep, pool: PoolDep) -> dict:
+    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    resolver.forget(ref)
+    return {"id": ref.key, "unloaded_from": await pool.unload_everywhere(ref.key)}
 
 
 @admin.post("/adapters/{name}/{version}/promote")
 async def promote_adapter(
-    name: str, version: str, state: StateDep, body: Annotated[dict | None, Body()] = None
+    name: str, version: str, registry: RegistryDep, control: ControlDep, body: Annotated[dict | None, Body()] = None
 ) -> dict:
     """Make NAME@VERSION the stable version: bare `NAME` resolves to it on every replica (audited)."""
-    parsed_name, parsed_version = parse_model_name(f"{name}@{version}")
-    ref = state.registry.resolve(parsed_name, parsed_version)
-    state.registry.validate(ref)  # never promote a version that cannot be served
+    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    registry.validate(ref)  # never promote a version that cannot be served
     reason = _reason(body)
-    previous = await state.control.promote(ref.name, ref.version, actor="admin", reason=reason)
+    previous = await control.promote(ref.name, ref.version, actor="admin", reason=reason)
     return {"id": ref.key, "stable": ref.version, "previous": previous}
 
 
 @admin.get("/experiments")
-async def list_experiments(state: StateDep) -> dict:
-    return {"data": [{"name": e.name, "variants": e.variants, "capture": e.capture} for e in state.experiments.all()]}
+async def list_experiments(control: ControlDep) -> dict:
+    return {"data": [{"name": e.name, "variants": e.variants, "capture": e.capture} for e in control.experiments.all()]}
 
 
 def _reason(body: dict | None) -> str | None:
@@ -89,36 +101,34 @@ def _reason(body: dict | None) -> str | None:
 
 
 @admin.put("/experiments/{name}")
-async def set_experiment(name: str, state: StateDep, body: Annotated[dict, Body()]) -> dict:
+async def set_experiment(name: str, registry: RegistryDep, control: ControlDep, body: Annotated[dict, Body()]) -> dict:
     """Create or replace an experiment; stored, so every replica serves it within 2 s and it survives restarts."""
     try:
         checked = ExperimentConfig(name=name, variants=body.get("variants"), capture=body.get("capture", "none"))
     except ValidationError as exc:
         raise BadRequest("; ".join(err["msg"] for err in exc.errors()), param="variants") from None
     for target in checked.variants:  # every variant must exist in the registry
-        state.registry.resolve(*parse_model_name(target))
-    await state.control.put_experiment(name, dict(checked.variants), checked.capture, "admin", _reason(body))
+        registry.resolve(*parse_model_name(target))
+    await control.put_experiment(name, dict(checked.variants), checked.capture, "admin", _reason(body))
     return {"name": name, "variants": checked.variants, "capture": checked.capture}
 
 
 @admin.delete("/experiments/{name}")
-async def delete_experiment(name: str, state: StateDep) -> dict:
-    await state.control.delete_experiment(name, "admin", None)
+async def delete_experiment(name: str, control: ControlDep) -> dict:
+    await control.delete_experiment(name, "admin", None)
     return {"name": name, "deleted": True}
 
 
 @admin.get("/audit")
-async def audit_log(state: StateDep, subject: str | None = None, limit: int = 200) -> dict:
-    records = await asyncio.to_thread(state.store.audit_log, subject, min(max(limit, 1), 10_000))
+async def audit_log(store: StoreDep, subject: str | None = None, limit: int = 200) -> dict:
+    records = await asyncio.to_thread(store.audit_log, subject, min(max(limit, 1), 10_000))
     return {"data": [asdict(r) for r in records]}
 
 
 @ops.get("/health")
-async def health(state: StateDep) -> Response:
-    engines = [
-        {"index": e.index, "url": e.url, "healthy": e.healthy, "adapters": list(e.loaded)} for e in state.pool.engines
-    ]
-    if any(e.healthy for e in state.pool.engines):
+async def health(pool: PoolDep) -> Response:
+    engines = [{"index": e.index, "url": e.url, "healthy": e.healthy, "adapters": list(e.loaded)} for e in pool.engines]
+    if any(e.healthy for e in pool.engines):
         return JSONResponse({"status": "ok", "engines": engines})
     unavailable = EngineUnavailable("the engine is unavailable: no healthy vLLM engine", code="engine_unavailable")
     body = {**unavailable.body(), "engines": engines}
@@ -126,5 +136,5 @@ async def health(state: StateDep) -> Response:
 
 
 @ops.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(gateway_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)

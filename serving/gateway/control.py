@@ -65,8 +65,9 @@ class ControlPlane:
         while True:
             await asyncio.sleep(self.cfg.store.poll_interval_s)
             try:
+                await asyncio.to_thread(self.registry.refresh)  # the request path reads this snapshot
                 version = await asyncio.to_thread(self.store.version)
-                unrecorded = await asyncio.to_thread(self._unrecorded_names)  # reads the registry directory
+                unrecorded = await asyncio.to_thread(self._unrecorded_names)  # reads that snapshot
                 if version != self.snapshot.version or unrecorded:
                     await self.refresh()
             except Exception as exc:  # database down: keep serving from the last snapshot

@@ -3,8 +3,11 @@
     {"id": "<response id>", "score": 0..1, "label": "...", "comment": "..."}   (👍/👎 = 1/0)
 
 Unknown id -> 404, score out of range -> 400, another key's response -> 403, a repeat replaces
-the earlier score. The write goes through the store writer (batched, after any request record
-still queued), and the answer comes once it is committed.
+the earlier score. Like a completion, a call takes a token from its key's rate limit (a bucket of
+its own, `rate_limit_per_minute` per minute: 429 past it) and a place among
+`gateway.max_in_flight` (429 when full); the admin key is not rate-limited. The write goes through
+the store writer (batched, after any request record still queued), and the answer comes once it is
+committed.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import math
 
 from fastapi import APIRouter, Request
 
-from serving.auth import Principal
+from serving.auth import KeyStore, Principal
 from serving.errors import BadRequest, ServingError
+from serving.gateway.deps import AdmissionDep, ConfigDep, ControlDep, KeysDep, LimiterDep
 from serving.gateway.limits import read_body
-from serving.gateway.state import GatewayState, StateDep
 from serving.store import FeedbackJob
 
 router = APIRouter()
@@ -54,24 +57,33 @@ def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None]:
     )
 
 
-def _caller(state: GatewayState, request: Request) -> tuple[Principal | None, bool]:
+def _caller(keys: KeyStore, request: Request) -> tuple[Principal | None, bool]:
     """(the key's principal or None for the admin key, whether the caller is admin)."""
     authorization = request.headers.get("authorization")
     try:
-        state.keys.check_admin(authorization)
+        keys.check_admin(authorization)
     except ServingError:
-        return state.keys.authenticate(authorization), False
-    if not state.cfg.auth.enabled:  # auth off: everyone is "anonymous" and may rate anything
-        return state.keys.authenticate(authorization), True
+        return keys.authenticate(authorization), False
+    if not keys.cfg.enabled:  # auth off: everyone is "anonymous" and may rate anything
+        return keys.authenticate(authorization), True
     return None, True
 
 
 @router.post("/v1/feedback")
-async def feedback(request: Request, state: StateDep) -> dict:
-    principal, is_admin = _caller(state, request)
-    response_id, score, label, comment = parse_feedback(await read_body(request, state.cfg.gateway.max_body_bytes))
-    job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
-    record = await state.control.feedback(job)
+async def feedback(
+    request: Request, cfg: ConfigDep, keys: KeysDep, limiter: LimiterDep, admission: AdmissionDep, control: ControlDep
+) -> dict:
+    principal, is_admin = _caller(keys, request)
+    if principal is not None:  # the admin key is not rate-limited
+        await limiter.take(principal, "feedback")
+    lease = admission.admit()  # counts toward gateway.max_in_flight like a completion
+    try:
+        body = await read_body(request, cfg.gateway.max_body_bytes)
+        response_id, score, label, comment = parse_feedback(body)
+        job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
+        record = await control.feedback(job)
+    finally:
+        lease.release()
     return {
         "object": "feedback",
         "id": record.response_id,

@@ -4,9 +4,11 @@
 - `max_tokens` (or `max_completion_tokens`) at most min(gateway.max_tokens_limit,
   engine.max_model_len - 1); a request that names neither gets `gateway.default_max_tokens`;
 - chat roles from OpenAI's set;
+- choices: a completions `prompt` list times `n` (chat: `n`) at most `gateway.max_choices_per_request`;
 - sampling parameters that multiply work: `n` 1..MAX_N, `best_of` refused, `logprobs` /
-  `top_logprobs` 0..MAX_LOGPROBS, `prompt_logprobs` refused, `ignore_eos` a boolean (the output
-  stays within max_tokens), `min_tokens` 0..max_tokens.
+  `top_logprobs` 0..MAX_LOGPROBS, `prompt_logprobs` refused and so is `echo` with `logprobs` (both
+  score every prompt token), `ignore_eos` a boolean (the output stays within max_tokens),
+  `min_tokens` 0..max_tokens.
 
 Every refusal is a 400 (413 for the body) naming the parameter and the allowed range.
 """
@@ -80,7 +82,8 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
     max_tokens = min(v for v in [*asked, body.get("max_tokens")] if isinstance(v, int))
     if route == "chat":
         check_roles(body["messages"])
-    _int_in(body, "n", 1, MAX_N)
+    n = _int_in(body, "n", 1, MAX_N) or 1
+    check_choices(prompt_count(body["prompt"]) if route == "completions" else 1, n, cfg)
     for field, why in REFUSED.items():
         if body.get(field) is not None:
             raise BadRequest(f"`{field}` is refused: {why}", param=field)
@@ -90,6 +93,7 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
         _int_in(body, "top_logprobs", 0, MAX_LOGPROBS)
     else:
         _int_in(body, "logprobs", 0, MAX_LOGPROBS)
+        check_echo(body)
     for flag in ("ignore_eos", "stream"):
         if body.get(flag) is not None and not isinstance(body[flag], bool):
             raise BadRequest(f"`{flag}` must be true or false, got {body[flag]!r}", param=flag)
@@ -102,6 +106,38 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
             param="stream_options",
         )
     _int_in(body, "min_tokens", 0, max_tokens)
+
+
+def prompt_count(prompt: Any) -> int:
+    """Prompts in a completions `prompt`: a string or a list of token ids is one, a list of
+    strings (or of token-id lists) is one per item."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
+        if not prompt:
+            raise BadRequest("`prompt` is empty: send the text (or token ids) to complete", param="prompt")
+        return 1
+    return len(prompt)
+
+
+def check_choices(prompts: int, n: int, cfg: ServingConfig) -> None:
+    cap = cfg.gateway.max_choices_per_request
+    if prompts * n > cap:
+        raise BadRequest(
+            f"this request asks for {prompts} prompts x n {n} = {prompts * n} choices, more than "
+            f"gateway.max_choices_per_request ({cap}); split it into requests of at most {cap} choices",
+            param="prompt" if prompts > 1 else "n",
+        )
+
+
+def check_echo(body: dict[str, Any]) -> None:
+    echo = body.get("echo")
+    if echo is not None and not isinstance(echo, bool):
+        raise BadRequest(f"`echo` must be true or false, got {echo!r}", param="echo")
+    if echo and body.get("logprobs") is not None:
+        raise BadRequest(
+            f"`echo` with `logprobs` ({body['logprobs']!r}) is refused: it returns log-probabilities over the "
+            "whole prompt (like `prompt_logprobs`); drop one of them",
+            param="echo",
+        )
 
 
 def check_roles(messages: list[Any]) -> None:

@@ -49,9 +49,12 @@ COMPLETION_BODY: dict[str, Any] = {
     "required": ["model", "prompt"],
     "properties": {
         **_COMMON,
-        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "prompt": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "prompts x n at most gateway.max_choices_per_request (default 64)",
+        },
         "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
-        "echo": {"type": "boolean"},
+        "echo": {"type": "boolean", "description": "refused together with logprobs (prompt log-probabilities)"},
     },
 }
 

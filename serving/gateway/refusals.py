@@ -32,7 +32,7 @@ def route_label(path: str) -> str:
 def model_label(state: GatewayState, model: str) -> str:
     """`model`'s label if it names something this gateway serves, else "unknown"."""
     name = model.split("@")[0]
-    if name == state.base_model or name in state.experiments or name in state.registry.names():
+    if name == state.base_model or name in state.experiments or state.registry.has(name):
         return name
     return UNKNOWN
 

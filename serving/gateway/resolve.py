@@ -6,7 +6,12 @@
     adapter, in rollout  -> stable or candidate by the rollout's weights, sticky per request key
     adapter              -> its stable version (not the newest: see docs/registry.md)
 
-Reads only the control plane's in-memory snapshot and the registry directory: no database I/O.
+Reads only in-memory snapshots: the control plane's (refreshed by its poll) and the registry's
+(refreshed by the same poll): no database I/O, no folder listing. Validation reads an adapter's
+files once, on its first use.
+
+`Target.pinned`: the caller chose the version (`adapter@vN`, or X-Loraplane-Variant); such requests
+are left out of rollout statistics. `Target.step`: the rollout step whose weights chose the variant.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass
 from serving.errors import NotFound
 from serving.experiments import assign_variant
 from serving.gateway.control import ControlPlane
-from serving.registry import AdapterRef, AdapterRegistry, parse_model_name
+from serving.registry import AdapterRef, AdapterRegistry, RegistrySnapshot, parse_model_name
 
 
 @dataclass(frozen=True)
@@ -48,31 +53,55 @@ class Target:
 
 
 class Resolver:
+    """Resolves a request's `model` against one registry snapshot and the control plane's snapshot;
+    owns the set of adapter versions that passed validation (each is validated once, on first use)."""
+
     def __init__(self, registry: AdapterRegistry, control: ControlPlane):
         self.registry = registry
         self.control = control
-        self.validated: set[str] = set()  # adapter keys that passed validation
+        self._validated: set[str] = set()  # adapter keys that passed validation
 
     def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
         base = self.registry.base.name
         if model == base:
             return Target(model, None, upstream_model=base)
+        adapters = self.registry.snapshot  # one snapshot for the whole request
         experiments = self.control.experiments
         if model in experiments:
             variant = experiments.choose(model, request_key, pinned)
-            ref = self._ref(*parse_model_name(variant))
-            return Target(model, ref, model, ref.key, capture_bodies=experiments.get(model).capture == "bodies")
+            ref = self._ref(adapters, *parse_model_name(variant))
+            capture = experiments.get(model).capture == "bodies"
+            return Target(model, ref, model, ref.key, capture_bodies=capture, pinned=pinned is not None)
         name, version = parse_model_name(model)
-        if version is not None:
-            return Target(model, self._ref(name, version), upstream_model=f"{name}@{version}")
+        if version is not None:  # the caller named the version: outside any rollout's split
+            return Target(model, self._ref(adapters, name, version), upstream_model=f"{name}@{version}", pinned=True)
         rollout = self.control.snapshot.active_rollout(name)
         if rollout is not None:
             variant = self._rollout_variant(rollout.name, rollout.weights, request_key, pinned)
-            ref = self._ref(*parse_model_name(variant))
-            return Target(model, ref, None, ref.key, rollout=rollout.name, capture_bodies=rollout.capture == "bodies")
-        self.registry.resolve(name, None)  # NotFound naming the model when no such adapter
-        ref = self._ref(name, self.control.stable_version(name))
+            ref = self._ref(adapters, *parse_model_name(variant))
+            return Target(
+                model,
+                ref,
+                None,
+                ref.key,
+                rollout=rollout.name,
+                capture_bodies=rollout.capture == "bodies",
+                step=rollout.step,
+                pinned=pinned is not None,
+            )
+        adapters.resolve(name, None)  # NotFound naming the model when no such adapter
+        ref = self._ref(adapters, name, self.control.stable_version(name))
         return Target(model, ref, upstream_model=ref.key)
+
+    def approve(self, ref: AdapterRef) -> dict:
+        """Validate `ref` now (AdapterRejected naming the reasons) and remember it passed; its manifest."""
+        manifest = self.registry.validate(ref)
+        self._validated.add(ref.key)
+        return manifest
+
+    def forget(self, ref: AdapterRef) -> None:
+        """Validate `ref` again on its next use (e.g. after an admin unloaded it)."""
+        self._validated.discard(ref.key)
 
     def _rollout_variant(self, rollout: str, weights: dict[str, int], key: str, pinned: str | None) -> str:
         if pinned is not None:
@@ -84,9 +113,8 @@ class Resolver:
             return pinned
         return assign_variant(rollout, key, weights)
 
-    def _ref(self, name: str, version: str | None) -> AdapterRef:
-        ref = self.registry.resolve(name, version)
-        if ref.key not in self.validated:
-            self.registry.validate(ref)
-            self.validated.add(ref.key)
+    def _ref(self, adapters: RegistrySnapshot, name: str, version: str | None) -> AdapterRef:
+        ref = adapters.resolve(name, version)
+        if ref.key not in self._validated:
+            self.approve(ref)
         return ref

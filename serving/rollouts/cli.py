@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
         elif args.action == "status":
             _status(admin, args)
         elif args.action in ACTIONS:
-            body = {"reason": args.reason} if args.reason else None
+            body = {"reason": args.reason} if args.reason else {}  # admin POSTs take JSON
             print(summary(admin.call("POST", f"/admin/rollouts/{args.name}/{args.action}", body)))
         else:
             from serving.rollouts.export import write

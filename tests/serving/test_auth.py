@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from serving.auth import KeyStore, RateLimiter, hash_key
-from serving.config import AuthConfig, KeyConfig
-from serving.errors import Forbidden, RateLimited, Unauthorized
+from serving.config import AuthConfig, KeyConfig, load_config
+from serving.errors import ConfigError, Forbidden, RateLimited, Unauthorized
 
 
 def store() -> KeyStore:
@@ -88,3 +88,27 @@ def test_variant_pinning_needs_admin_or_a_pinning_key() -> None:
     with pytest.raises(Forbidden):
         anonymous.check_pin(anonymous.authenticate(None), None)
     anonymous.check_pin(anonymous.authenticate(None), "Bearer admin-secret")
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        ([("app", "a"), ("app", "b")], "keys[0] ('app') and keys[1] ('app') have the same name"),
+        ([("app", "a"), ("web", "a")], "keys[0] ('app') and keys[1] ('web') have the same sha256"),
+        ([("x" * 129, "a")], "keys[0].name 'xxxxxxxx"),
+        ([("ok", "a"), ("app one", "b")], "keys[1].name 'app one'"),
+        ([("team/app", "a")], "keys[0].name 'team/app'"),
+        ([("admin", "a")], "keys[0].name 'admin'"),
+        ([("", "a")], "keys[0].name ''"),
+    ],
+)
+def test_key_names_are_unique_and_bounded_at_start(keys: list[tuple[str, str]], named: str) -> None:
+    listed = [{"name": name, "sha256": hash_key(secret)} for name, secret in keys]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"auth.keys": listed})
+    assert named in info.value.message and "auth" in info.value.message
+
+
+def test_longest_key_name_is_accepted() -> None:
+    name = "a-Z_0." + "x" * 122  # 128 characters
+    assert load_config(None, {"auth.keys": [{"name": name, "sha256": hash_key("k")}]}).auth.keys[0].name == name

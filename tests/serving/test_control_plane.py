@@ -51,7 +51,7 @@ def test_bare_name_is_the_stable_version_until_promoted(dirs, db_url: str) -> No
         resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", headers=ADMIN, json={"reason": "better eval"})
         assert resp.status_code == 200 and resp.json() == {"id": "bot@v2", "stable": "v2", "previous": "v1"}
         assert chat(gw.url, "bot").headers["x-loraplane-adapter"] == "bot@v2"
-        assert httpx.post(f"{gw.url}/admin/adapters/bot/v9/promote", headers=ADMIN).status_code == 404
+        assert httpx.post(f"{gw.url}/admin/adapters/bot/v9/promote", headers=ADMIN, json={}).status_code == 404
         audit = httpx.get(f"{gw.url}/admin/audit", headers=ADMIN, params={"subject": "bot"}).json()["data"]
     assert [(a["action"], a["actor"]) for a in audit] == [("stable.init", "gateway"), ("stable.set", "admin")]
     assert audit[1]["reason"] == "better eval" and audit[1]["numbers"] == {"from": "v1", "to": "v2"}

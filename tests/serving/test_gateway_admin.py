@@ -27,7 +27,7 @@ def test_admin_key_opens_admin_api_with_auth_off(dirs) -> None:  # noqa: F811
         GatewayThread(gateway_app(dirs, [e0.url], **{"auth.admin_key_sha256": hash_key("adm")}), free_port()) as gw,
     ):
         assert httpx.get(f"{gw.url}/admin/adapters").status_code == 401
-        ok = httpx.post(f"{gw.url}/admin/adapters/bot/v1/load", headers={"Authorization": "Bearer adm"})
+        ok = httpx.post(f"{gw.url}/admin/adapters/bot/v1/load", headers={"Authorization": "Bearer adm"}, json={})
         assert ok.status_code == 200 and ok.json()["loaded_on"] == [0]
 
 
@@ -37,6 +37,23 @@ def test_local_dev_switch_opens_admin_on_loopback(dirs) -> None:  # noqa: F811
         GatewayThread(gateway_app(dirs, [e0.url], **{"auth.local_dev_open_admin": True}), free_port()) as gw,
     ):
         assert httpx.get(f"{gw.url}/admin/adapters").status_code == 200
+        # What a page on any site can send without a CORS preflight: a form post, a bodiless or
+        # text/plain fetch. None of them may act on the open admin API.
+        load = f"{gw.url}/admin/adapters/bot/v1/load"
+        for simple in (
+            {},
+            {"data": {"reason": "x"}},  # application/x-www-form-urlencoded
+            {"content": b'{"reason": "x"}', "headers": {"Content-Type": "text/plain"}},
+            {"files": {"f": b"x"}},  # multipart/form-data
+        ):
+            refused = httpx.post(load, **simple)
+            error = refused.json()["error"]
+            assert refused.status_code == 400 and error["param"] == "Content-Type", refused.text
+            assert "application/json" in error["message"]
+        start = httpx.post(f"{gw.url}/admin/rollouts/r", content=b'{"candidate": "bot@v1"}')
+        assert start.status_code == 400 and "no Content-Type" in start.json()["error"]["message"]
+        assert not gw.state.pool.engines[0].loaded  # nothing reached the engine
+        assert httpx.post(load, json={}).json()["loaded_on"] == [0]
 
 
 def test_variant_pinning_needs_permission(dirs) -> None:  # noqa: F811

@@ -20,7 +20,7 @@ def through_gateway(dirs, engine_url: str) -> None:  # noqa: F811
     with GatewayThread(app, free_port()) as gw:
         assert chat(gw.url).status_code == 200
         assert chat(gw.url, "bot", stream=True).status_code == 200  # adapter load + stream
-        assert httpx.post(f"{gw.url}/admin/adapters/bot/v1/unload").json()["unloaded_from"] == 1
+        assert httpx.post(f"{gw.url}/admin/adapters/bot/v1/unload", json={}).json()["unloaded_from"] == 1
         assert gw.state.pool.engines[0].healthy
 
 

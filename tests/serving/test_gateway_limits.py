@@ -44,6 +44,41 @@ def test_refused_parameters_name_themselves(extra: dict, param: str) -> None:
     assert info.value.param == param and param.split("[")[0] in info.value.message
 
 
+def completion(**extra) -> dict:
+    return {"model": BASE, "prompt": "hi", **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "named"),
+    [
+        ({"prompt": ["x"] * 40_000, "n": 4, "max_tokens": 1024}, "prompt", "40000 prompts x n 4 = 160000"),
+        ({"prompt": ["x"] * 65}, "prompt", "65 prompts x n 1 = 65 choices"),
+        ({"prompt": [[1, 2]] * 17, "n": 4}, "prompt", "17 prompts x n 4 = 68 choices"),
+        ({"prompt": []}, "prompt", "`prompt` is empty"),
+        ({"echo": True, "logprobs": 0}, "echo", "`echo` with `logprobs` (0)"),
+        ({"echo": "yes"}, "echo", "'yes'"),
+    ],
+)
+def test_completions_bounds_name_the_value_and_the_limit(extra: dict, param: str, named: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        apply_limits(completion(**extra), "completions", load_config(None))
+    assert info.value.param == param and named in info.value.message
+    if "choices" in named:
+        assert "gateway.max_choices_per_request (64)" in info.value.message
+
+
+def test_choice_cap_is_configured() -> None:
+    cfg = load_config(None, {"gateway.max_choices_per_request": 200})
+    apply_limits(completion(prompt=["x"] * 50, n=4), "completions", cfg)  # 200 choices: allowed
+    apply_limits(completion(prompt=[1, 2, 3], n=4, echo=True), "completions", cfg)  # token ids: one prompt
+    with pytest.raises(BadRequest, match="201 choices"):
+        apply_limits(
+            completion(prompt=["x"] * 67, n=3),
+            "completions",
+            load_config(None, {"gateway.max_choices_per_request": 200}),
+        )
+
+
 def test_defaults_and_allowed_values() -> None:
     cfg = load_config(None, {"gateway.default_max_tokens": 64})
     filled = body()
@@ -69,9 +104,13 @@ def test_over_the_wire(dirs) -> None:  # noqa: F811
         GatewayThread(gateway_app(dirs, [e0.url], **overrides), free_port()) as gw,
     ):
         answered = chat(gw.url)
+        answered_before = e0.app.state.engine.completed
         assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] == 7
         wizard = chat(gw.url, messages=[{"role": "wizard", "content": "hi"}])
         assert wizard.status_code == 400 and "'wizard'" in wizard.json()["error"]["message"]
+        many = httpx.post(f"{gw.url}/v1/completions", json={"model": BASE, "prompt": ["x"] * 65})
+        assert many.status_code == 400 and "65 choices" in many.json()["error"]["message"]
+        assert e0.app.state.engine.completed == answered_before  # nothing reached the engine
         big = {"model": BASE, "messages": [{"role": "user", "content": "x" * 5000}]}
         assert httpx.post(f"{gw.url}/v1/chat/completions", json=big).status_code == 413
 

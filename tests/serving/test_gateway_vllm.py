@@ -214,10 +214,12 @@ def test_client_disconnect_cancels_upstream(gateway) -> None:
 
 def test_admin_load_unload_and_weights(gateway) -> None:
     key = f"{gateway.adapter}@v1"
-    unloaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", headers=ADMIN, timeout=30)
+    unloaded = httpx.post(
+        f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/unload", headers=ADMIN, json={}, timeout=30
+    )
     assert unloaded.status_code == 200
     assert key not in gateway.server.state.pool.engines[0].loaded
-    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", headers=ADMIN, timeout=60)
+    loaded = httpx.post(f"{gateway.url}/admin/adapters/{gateway.adapter}/v1/load", headers=ADMIN, json={}, timeout=60)
     assert loaded.status_code == 200 and loaded.json()["loaded_on"] == [0]
     resp = httpx.put(
         f"{gateway.url}/admin/experiments/{gateway.experiment}",

@@ -56,6 +56,6 @@ def test_least_recently_used_adapter_is_unloaded_from_vllm_and_reloaded(gateway,
     finally:
         for key in keys:
             name, version = key.split("@")
-            httpx.post(f"{gateway.url}/admin/adapters/{name}/{version}/unload", headers=ADMIN, timeout=30)
+            httpx.post(f"{gateway.url}/admin/adapters/{name}/{version}/unload", headers=ADMIN, json={}, timeout=30)
         for name in names:
             shutil.rmtree(adapters_dir / name, ignore_errors=True)

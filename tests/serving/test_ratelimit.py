@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -12,7 +14,11 @@ import httpx
 import pytest
 import yaml
 
-from serving.auth import hash_key
+from serving.auth import Principal, hash_key
+from serving.config import RateLimitConfig
+from serving.errors import RateLimited
+from serving.metrics import GatewayMetrics
+from serving.ratelimit import RedisLimiter
 from tests.conftest import REPO, GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, chat, dirs, engine, gateway_app  # noqa: F401
 
@@ -87,3 +93,21 @@ def test_env_overrides_the_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("LORAPLANE_REDIS_URL", "redis://valkey:6379/1")
     assert load_config(None, {"ratelimit.redis_url": "redis://other/0"}).ratelimit.redis_url == "redis://valkey:6379/1"
+
+
+def test_feedback_has_its_own_shared_bucket(valkey_url: str) -> None:
+    principal = Principal(f"fb-{secrets.token_hex(4)}", None, ("*",), 1)
+
+    async def takes() -> str:
+        limiter = RedisLimiter(RateLimitConfig(redis_url=valkey_url), valkey_url, GatewayMetrics())
+        try:
+            await limiter.take(principal)  # the key's one completion this minute
+            await limiter.take(principal, "feedback")  # and its one feedback: a bucket of its own
+            with pytest.raises(RateLimited) as info:
+                await limiter.take(principal, "feedback")
+            return info.value.message
+        finally:
+            await limiter.close()
+
+    message = asyncio.run(takes())
+    assert f"key {principal.name!r} is over its limit of 1 feedback per minute" in message

@@ -91,3 +91,17 @@ def test_garbage_safetensors_rejected(tmp_path: Path) -> None:
         safetensors_header(path / "adapter_model.safetensors")
     with pytest.raises(AdapterRejected):
         registry(tmp_path).validate(AdapterRef("bot", "v1"))
+
+
+def test_reads_stay_on_the_snapshot_until_refresh(tmp_path: Path) -> None:
+    make_adapter(tmp_path, "bot", "v1")
+    reg = registry(tmp_path)
+    assert reg.versions("bot") == ["v1"]  # the first read scans
+    make_adapter(tmp_path, "bot", "v2")
+    make_adapter(tmp_path, "new", "v1")
+    assert reg.versions("bot") == ["v1"] and not reg.has("new")  # no folder listed since
+    with pytest.raises(NotFound, match="published versions: v1"):
+        reg.resolve("bot", "v2")
+    reg.refresh()
+    assert reg.versions("bot") == ["v1", "v2"] and reg.names() == ["bot", "new"]
+    assert reg.resolve("new", None) == AdapterRef("new", "v1")

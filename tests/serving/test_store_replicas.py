@@ -102,7 +102,7 @@ def test_a_change_through_one_replica_reaches_the_other_within_2_s(setup) -> Non
     ):
         a, b = f"http://127.0.0.1:{pa}", f"http://127.0.0.1:{pb}"
         assert adapter_of(a, "bot") == adapter_of(b, "bot") == "bot@v1"
-        assert httpx.post(f"{a}/admin/adapters/bot/v2/promote").status_code == 200
+        assert httpx.post(f"{a}/admin/adapters/bot/v2/promote", json={}).status_code == 200
         assert seconds_until(lambda: adapter_of(b, "bot") == "bot@v2") <= 2.0
         resp = httpx.put(f"{b}/admin/experiments/ab", json={"variants": {"bot@v1": 1}})
         assert resp.status_code == 200

@@ -73,8 +73,8 @@ def test_bad_input_is_rejected_with_the_bad_value_named(two_versions, db_url: st
         assert again.status_code == 409 and "already has rollout 'r1'" in again.json()["error"]["message"]
         assert start(gw.url, "r1", candidate="other@v1", control="other@v1").status_code in (400, 409)
         assert httpx.get(f"{gw.url}/admin/rollouts/nope").status_code == 404
-        assert httpx.post(f"{gw.url}/admin/rollouts/r1/explode").status_code == 404
-        assert httpx.post(f"{gw.url}/admin/rollouts/r1/resume").status_code == 409  # it is running
+        assert httpx.post(f"{gw.url}/admin/rollouts/r1/explode", json={}).status_code == 404
+        assert httpx.post(f"{gw.url}/admin/rollouts/r1/resume", json={}).status_code == 409  # it is running
 
 
 def test_split_is_sticky_per_user_and_every_response_names_its_version(two_versions, db_url: str) -> None:
@@ -148,10 +148,10 @@ def test_manual_pause_resume_promote_and_terminal_states(two_versions, db_url: s
         assert start(gw.url, "m", candidate="bot@v2").status_code == 201
         paused = httpx.post(f"{gw.url}/admin/rollouts/m/pause", json={"reason": "weekend"}).json()
         assert paused["state"] == "paused" and paused["reason"] == "weekend"
-        assert httpx.post(f"{gw.url}/admin/rollouts/m/resume").json()["state"] == "running"
-        promoted = httpx.post(f"{gw.url}/admin/rollouts/m/promote").json()
+        assert httpx.post(f"{gw.url}/admin/rollouts/m/resume", json={}).json()["state"] == "running"
+        promoted = httpx.post(f"{gw.url}/admin/rollouts/m/promote", json={}).json()
         assert promoted["state"] == "promoted" and promoted["weights"]["bot@v2"] == 100
-        again = httpx.post(f"{gw.url}/admin/rollouts/m/rollback")
+        again = httpx.post(f"{gw.url}/admin/rollouts/m/rollback", json={})
         assert again.status_code == 409 and "promoted" in again.json()["error"]["message"]
         listed = httpx.get(f"{gw.url}/admin/rollouts").json()["data"]
     assert [(r["name"], r["state"]) for r in listed] == [("m", "promoted")]

@@ -71,7 +71,7 @@ def test_rollout_splits_scores_advances_and_rolls_back_on_real_vllm(gateway, tmp
         )
         code = cli.main(["--url", gateway.url, "export", "e2e", "--out", str(tmp_path / "export")])
     finally:  # leave the session gateway's adapter as the other tests expect it
-        httpx.post(f"{gateway.url}/admin/rollouts/e2e/rollback", headers=ADMIN, timeout=30)
+        httpx.post(f"{gateway.url}/admin/rollouts/e2e/rollback", headers=ADMIN, json={}, timeout=30)
     v1, v2 = served[f"{gateway.adapter}@v1"], served[f"{gateway.adapter}@v2"]
     variants = advanced["variants"]
     assert variants["candidate"]["requests"] == len(v2) and variants["control"]["requests"] == len(v1)
