@@ -107,8 +107,6 @@ async def _try(state: GatewayState, call: Call) -> Response:
     got anything; anything else it returns is the client's answer (logged when it ends)."""
     stream = bool(call.body.get("stream"))
     wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-    if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
-        call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
     try:
         upstream = await open_upstream(state, call)
     except (EngineUnavailable, AdapterRejected) as exc:
@@ -134,8 +132,11 @@ async def _open(state: GatewayState, engine: Engine, call: Call) -> aiohttp.Clie
     """The engine's response, headers read, body not yet."""
     if call.target.ref is not None:
         await state.pool.ensure_loaded(engine, call.target.ref)
+    body = call.body
+    if body.get("stream"):  # always ask for usage upstream so token counters work; stripped if not asked for
+        body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
     headers = {"X-Request-Id": call.engine_request_id}  # vLLM builds the response id from it
-    return await state.session.post(f"{engine.url}{call.path}", json=call.body, headers=headers)
+    return await state.session.post(f"{engine.url}{call.path}", json=body, headers=headers)
 
 
 async def open_upstream(state: GatewayState, call: Call) -> Upstream:

@@ -93,6 +93,9 @@ class StreamRelay:
         except READ_ERRORS as exc:
             self.on_broken()
             raise self._fail(503, self._broken(exc), failure_kind(exc)) from exc
+        except BaseException:  # cancelled: the client went away before its first byte
+            self.close()
+            raise
         if first is None:
             raise self._fail(502, self._truncated(), "truncated")
         if error is not None:

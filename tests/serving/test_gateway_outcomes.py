@@ -101,6 +101,8 @@ def test_a_candidate_5xx_before_the_first_byte_falls_back_to_the_control(two_ver
         fell_back = sum("x-loraplane-fallback-from" in r.headers for r in answers)
         rows = logged(gw, 16 + fell_back)
     assert [r.status_code for r in answers] == [200] * 16 and fell_back > 0
+    if stream:  # the control's stream is whole, and usage stays out as the client did not ask for it
+        assert all(r.text.rstrip().endswith("data: [DONE]") and "prompt_tokens" not in r.text for r in answers)
     failures = [r for r in rows if r.variant == "bot@v2"]
     assert len(failures) == fell_back
     assert {(r.status, r.outcome, r.error_kind) for r in failures} == {(503, "error", "upstream_status")}
