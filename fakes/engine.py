@@ -4,11 +4,19 @@ For fast tests and for measuring gateway overhead: each completion streams `toke
 the first after `ttft_ms`, the rest `itl_ms` apart, and honours `max_tokens`, `stream` and
 `stream_options.include_usage`. It also answers `/health`, `/v1/models`, `/metrics` and
 vLLM's runtime LoRA endpoints (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`) with
-vLLM's own messages and status codes. Faults to inject: `error_rate` (HTTP 500s) and
-`slow_ms` (extra time to first token for some model names, e.g. to make one A/B variant slower),
-`fail_load` (adapter names whose load answers 500). With `api_key` set it guards /v1 like vLLM's
-`--api-key` (vllm/entrypoints/serve/middleware/authenticate.py): 401 without `Bearer <key>`,
-/health stays open.
+vLLM's own messages and status codes. Like vLLM it builds the response id from the request's
+`X-Request-Id` header or the body's `request_id` (`chatcmpl-<id>` / `cmpl-<id>`) and refuses a
+prompt plus `max_tokens` beyond `max_model_len` with a 400.
+
+Faults to inject, per model name where it says so:
+- `error_rate`: that fraction of completions answered 500;
+- `fail_status`: model -> the HTTP status every completion for it answers (e.g. 503);
+- `slow_ms`: model -> extra time to first token (e.g. to make one A/B variant slower);
+- `stream_faults`: model -> "error@N" (vLLM's in-stream error event after N tokens, then
+  `[DONE]`) or "truncate@N" (the stream ends cleanly after N tokens, no finish, no `[DONE]`);
+- `fail_load`: adapter names whose load answers 500.
+With `api_key` set it guards /v1 like vLLM's `--api-key`
+(vllm/entrypoints/serve/middleware/authenticate.py): 401 without `Bearer <key>`, /health stays open.
 
     python -m fakes.engine --port 8100 --tokens 32 --itl-ms 5
 """
@@ -43,6 +51,20 @@ class MockSettings:
     slow_ms: dict[str, float] = field(default_factory=dict)  # model name -> extra delay before token 1
     fail_load: tuple[str, ...] = ()  # adapter names whose /v1/load_lora_adapter answers 500
     api_key: str | None = None  # like vLLM's --api-key: /v1 needs `Authorization: Bearer <key>`
+    fail_status: dict[str, int] = field(default_factory=dict)  # model name -> status of every completion
+    stream_faults: dict[str, str] = field(default_factory=dict)  # model name -> "error@N" | "truncate@N"
+    max_model_len: int = 2048  # prompt tokens + max_tokens beyond this: 400, like vLLM
+
+
+STREAM_FAULTS = ("error", "truncate")
+
+
+def parse_stream_fault(fault: str) -> tuple[str, int]:
+    """ "error@3" -> ("error", 3): the kind of fault and after how many tokens it strikes."""
+    kind, _, after = fault.partition("@")
+    if kind not in STREAM_FAULTS or not after.isdigit():
+        raise ValueError(f"stream fault {fault!r}: expected KIND@N with KIND one of {', '.join(STREAM_FAULTS)}")
+    return kind, int(after)
 
 
 def _error(status: int, err_type: str, message: str, param: str | None = None) -> JSONResponse:
@@ -94,8 +116,9 @@ class MockEngine:
         ]
         return {"object": "list", "data": cards}
 
-    async def stream(self, kind: str, body: dict[str, Any], n_tokens: int) -> AsyncIterator[bytes]:
-        s, rid, model = self.settings, f"mock-{uuid.uuid4().hex[:12]}", body["model"]
+    async def stream(self, kind: str, body: dict[str, Any], n_tokens: int, rid: str) -> AsyncIterator[bytes]:
+        s, model = self.settings, body["model"]
+        fault, fault_after = parse_stream_fault(s.stream_faults[model]) if model in s.stream_faults else ("", -1)
         self.running += 1
         try:
             if kind == "chat":  # vLLM's first chat chunk carries the role and no content
@@ -104,8 +127,19 @@ class MockEngine:
                 yield _sse(first)
             ttft_ms = s.ttft_ms + s.slow_ms.get(model, 0.0)
             for i in range(n_tokens):
+                if i == fault_after:
+                    break
                 await asyncio.sleep((ttft_ms if i == 0 else s.itl_ms) / 1000)
                 yield _sse(_chunk(kind, rid, model, f" {WORDS[i % len(WORDS)]}", None))
+            if fault == "truncate" and fault_after <= n_tokens:
+                return  # the body ends cleanly: no finish chunk, no [DONE]
+            if fault == "error" and fault_after <= n_tokens:
+                # vLLM's serving_chat/serving_completion: an exception while generating becomes one
+                # error event (create_streaming_error_response), then [DONE]
+                error = {"message": "injected generation failure (mock stream_faults)", "type": "InternalServerError"}
+                yield _sse({"error": {**error, "param": None, "code": 500}})
+                yield b"data: [DONE]\n\n"
+                return
             finish = "length" if n_tokens == body.get("max_tokens") else "stop"
             yield _sse(_chunk(kind, rid, model, None if kind == "chat" else "", finish))
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -117,7 +151,7 @@ class MockEngine:
             self.running -= 1
             self.completed += 1
 
-    async def complete(self, kind: str, body: dict[str, Any], n_tokens: int) -> dict[str, Any]:
+    async def complete(self, kind: str, body: dict[str, Any], n_tokens: int, rid: str) -> dict[str, Any]:
         s = self.settings
         await asyncio.sleep((s.ttft_ms + s.slow_ms.get(body["model"], 0.0) + s.itl_ms * max(0, n_tokens - 1)) / 1000)
         self.completed += 1
@@ -128,7 +162,6 @@ class MockEngine:
         else:
             choice["text"] = text
         obj = "chat.completion" if kind == "chat" else "text_completion"
-        rid = f"mock-{uuid.uuid4().hex[:12]}"
         return {"id": rid, "object": obj, "model": body["model"], "choices": [choice], "usage": _usage(body, n_tokens)}
 
 
@@ -203,15 +236,29 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
 
     async def completion(kind: str, request: Request) -> Response:
         body = await request.json()
-        model = body.get("model")
+        model, s = body.get("model"), engine.settings
         if not engine.served(model):
             return _error(404, "NotFoundError", f"The model `{model}` does not exist.", "model")
-        if engine.rng.random() < engine.settings.error_rate:
+        if model in s.fail_status:
+            status = s.fail_status[model]
+            return _error(status, "InternalServerError", f"injected status {status} for '{model}' (mock fail_status)")
+        if engine.rng.random() < s.error_rate:
             return _error(500, "InternalServerError", "injected fault (mock error_rate)")
-        n_tokens = min(engine.settings.tokens, int(body.get("max_tokens") or engine.settings.tokens))
+        n_tokens = min(s.tokens, int(body.get("max_tokens") or s.tokens))
+        prompt, asked = _prompt_tokens(body), int(body.get("max_tokens") or 0)
+        if prompt + asked > s.max_model_len:
+            message = (
+                f"This model's maximum context length is {s.max_model_len} tokens. However, you requested "
+                f"{prompt + asked} tokens ({prompt} in the messages, {asked} in the completion). "
+                "Please reduce the length of the messages or completion."
+            )
+            return _error(400, "BadRequestError", message)
+        # vLLM's response id: the X-Request-Id header, else the body's request_id, else a random uuid
+        base_id = request.headers.get("x-request-id") or body.get("request_id") or uuid.uuid4().hex
+        rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{base_id}"
         if body.get("stream"):
-            return StreamingResponse(engine.stream(kind, body, n_tokens), media_type="text/event-stream")
-        return JSONResponse(await engine.complete(kind, body, n_tokens))
+            return StreamingResponse(engine.stream(kind, body, n_tokens, rid), media_type="text/event-stream")
+        return JSONResponse(await engine.complete(kind, body, n_tokens, rid))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -222,6 +269,11 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
         return await completion("text", request)
 
     return app
+
+
+def _pairs(items: list[str]) -> list[tuple[str, str]]:
+    """["a=1", "b=2"] -> [("a", "1"), ("b", "2")] (MODEL=VALUE flags)."""
+    return [(name, value) for name, _, value in (item.rpartition("=") for item in items)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,10 +289,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--api-key", default=None, help="guard /v1 like vLLM's --api-key")
     p.add_argument("--slow", action="append", default=[], metavar="MODEL=MS", help="extra TTFT for a model name")
+    p.add_argument("--fail-load", action="append", default=[], metavar="ADAPTER", help="its load answers 500")
+    p.add_argument("--fail-status", action="append", default=[], metavar="MODEL=STATUS", help="every completion")
+    p.add_argument("--stream-fault", action="append", default=[], metavar="MODEL=KIND@N", help="error@N or truncate@N")
+    p.add_argument("--max-model-len", type=int, default=defaults.max_model_len, help="prompt + max_tokens limit")
     args = p.parse_args(argv)
-    slow = {name: float(ms) for name, _, ms in (item.partition("=") for item in args.slow)}
+    slow = {name: float(ms) for name, ms in _pairs(args.slow)}
+    faults = dict(_pairs(args.stream_fault))
+    for fault in faults.values():
+        parse_stream_fault(fault)  # a bad one fails here, naming it
     settings = MockSettings(
-        args.base, args.tokens, args.ttft_ms, args.itl_ms, args.error_rate, args.seed, slow, api_key=args.api_key
+        args.base,
+        args.tokens,
+        args.ttft_ms,
+        args.itl_ms,
+        args.error_rate,
+        args.seed,
+        slow,
+        fail_load=tuple(args.fail_load),
+        api_key=args.api_key,
+        fail_status={name: int(status) for name, status in _pairs(args.fail_status)},
+        stream_faults=faults,
+        max_model_len=args.max_model_len,
     )
 
     import uvicorn

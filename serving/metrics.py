@@ -49,6 +49,19 @@ class GatewayMetrics:
         self.upstream_errors = Counter(
             "loraplane_upstream_errors_total", "Engine failures seen by the gateway", ["engine", "kind"], registry=r
         )
+        self.variant_errors = Counter(
+            "loraplane_variant_errors_total",
+            "Requests that failed on the variant chosen for them, by kind (load_failed, upstream_status, "
+            "unavailable, timeout, stream_error, truncated)",
+            ["model", "variant", "kind"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "loraplane_fallbacks_total",
+            "Requests whose assigned variant failed before the first byte and that the control answered instead",
+            ["model", "variant"],
+            registry=r,
+        )
         self.retries = Counter(
             "loraplane_upstream_retries_total", "Requests retried on another engine before the first byte", registry=r
         )
@@ -94,6 +107,11 @@ class GatewayMetrics:
         self.request_log_dropped = Counter(
             "loraplane_request_log_dropped_total",
             "Request log records not written (writer queue full, or the database slow or down)",
+            registry=r,
+        )
+        self.request_log_rejected = Counter(
+            "loraplane_request_log_rejected_total",
+            "Request log records the database refused (a bad value); the rest of their batch was written",
             registry=r,
         )
 

@@ -36,7 +36,9 @@ class Engine:
 
 
 class EngineLease:
-    """One request counted on an engine until release() (idempotent); also a context manager."""
+    """One upstream call counted on an engine until release() (idempotent); also a context manager.
+    The proxy takes one for every call, streamed or not, from the engine's pick until the answer was
+    read or the stream ended: `candidates` orders by these counts."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -85,7 +87,7 @@ class EnginePool:
         return sorted(healthy, key=lambda e: (lora_key not in e.loaded if lora_key else False, e.in_flight))
 
     def lease(self, engine: Engine) -> EngineLease:
-        """Count a request on `engine` (least-busy routing) until the lease is released."""
+        """Count a call on `engine` (least-busy routing) until the lease is released."""
         return EngineLease(engine)
 
     def forget(self, engine: Engine, ref: AdapterRef) -> None:

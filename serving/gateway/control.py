@@ -40,6 +40,7 @@ class ControlPlane:
             flush_interval_s=cfg.store.log_flush_interval_s,
             body_retention_s=cfg.store.body_retention_s,
             on_drop=metrics.request_log_dropped.inc,
+            on_reject=metrics.request_log_rejected.inc,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------

@@ -1,9 +1,26 @@
 """Forward one OpenAI request to an engine: pick, hot-load, retry before the first byte, relay.
 
-Retries: a request moves to another engine only while nothing was sent to the client, and only
-after a connection failure or timeout (an engine's HTTP answer, 500 included, is relayed).
-Once streaming, an engine failure ends the stream with an OpenAI-style error event. A client
-disconnect closes the upstream connection, which makes vLLM abort the generation.
+    forward -> try the assigned variant -> (failed before the first byte) try the control once
+
+Engines: a request moves to another engine only while nothing was sent to the client, and only
+after a connection failure or timeout (an engine's HTTP answer, a 500 included, is that request's
+answer). Each try holds a lease on its engine (serving/pool.py) from the pick until the answer was
+read or the stream ended, so least-busy routing sees streamed and non-streamed load alike.
+
+Variants: every try's outcome is logged against the variant it ran on (serving/gateway/recorder.py):
+an adapter that fails to load, a 5xx, no engine, a timeout, an in-stream error event, a stream
+that ends without `[DONE]` are errors; a client hang-up is 499. When a rollout's or experiment's
+assigned variant fails before the first byte (not pinned, not the control itself), the request is
+tried once more on the control (the rollout's control, the experiment variant's stable version):
+the failure stays on the variant's row and the control's answer is logged with
+excluded="fallback"; the response names both (X-Loraplane-Variant, X-Loraplane-Fallback-From).
+A stream's first event is read before the client gets any byte, so a stream that fails at once
+is a failure before the first byte too. Once streaming, a failure ends the stream with an
+OpenAI-style error event. A client disconnect closes the upstream connection, which makes vLLM
+abort the generation.
+
+Ids: the client gets the call's id (recorder.Call.response_id) in every body and chunk; the
+engine is asked to use it too (X-Request-Id), so rewriting a chunk is the exception.
 
 The hot path uses aiohttp's client (state.session): per proxied request it costs a fraction of
 httpx's CPU time (httpx's pool scans every connection and polls its socket on each request);
@@ -14,85 +31,137 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import aiohttp
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from serving.engine import ENGINE_KEY_ENV
-from serving.errors import EngineUnavailable, ServingError
+from serving.errors import AdapterRejected, EngineUnavailable, ServingError
+from serving.gateway.recorder import Call, FailedBeforeFirstByte, failure_kind
 from serving.gateway.resolve import Target
 from serving.gateway.state import GatewayState
-from serving.metrics import status_class
-from serving.pool import Engine
-from serving.store import RequestRecord
+from serving.gateway.stream import StreamRelay, stream_response
+from serving.pool import Engine, EngineLease
 
-CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 @dataclass
-class Call:
-    route: str  # "chat" | "completions"
-    path: str  # upstream path
-    body: dict
-    target: Target
-    started: float
-    key_name: str = "anonymous"  # the API key's name (never the key)
-    # Filled in while relaying, for the request log:
-    response_id: str | None = None  # the `id` the client receives
-    ttft_s: float | None = None
-    usage: dict | None = None
-    answer: list[str] | None = field(default=None)  # response text parts, only with capture: bodies
+class Upstream:
+    """An engine's response to one try, headers read, body not yet; its engine leased until done."""
 
-    def __post_init__(self) -> None:
-        if self.target.capture_bodies:
-            self.answer = []
+    engine: Engine
+    resp: aiohttp.ClientResponse
+    lease: EngineLease
 
-    def record(self, status: int) -> RequestRecord:
-        usage = self.usage or {}
-        capture = self.answer is not None
-        return RequestRecord(
-            id=self.response_id or f"gw-{uuid.uuid4().hex}",  # errors the engine never answered
-            created_at=time.time(),
-            route=self.route,
-            model=self.target.model_label,
-            variant=self.target.variant_label,
-            key_name=self.key_name,
-            status=status,
-            latency_s=time.perf_counter() - self.started,
-            experiment=self.target.experiment,
-            rollout=self.target.rollout,
-            ttft_s=self.ttft_s,
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            request_body={k: v for k, v in self.body.items() if k != "stream_options"} if capture else None,
-            response_text="".join(self.answer or []) if capture else None,
-        )
-
-    @property
-    def labels(self) -> tuple[str, str]:
-        return self.target.model_label, self.target.variant_label
-
-    def headers(self, engine: Engine) -> dict[str, str]:
-        out = {"X-Loraplane-Adapter": self.target.adapter_label, "X-Loraplane-Engine": engine.label}
-        if self.target.experiment:
-            out["X-Loraplane-Experiment"] = self.target.experiment
-            out["X-Loraplane-Variant"] = self.target.variant_label
-        return out
+    def done(self, *, complete: bool) -> None:
+        """Give the connection back (complete) or close it (which makes vLLM abort), end the lease."""
+        if complete:
+            self.resp.release()
+        else:
+            self.resp.close()
+        self.lease.release()
 
 
-def _content(chunk: dict, route: str) -> str:
-    """The text a chunk carries (first choice with content)."""
-    for choice in chunk.get("choices") or []:
-        node = choice
-        for key in CONTENT_FIELD[route]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node:
-            return str(node)
-    return ""
+async def forward(state: GatewayState, call: Call) -> Response:
+    try:
+        return await _try(state, call)
+    except FailedBeforeFirstByte as failed:
+        control = fallback_target(state, call.target)
+        if control is None:
+            return failed.response
+    state.metrics.fallbacks.labels(*call.labels).inc()
+    try:
+        response = await _try(state, call.fallback(control))
+    except FailedBeforeFirstByte as failed_too:
+        response = failed_too.response
+    response.headers["X-Loraplane-Fallback-From"] = call.target.variant_label
+    return response
+
+
+def fallback_target(state: GatewayState, target: Target) -> Target | None:
+    """Where a request goes when its assigned variant failed before the first byte: the rollout's
+    control, or the stable version of an experiment variant's adapter. None for the base model, a
+    pinned variant, a request that is not split, and a variant that is the control itself."""
+    if target.ref is None or target.pinned:
+        return None
+    if target.rollout is not None:
+        rollout = state.control.snapshot.rollouts.get(target.rollout)
+        control = rollout.control if rollout is not None else None
+    elif target.experiment is not None:
+        control = f"{target.ref.name}@{state.control.stable_version(target.ref.name)}"
+    else:
+        return None
+    if control is None or control == target.ref.key:
+        return None
+    try:
+        ref = state.resolve(control, "", None).ref  # a pinned version: validated, no assignment
+    except ServingError:
+        return None
+    return None if ref is None else replace(target, ref=ref, upstream_model=ref.key)
+
+
+async def _try(state: GatewayState, call: Call) -> Response:
+    """Run `call` on an engine. Raises FailedBeforeFirstByte (logged) when it failed before the client
+    got anything; anything else it returns is the client's answer (logged when it ends)."""
+    stream = bool(call.body.get("stream"))
+    wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
+    try:
+        upstream = await open_upstream(state, call)
+    except (EngineUnavailable, AdapterRejected) as exc:
+        call.finish(exc.status, failure_kind(exc))
+        raise FailedBeforeFirstByte(JSONResponse(exc.body(), exc.status, call.headers(None))) from exc
+    if not stream or upstream.resp.status != 200:
+        return await _relay_json(state, call, upstream)
+    engine = upstream.engine
+    relay = StreamRelay(
+        call,
+        upstream.resp,
+        engine.label,
+        wants_usage,
+        state.metrics,
+        on_end=upstream.done,
+        on_broken=lambda: state.pool.mark_down(engine, "stream"),
+    )
+    await relay.start()  # reads the first event; FailedBeforeFirstByte
+    return stream_response(relay, call.headers(engine))
+
+
+async def _open(state: GatewayState, engine: Engine, call: Call) -> aiohttp.ClientResponse:
+    """The engine's response, headers read, body not yet."""
+    if call.target.ref is not None:
+        await state.pool.ensure_loaded(engine, call.target.ref)
+    body = call.body
+    if body.get("stream"):  # always ask for usage upstream so token counters work; stripped if not asked for
+        body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+    headers = {"X-Request-Id": call.engine_request_id}  # vLLM builds the response id from it
+    return await state.session.post(f"{engine.url}{call.path}", json=body, headers=headers)
+
+
+async def open_upstream(state: GatewayState, call: Call) -> Upstream:
+    """Try engines in affinity order until one answers. Only a connection failure or a timeout
+    takes an engine out (and moves the request on); any HTTP answer, a 500 included, is that
+    request's own answer. An adapter the engine refuses to load raises AdapterRejected (422)."""
+    lora_key = call.target.ref.key if call.target.ref else None
+    last_error: BaseException | None = None
+    tried = "no engine tried"
+    for attempt, engine in enumerate(state.pool.candidates(lora_key)):
+        if attempt:
+            state.metrics.retries.inc()
+        lease = state.pool.lease(engine)  # counted from the pick: least-busy routing sees it at once
+        try:
+            return Upstream(engine, await _open(state, engine, call), lease)
+        except (*UPSTREAM_ERRORS, EngineUnavailable) as exc:
+            lease.release()
+            state.pool.mark_down(engine, "connect")
+            last_error, tried = exc, f"engine {engine.index}: {exc!r}"
+        except BaseException:
+            lease.release()
+            raise
+    raise EngineUnavailable(f"the engine is unavailable ({tried}); retry shortly", code="engine_unavailable") from (
+        last_error
+    )
 
 
 def _answer_text(payload: dict, route: str) -> str:
@@ -102,72 +171,19 @@ def _answer_text(payload: dict, route: str) -> str:
     return str(choices[0].get("text") or "")
 
 
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
-
-
-async def _open(state: GatewayState, engine: Engine, call: Call) -> aiohttp.ClientResponse:
-    """The engine's response, headers read, body not yet."""
-    if call.target.ref is not None:
-        await state.pool.ensure_loaded(engine, call.target.ref)
-    return await state.session.post(f"{engine.url}{call.path}", json=call.body)
-
-
-async def open_upstream(state: GatewayState, call: Call) -> tuple[Engine, aiohttp.ClientResponse]:
-    """Try engines in affinity order until one answers. Only a connection failure or a timeout
-    takes an engine out (and moves the request on); any HTTP answer, a 500 included, is that
-    request's own answer and is relayed."""
-    lora_key = call.target.ref.key if call.target.ref else None
-    last_error = "no engine tried"
-    for attempt, engine in enumerate(state.pool.candidates(lora_key)):
-        if attempt:
-            state.metrics.retries.inc()
-        try:
-            return engine, await _open(state, engine, call)
-        except (*UPSTREAM_ERRORS, EngineUnavailable) as exc:
-            state.pool.mark_down(engine, "connect")
-            last_error = f"engine {engine.index}: {exc!r}"
-    raise EngineUnavailable(f"the engine is unavailable ({last_error}); retry shortly", code="engine_unavailable")
-
-
-def _record_usage(state: GatewayState, call: Call, usage: dict | None) -> None:
-    if usage:
-        call.usage = usage
-        model, variant = call.labels
-        state.metrics.prompt_tokens.labels(model, variant).inc(usage.get("prompt_tokens") or 0)
-        state.metrics.completion_tokens.labels(model, variant).inc(usage.get("completion_tokens") or 0)
-
-
-def _finish(state: GatewayState, call: Call, status: int) -> None:
-    model, variant = call.labels
-    state.metrics.requests.labels(call.route, model, variant, status_class(status)).inc()
-    state.metrics.request_latency.labels(call.route, model, variant).observe(time.perf_counter() - call.started)
-    state.control.log(call.record(status))  # queued for the background writer; never blocks
-
-
-async def forward(state: GatewayState, call: Call) -> Response:
-    stream = bool(call.body.get("stream"))
-    wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-    if stream:  # always ask for usage upstream so token counters work; strip it if not asked for
-        call.body["stream_options"] = {**(call.body.get("stream_options") or {}), "include_usage": True}
-    engine, resp = await open_upstream(state, call)  # errors are counted by the app's handlers
-    if not stream or resp.status != 200:
-        return await _relay_json(state, call, engine, resp)
-    state.metrics.in_flight_streams.inc()
-    return StreamingResponse(
-        _relay_stream(state, call, engine, resp, wants_usage),
-        media_type="text/event-stream",
-        headers=call.headers(engine),
-    )
-
-
-async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aiohttp.ClientResponse) -> Response:
+async def _relay_json(state: GatewayState, call: Call, upstream: Upstream) -> Response:
+    engine, resp = upstream.engine, upstream.resp
     try:
         raw = await resp.read()
     except UPSTREAM_ERRORS as exc:
         state.pool.mark_down(engine, "read")
-        raise EngineUnavailable(f"the engine is unavailable: engine {engine.index} broke off ({exc!r})") from exc
+        error = EngineUnavailable(
+            f"the engine is unavailable: engine {engine.index} broke off ({exc!r})", code="engine_unavailable"
+        )
+        call.finish(error.status, failure_kind(exc))
+        raise FailedBeforeFirstByte(JSONResponse(error.body(), error.status, call.headers(engine))) from exc
     finally:
-        resp.release()
+        upstream.done(complete=True)
     status = resp.status
     if status == 401:  # the engine refused the gateway itself, not the client
         text = raw[:200].decode(errors="replace")
@@ -179,70 +195,18 @@ async def _relay_json(state: GatewayState, call: Call, engine: Engine, resp: aio
         text = raw[:300].decode(errors="replace")
         status = status if status >= 400 else 502
         payload = ServingError(f"engine {engine.index} answered {resp.status} with a non-JSON body: {text!r}").body()
+    error_kind = None
     if status == 200 and isinstance(payload, dict):
-        call.response_id = payload.get("id")
-        _record_usage(state, call, payload.get("usage"))
-        if call.answer is not None:
-            call.answer.append(_answer_text(payload, call.route))
+        payload["id"] = call.response_id  # the gateway's id, whatever the engine chose
+        call.add_usage(payload.get("usage"))
+        call.add_text(_answer_text(payload, call.route))
     elif status == 404 and call.target.ref is not None:
         state.pool.forget(engine, call.target.ref)  # the engine lost it (restart): reload next time
-    _finish(state, call, status)
-    return JSONResponse(payload, status_code=status, headers=call.headers(engine))
-
-
-def _error_event(message: str) -> str:
-    body = EngineUnavailable(message, code="engine_unavailable").body()
-    return f"data: {json.dumps(body)}\n\n"
-
-
-async def _relay_stream(
-    state: GatewayState, call: Call, engine: Engine, resp: aiohttp.ClientResponse, wants_usage: bool
-) -> AsyncIterator[str]:
-    status, first_token, complete, finished = 200, True, False, False
-    model, variant = call.labels
-    lease = state.pool.lease(engine)
-    try:
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if not line.startswith("data: "):
-                continue
-            payload = line[6:]
-            if payload != "[DONE]":
-                chunk = json.loads(payload)
-                if call.response_id is None:
-                    call.response_id = chunk.get("id")
-                if chunk.get("usage"):
-                    _record_usage(state, call, chunk["usage"])
-                    if not wants_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        chunk["usage"] = None
-                        payload = json.dumps(chunk)
-                text = _content(chunk, call.route)
-                if text and call.answer is not None:
-                    call.answer.append(text)
-                if first_token and text:
-                    first_token = False
-                    call.ttft_s = time.perf_counter() - call.started
-                    state.metrics.ttft.labels(model, variant).observe(call.ttft_s)
-            elif not finished:  # logged before the client sees the end: feedback may follow at once
-                finished = True
-                _finish(state, call, status)
-            yield f"data: {payload}\n\n"
-        complete = True
-    except (*UPSTREAM_ERRORS, ValueError) as exc:
-        status = 503
-        state.pool.mark_down(engine, "stream")
-        yield _error_event(f"the engine is unavailable: engine {engine.index} broke off mid-stream ({exc!r})")
-        yield "data: [DONE]\n\n"
-    finally:
-        # Done: the connection goes back to the pool. Otherwise (client disconnect, engine failure)
-        # it is closed, which makes vLLM abort the generation.
-        if complete:
-            resp.release()
-        else:
-            resp.close()
-        lease.release()
-        state.metrics.in_flight_streams.dec()
-        if not finished:
-            _finish(state, call, status)
+        error_kind = "upstream_status"  # not the caller's mistake: the gateway asked for it
+    elif status >= 500:
+        error_kind = "upstream_status"
+    call.finish(status, error_kind)
+    response = JSONResponse(payload, status_code=status, headers=call.headers(engine))
+    if error_kind is not None:
+        raise FailedBeforeFirstByte(response)
+    return response

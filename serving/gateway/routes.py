@@ -9,11 +9,12 @@ from fastapi.responses import Response
 
 from serving.auth import Principal
 from serving.errors import BadRequest
-from serving.gateway.abkey import random_key, request_key
+from serving.gateway.abkey import random_key, request_key, unit_of
 from serving.gateway.admission import Leased
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.openapi import CHAT_BODY, COMPLETION_BODY, request_body
-from serving.gateway.proxy import Call, forward
+from serving.gateway.proxy import forward
+from serving.gateway.recorder import Call, upstream_body
 from serving.gateway.refusals import model_label, remember_labels
 from serving.gateway.state import GatewayState, PrincipalDep, StateDep
 from serving.registry import check_model_field
@@ -43,10 +44,19 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         key = request_key(request, body, principal, state.cfg.gateway.ab_key_sources)
         if key is None and model in state.experiments:
             state.metrics.unkeyed_requests.labels(route).inc()
-        target = state.resolve(model, key or random_key(), pinned)
+        key = key or random_key()
+        target = state.resolve(model, key, pinned)
         remember_labels(request, target.model_label, target.variant_label)
-        path = "/v1/chat/completions" if route == "chat" else "/v1/completions"
-        call = Call(route, path, {**body, "model": target.upstream_model}, target, started, key_name=principal.name)
+        call = Call(
+            route,
+            upstream_body(body, target.upstream_model),
+            target,
+            started,
+            state.metrics,
+            state.control.log,
+            key_name=principal.name,
+            unit=unit_of(key),
+        )
         await lease.wait_upstream()
         response = await forward(state, call)
     except BaseException:

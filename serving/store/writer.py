@@ -3,6 +3,9 @@
 - `offer(record)` never blocks: the record goes into a bounded queue, or is dropped and counted
   (`on_drop`) when the queue is full. A batch that fails to write (database slow or down) is
   dropped and counted too, so serving never waits on the database.
+- One bad record never drops its batch: when the database refuses a batch for its data (a value
+  too long, a repeated id), the batch is written again in halves until the bad records stand
+  alone; only they are dropped, counted by `on_reject` and named in the log.
 - `submit_feedback(job)` returns a Future the route awaits: the writer first writes every request
   record queued before it (so feedback for a response still in the queue works), then checks the
   job against the request log (unknown id -> NotFound, another key -> Forbidden) and upserts
@@ -29,6 +32,15 @@ log = logging.getLogger("loraplane.store")
 ERASE_EVERY_S = 600.0  # how often captured bodies past their retention are erased
 
 
+def _bad_data(exc: sa.exc.SQLAlchemyError) -> bool:
+    """The database (or the driver adapting a value) refused a record's data: a value too long or
+    invalid (DataError), a repeated id (IntegrityError), or a Python-side failure such as a body JSON
+    cannot encode (a StatementError that is not a DBAPIError). Not: the database being down."""
+    if isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError)):
+        return not getattr(exc, "connection_invalidated", False)
+    return isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError)
+
+
 @dataclass(frozen=True)
 class FeedbackJob:
     response_id: str
@@ -49,12 +61,14 @@ class StoreWriter:
         flush_interval_s: float,
         body_retention_s: float,
         on_drop: Callable[[int], None] = lambda n: None,
+        on_reject: Callable[[int], None] = lambda n: None,
     ):
         self.store = store
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.body_retention_s = body_retention_s
         self.on_drop = on_drop
+        self.on_reject = on_reject
         self._requests: queue.Queue[RequestRecord] = queue.Queue(maxsize=queue_size)
         self._feedback: queue.Queue[tuple[FeedbackJob | None, Future]] = queue.Queue(maxsize=queue_size)
         self._pending: dict[str, RequestRecord] = {}  # queued, not yet written (read by feedback)
@@ -63,6 +77,7 @@ class StoreWriter:
         self._thread = threading.Thread(target=self._run, name="loraplane-store-writer", daemon=True)
         self._erased_at = 0.0
         self.dropped = 0
+        self.rejected = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -141,14 +156,25 @@ class StoreWriter:
                     self._pending.pop(record.id, None)
 
     def _write_batch(self, batch: list[RequestRecord]) -> None:
+        """Write `batch`; when the database refuses it for its data, write it in halves so that only
+        the records it refuses are dropped. A database that is down raises (the batch is dropped)."""
         try:
             self.store.write_requests(batch)
-        except sa.exc.IntegrityError:  # a repeated id: write the rest one by one
-            for record in batch:
-                try:
-                    self.store.write_requests([record])
-                except sa.exc.IntegrityError:
-                    self._drop(1)
+        except sa.exc.SQLAlchemyError as exc:
+            if not _bad_data(exc):
+                raise
+            if len(batch) == 1:
+                self._reject(batch[0], exc)
+                return
+            half = len(batch) // 2
+            self._write_batch(batch[:half])
+            self._write_batch(batch[half:])
+
+    def _reject(self, record: RequestRecord, exc: Exception) -> None:
+        self.rejected += 1
+        self.on_reject(1)
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        log.warning("request log: record %r refused by the database, dropped: %s", record.id[:64], reason)
 
     def _handle_feedback(self) -> None:
         jobs: list[tuple[FeedbackJob | None, Future]] = []
