@@ -55,7 +55,7 @@ def text_perplexity(model, tokenizer, convs: list[list[dict]]) -> float:
     """Perplexity over every token of the held-out conversations (chat template applied)."""
     import torch
 
-    from trainer.evaluate import eval_loss, perplexity
+    from trainer.evaluation.scoring import eval_loss, perplexity
     from trainer.tokens import Encoded, render
 
     examples = []
@@ -69,7 +69,7 @@ def measure_transformers(base_dir: Path, adapter: Path | None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    from trainer.evaluate import exact_match
+    from trainer.evaluation.scoring import exact_match
     from trainer.model import load_tokenizer
 
     torch.manual_seed(0)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_methods.py                  # sft (if missing), dpo, distill
     .venv/bin/python benchmarks/train_methods.py --only dpo        # one of them; merges into the report
+    .venv/bin/python benchmarks/train_methods.py --only kto        # the KTO proof: its own report (below)
 
 1. SFT: configs/train/demo.yaml -> demo-json v1 (rank 16), skipped when it is already published.
 2. DPO: configs/train/demo-dpo.yaml, from v1 (init_from) on data/demo/preferences-train.jsonl.
@@ -10,6 +11,8 @@
    Target: the student keeps >= 90% of the teacher's exact-match gain over the base.
 The base's exact match and v1's preference accuracy are measured here with the trainer's own
 eval code. Every run is the real `loraplane train`; the report is benchmarks/reports/train_methods.json.
+4. KTO (benchmarks/kto_proof.py): a weak v1, thumbs on its own answers to train prompts, KTO from v1;
+   target: held-out exact match above the weak v1's. Report: benchmarks/reports/kto-DATE.json.
 """
 
 from __future__ import annotations
@@ -49,11 +52,10 @@ def reference_numbers(adapter: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
     from trainer.data import load_dataset_file
-    from trainer.evaluate import exact_match
+    from trainer.evaluation.scoring import exact_match
     from trainer.model import load_tokenizer
+    from trainer.objectives.dpo import encode_pairs, score_pairs
     from trainer.preferences import load_preference_file
-    from trainer.run_eval import score_pairs
-    from trainer.train_data import encode_pairs
 
     base_dir = REPO / "models" / "smollm2-135m-instruct"
     tokenizer = load_tokenizer(base_dir)
@@ -85,9 +87,13 @@ def machine() -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["sft", "dpo", "distill"], action="append")
+    parser.add_argument("--only", choices=["sft", "dpo", "distill", "kto"], action="append")
     parser.add_argument("--runs", default="runs/bench", help="out dirs and the adapter registry go here")
     args = parser.parse_args()
+    if args.only == ["kto"]:  # its own weak v1 and report (benchmarks/kto_proof.py)
+        from benchmarks.kto_proof import main as kto_main
+
+        return kto_main(REPO / args.runs / "kto")
     only = set(args.only or ["sft", "dpo", "distill"])
     runs = REPO / args.runs
     adapters = runs / "adapters"

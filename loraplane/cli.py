@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainer.cli:main", "train a LoRA/QLoRA adapter and publish it to the registry"),
     "quantize": ("trainer.quantize:main", "quantize a base to GPTQ/AWQ 4-bit (compressed-tensors) for vLLM"),
     "merge": ("trainer.merge:main", "merge an adapter into its full-precision base"),
-    "eval": ("trainer.eval_cli:main", "score a served model through the gateway (exact match, BLEU, ...)"),
+    "eval": ("trainer.evaluation.cli:main", "score a served model through the gateway (exact match, BLEU, ...)"),
     "serve": ("serving.cli:serve_main", "start vLLM engine(s) and the OpenAI-compatible gateway"),
     "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),
     "store": ("serving.store.cli:main", "migrate the control-plane database (store migrate|status)"),

@@ -22,7 +22,7 @@ from trainer.errors import ConfigError
 from trainer.registry_contract import ADAPTER_NAME_RE, ADAPTER_VERSION_RE
 
 DATA_FORMATS = ("auto", "chat", "alpaca", "sharegpt", "prompt_completion")
-GENERATION_METRICS = ("exact_match", "json_valid", "rouge_l", "bleu")  # trainer/metrics.py computes them
+GENERATION_METRICS = ("exact_match", "json_valid", "rouge_l", "bleu")  # trainer/evaluation/metrics.py computes them
 
 
 @dataclass
@@ -162,7 +162,7 @@ class TrainConfig:
     # adapter plus its optimizer state, ~3x the adapter); what `resume: true` continues from; 0: none
     save_every: int = 50
     length_grouping: bool = True  # batch samples of similar length together (less padding)
-    method: Literal["sft", "dpo", "distill"] = "sft"  # the objective (trainer/objectives.py)
+    method: Literal["sft", "dpo", "distill", "kto"] = "sft"  # the objective (trainer/objectives/)
     histogram_every: int = 10  # steps between LoRA weight/gradient histograms in TensorBoard; 0: off
     restore_best: bool = True  # with eval_every: publish the best-eval-loss weights, not the last step's
 
@@ -194,6 +194,25 @@ class DpoConfig:
             raise ConfigError(f"dpo.beta must be > 0, got {self.beta}")
         if self.sft_weight < 0:
             raise ConfigError(f"dpo.sft_weight must be >= 0, got {self.sft_weight}")
+
+
+@dataclass
+class KtoConfig:
+    """train.method kto: KTO on rated answers (label true/false) against the starting point (reference
+    log-probs computed once); the KL baseline from mismatched pairs within each micro-batch, as TRL does."""
+
+    beta: float = 0.1  # strength of the pull to the reference (TRL's default)
+    # per-row loss weights; the KTO paper keeps desirable_weight * n_desirable / (undesirable_weight *
+    # n_undesirable) in [1, 4/3]: with fewer good rows than bad, raise desirable_weight
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ConfigError(f"kto.beta must be > 0, got {self.beta}")
+        for key in ("desirable_weight", "undesirable_weight"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"kto.{key} must be > 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -267,10 +286,16 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
 
     def __post_init__(self) -> None:
         if self.train.method == "distill" and self.distill.teacher is None:
             raise ConfigError("train.method distill needs distill.teacher (a model dir or an adapter NAME@vN)")
+        if self.train.method == "kto" and self.train.batch_size < 2:
+            raise ConfigError(
+                "train.method kto estimates its KL baseline from mismatched prompt/completion pairs within a "
+                f"micro-batch; train.batch_size must be >= 2, got {self.train.batch_size}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

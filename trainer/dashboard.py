@@ -7,16 +7,15 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from trainer.train import Run
+    from trainer.run import Run
 
 
-def grad_norm(run: Run) -> float:
-    """Global L2 norm of the LoRA gradients (before clipping), clipping when train.max_grad_norm is set."""
-    params = [p for p in run.model.parameters() if p.requires_grad]
-    if run.cfg.train.max_grad_norm is not None:
-        return float(run.accelerator.clip_grad_norm_(params, run.cfg.train.max_grad_norm))
-    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+def grad_norm(run: Run) -> torch.Tensor:
+    """Global L2 norm of the trainable (LoRA) gradients; it only measures (the loop clips)."""
+    grads = [p.grad.detach() for p in run.model.parameters() if p.requires_grad and p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2.0) for g in grads]), 2.0)
 
 
 def lora_histograms(run: Run) -> dict[str, torch.Tensor]:

@@ -33,6 +33,14 @@ class Dataset:
     skipped: int  # bad records skipped (only with skip_bad_lines)
     sha256: str  # of the file bytes, pinned in the adapter manifest
     rejected: list[Messages] = field(default_factory=list)  # preference data: parallel to conversations
+    labels: list[bool] = field(default_factory=list)  # rated data (kto): True = a good answer; parallel
+
+    def subset(self, indices: list[int], skipped: int = 0) -> Dataset:
+        """The rows at `indices`, in that order, with their parallel fields."""
+        pick = lambda rows: [rows[i] for i in indices] if rows else []  # noqa: E731
+        return Dataset(
+            self.path, pick(self.conversations), skipped, self.sha256, pick(self.rejected), pick(self.labels)
+        )
 
 
 def detect_format(record: dict[str, Any]) -> str:
@@ -165,8 +173,4 @@ def split_validation(dataset: Dataset, ratio: float, seed: int) -> tuple[Dataset
     n_val = max(1, round(len(order) * ratio))
     if n_val >= len(order):
         raise DataError(f"{dataset.path}: {len(order)} examples are too few for data.val_ratio {ratio}")
-    pick = lambda rows, idx: [rows[i] for i in sorted(idx)] if rows else []  # noqa: E731
-    c, r = dataset.conversations, dataset.rejected
-    val = Dataset(dataset.path, pick(c, order[:n_val]), 0, dataset.sha256, pick(r, order[:n_val]))
-    train = Dataset(dataset.path, pick(c, order[n_val:]), dataset.skipped, dataset.sha256, pick(r, order[n_val:]))
-    return train, val
+    return dataset.subset(sorted(order[n_val:]), dataset.skipped), dataset.subset(sorted(order[:n_val]))

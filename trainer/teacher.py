@@ -15,7 +15,7 @@ import torch
 
 from trainer.adapters import check_same_base, resolve_adapter
 from trainer.errors import ConfigError
-from trainer.objectives import answer_logits
+from trainer.objectives.logps import answer_logits
 
 TEACHER_ADAPTER = "teacher"
 

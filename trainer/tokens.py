@@ -100,6 +100,23 @@ def encode(tokenizer, messages: Messages, max_seq_len: int) -> Encoded:
     return Encoded(ids[:max_seq_len], labels[:max_seq_len])
 
 
+def encode_completion(tokenizer, messages: Messages) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, completion ids, completion labels): the last assistant answer is the completion.
+
+    Earlier assistant turns belong to the prompt (not trained). prompt + completion ids equal
+    encode()'s ids, so a prompt can be joined to another row's completion (kto's KL baseline).
+    """
+    segments = render_segments(tokenizer, messages)
+    last = max(i for i, (_, trained) in enumerate(segments) if trained)
+    tokens = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in segments]
+    prompt = [t for part in tokens[:last] for t in part]
+    completion = [t for part in tokens[last:] for t in part]
+    labels: list[int] = []
+    for part, (_, trained) in zip(tokens[last:], segments[last:], strict=True):
+        labels += part if trained else [IGNORE] * len(part)
+    return prompt, completion, labels
+
+
 def encode_all(tokenizer, conversations: list[Messages], max_seq_len: int) -> tuple[list[Encoded], int]:
     """Encode every conversation; drop (and count) those whose answers were truncated away."""
     out, dropped = [], 0

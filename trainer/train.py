@@ -13,7 +13,6 @@ import math
 import shutil
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from trainer.base_models import read_manifest, resolve_base
 from trainer.checkpoint import RunState
 from trainer.config import Config
 from trainer.dashboard import grad_norm, lora_histograms
-from trainer.data import Dataset
 from trainer.errors import ConfigError, PublishError
+from trainer.evaluation.during_training import final_eval, periodic_eval, restore_best
 from trainer.model import (
     add_lora,
     choose_precision,
@@ -35,12 +34,11 @@ from trainer.model import (
     make_accelerator,
     trainable_parameters,
 )
-from trainer.objectives import DPO, SFT, Distill, Pair
+from trainer.objectives import Setting, objective_for
 from trainer.publish import check_servable
 from trainer.report import Reporter
-from trainer.run_eval import final_eval, periodic_eval, restore_best, set_reference
-from trainer.tokens import Batches, Encoded, apply_template_override, encode_all
-from trainer.train_data import encode_pairs, encode_train, load_data
+from trainer.run import Run
+from trainer.tokens import Batches, apply_template_override, encode_all
 
 
 def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -52,45 +50,6 @@ def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_r
     progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
     decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
     return min_ratio + (1 - min_ratio) * decay
-
-
-@dataclass
-class Run:
-    cfg: Config
-    accelerator: Any
-    tokenizer: Any
-    model: Any  # the objective (trainer.objectives) around the PEFT model, accelerate-prepared (maybe DDP)
-    optimizer: Any
-    scheduler: Any
-    batches: Batches
-    train_data: Dataset
-    eval_data: Dataset | None
-    eval_examples: list[Encoded]  # eval loss; for dpo the chosen answers
-    base_dir: Path
-    base_manifest: dict
-    reporter: Reporter
-    eval_pairs: list[Pair] = field(default_factory=list)  # dpo only, with reference log-probs
-    parent: AdapterRef | None = None  # lora.init_from
-    state: RunState = field(default_factory=RunState)
-    step_scalars: dict[str, float] = field(default_factory=dict)  # the last step's grad norm, metrics
-
-    @property
-    def objective(self):
-        return self.accelerator.unwrap_model(self.model)
-
-    @property
-    def peft_model(self):
-        return self.objective.causal_lm
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.cfg.out_dir)
-
-    def log(self, message: str) -> None:
-        if self.accelerator.is_main_process:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
 
 
 def precheck(cfg: Config) -> AdapterRef | None:
@@ -130,26 +89,6 @@ def build_model(cfg: Config, base_dir: Path, manifest: dict, precision, device, 
     return peft_model
 
 
-def build_objective(cfg: Config, peft_model, tokenizer, base_dir: Path, manifest: dict, precision):
-    if cfg.train.method == "dpo":
-        return DPO(peft_model, cfg.dpo.beta, cfg.dpo.sft_weight)
-    if cfg.train.method == "distill":
-        from trainer.teacher import load_teacher
-
-        teacher = load_teacher(
-            cfg.distill.teacher, peft_model, tokenizer, base_dir, manifest, Path(cfg.publish.adapters_dir),
-            precision.dtype,
-        )  # fmt: skip
-        return Distill(peft_model, teacher, cfg.distill.kl_weight, cfg.distill.temperature)
-    return SFT(peft_model)
-
-
-def reference_pairs(batches: Batches, max_steps: int) -> list[Pair]:
-    """The pairs this process trains on in steps 0..max_steps-1 (batches are a function of the step)."""
-    seen = {id(p): p for step in range(max_steps) for micro in batches.for_step(step)[0] for p in micro}
-    return list(seen.values())
-
-
 def setup(cfg: Config) -> Run:
     from accelerate.utils import set_seed
 
@@ -163,20 +102,23 @@ def setup(cfg: Config) -> Run:
         check_same_base(parent, manifest, base_dir, "lora.init_from")
     tokenizer = load_tokenizer(base_dir)
     apply_template_override(tokenizer, cfg.data.chat_template)
-    train_data, eval_data = load_data(cfg)
-    examples = encode_train(cfg, tokenizer, train_data)
-    eval_examples = encode_all(tokenizer, eval_data.conversations, cfg.data.max_seq_len)[0] if eval_data else []
+    method = objective_for(cfg.train.method)  # owns the data format, the reference and the loss
+    train_data, eval_data = method.load_data(cfg)
+    examples = method.encode_train(cfg, tokenizer, train_data)
+    eval_conversations = method.eval_conversations(eval_data) if eval_data else []
+    eval_examples = encode_all(tokenizer, eval_conversations, cfg.data.max_seq_len)[0]
+    eval_items = method.encode_eval(cfg, tokenizer, eval_data) if eval_data else []
     model = build_model(cfg, base_dir, manifest, precision, accelerator.device, parent)
     params = [p for p in model.parameters() if p.requires_grad]
-    objective = build_objective(cfg, model, tokenizer, base_dir, manifest, precision)
-    eval_pairs = encode_pairs(tokenizer, eval_data, cfg.data.max_seq_len) if eval_data and eval_data.rejected else []
+    setting = Setting(cfg, tokenizer, base_dir, manifest, precision.dtype, accelerator.device, parent is None)
+    objective = method.build(model, setting)
     batches = Batches(
         examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, cfg.train.length_grouping,
         accelerator.num_processes, accelerator.process_index,
     )  # fmt: skip
-    if cfg.train.method == "dpo":  # reference = the starting point, before any step
-        seen = reference_pairs(batches, cfg.train.max_steps) + eval_pairs
-        set_reference(seen, model, tokenizer.pad_token_id, cfg.eval.batch_size, accelerator.device, parent is None)
+    # reference = the starting point, before any step, on what steps 0..max_steps-1 will train on
+    micro_batches = (micro for step in range(cfg.train.max_steps) for micro in batches.for_step(step)[0])
+    objective.setup_reference(micro_batches, eval_items, setting)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     warmup = math.ceil(cfg.train.warmup_ratio * cfg.train.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -186,8 +128,8 @@ def setup(cfg: Config) -> Run:
     prepared, optimizer = accelerator.prepare(objective, optimizer)
     reporter = Reporter(Path(cfg.out_dir), accelerator.is_main_process)
     run = Run(
-        cfg, accelerator, tokenizer, prepared, optimizer, scheduler, batches, train_data, eval_data, eval_examples,
-        base_dir, manifest, reporter, eval_pairs, parent,
+        cfg, accelerator, tokenizer, prepared, optimizer, scheduler, batches, train_data, eval_data,
+        eval_conversations, eval_examples, base_dir, manifest, reporter, setting, eval_items, parent,
     )  # fmt: skip
     trainable, total = trainable_parameters(model)
     run.log(
@@ -232,13 +174,27 @@ def accumulate_gradients(run: Run, step: int) -> tuple[torch.Tensor, dict[str, t
     return loss_sum, metric_sums, trained, tokens
 
 
+def clip_gradients(run: Run, norm: torch.Tensor) -> None:
+    """train.max_grad_norm: scale every LoRA gradient by min(1, max / norm), as torch's clip_grad_norm_."""
+    max_norm = run.cfg.train.max_grad_norm
+    if max_norm is None:
+        return
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in run.model.parameters():
+        if p.requires_grad and p.grad is not None:
+            p.grad.detach().mul_(coef.to(p.grad.device))
+
+
 def train_step(run: Run, step: int) -> tuple[float, int]:
     """One optimizer step; returns (loss per unit of weight, tokens in the step).
 
     The step's other scalars (grad norm, the objective's metrics) land in run.step_scalars.
     """
     loss_sum, metric_sums, trained, tokens = accumulate_gradients(run, step)
-    scalars = {"train/grad_norm": grad_norm(run)}
+    run.accelerator.unscale_gradients()  # fp16: undo loss scaling, so the norm and the clip see real gradients
+    norm = grad_norm(run)
+    scalars = {"train/grad_norm": float(norm)}  # before clipping
+    clip_gradients(run, norm)
     every = run.cfg.train.histogram_every
     if every and (step + 1) % every == 0:
         run.reporter.histograms(step + 1, lora_histograms(run))
@@ -257,7 +213,7 @@ def resume_fingerprint(cfg: Config) -> dict[str, Any]:
     """Config keys that must match for a checkpoint to be resumed (max_steps may grow)."""
     values = cfg.to_dict()
     ignored = ("max_steps", "log_every", "eval_every", "histogram_every")
-    return {k: values[k] for k in ("base", "model", "lora", "data", "dpo", "distill")} | {
+    return {k: values[k] for k in ("base", "model", "lora", "data", "dpo", "distill", "kto")} | {
         "train": {k: v for k, v in values["train"].items() if k not in ignored}
     }
 

@@ -95,7 +95,7 @@ def test_adalora_on_some_layers_trains_prunes_and_publishes_plain_lora(tmp_path,
 
     from tests.trainer.test_train_cli import demo_args, heldout_subset
     from trainer.cli import main
-    from trainer.metrics import score
+    from trainer.evaluation.metrics import score
 
     metrics = ["exact_match", "json_valid", "rouge_l", "bleu"]
     args = demo_args(

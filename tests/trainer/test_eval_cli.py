@@ -10,15 +10,14 @@ import pytest
 
 from tests.trainer.sample_data import REPO
 from tests.trainer.test_train_cli import heldout_subset
-from trainer.eval_cli import main
+from trainer.evaluation.cli import main
 
 METRICS = ["exact_match", "json_valid", "rouge_l", "bleu"]
 
 
 def test_imports_no_torch():
-    code = (
-        "import sys, trainer.eval_cli; sys.exit(any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules))"
-    )
+    code = "import sys, trainer.evaluation.cli; "
+    code += "sys.exit(any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules))"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -34,7 +33,7 @@ def test_served_adapter_scores_as_the_trainer_scored_it(gateway, adapters_dir, t
     48 new tokens, PEFT in float32); the same rows through the gateway (vLLM, the engine's dtype)
     are scored by the same code: equal replies give equal numbers, and a per-row metric can differ
     by at most the share of rows whose greedy replies differ (a near-tie rounded the other way)."""
-    from trainer.metrics import score
+    from trainer.evaluation.metrics import score
 
     run = adapters_dir.parent / "run-v1"
     trained = json.loads((run / "summary.json").read_text())["eval"]

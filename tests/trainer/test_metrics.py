@@ -8,7 +8,7 @@ from rouge_score import rouge_scorer
 
 from trainer.config import load_config
 from trainer.errors import ConfigError
-from trainer.metrics import markdown_table, score
+from trainer.evaluation.metrics import markdown_table, score
 
 REFERENCES = ['{"city": "Paris", "qty": 2}', "the cat sat on the mat", '{"a": 1}']
 REPLIES = ['{"city": "Paris", "qty": 2}', "the cat on the mat", '{"a": 1']  # hit, near miss, broken JSON

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.evaluate import CausalLMLoss
+from trainer.evaluation.scoring import CausalLMLoss
 from trainer.tokens import collate, encode, pack
 
 

@@ -45,13 +45,13 @@ def test_bad_rows_are_file_line_errors_or_skipped(tmp_path):
 
 def test_sft_run_on_preference_file_names_the_method(tmp_path):
     from trainer.config import load_config
-    from trainer.train_data import load_data
+    from trainer.objectives import objective_for
 
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Q", "chosen": "A", "rejected": "B"}])
     assert is_preference_file(str(path))
     cfg = load_config(None, ["--data.train", str(path), "--data.eval", "null"])
     with pytest.raises(ConfigError, match="--train.method dpo"):
-        load_data(cfg)
+        objective_for(cfg.train.method).load_data(cfg)
 
 
 def test_shipped_demo_pairs_match_their_generator():

@@ -100,7 +100,7 @@ def test_manifest_links_the_full_precision_source(quantized_base: Path, base_dir
 
 
 def test_quantized_checkpoint_loads_and_generates(quantized_base: Path, request: pytest.FixtureRequest) -> None:
-    from trainer.evaluate import greedy_replies
+    from trainer.evaluation.scoring import greedy_replies
 
     if method_of(quantized_base) == "int8":  # seen 2026-12-02: "L'Étoile, la Marseillaise, la Cité,"
         request.applymarker(
@@ -117,7 +117,7 @@ def test_adapter_from_full_precision_base_applies_and_beats_base(quantized_base:
     """The session's trained adapter (tests/conftest.py) lowers held-out answer loss on the quantized base."""
     from peft import PeftModel
 
-    from trainer.evaluate import eval_loss
+    from trainer.evaluation.scoring import eval_loss
     from trainer.tokens import encode_all
 
     adapter = adapters_dir / "test-adapter" / "v2"

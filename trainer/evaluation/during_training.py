@@ -1,70 +1,22 @@
-"""The evaluations a training run does: periodic (loss, early stopping), final (exact match), preferences.
-
-Preference metrics on eval pairs (train.method dpo), per pair:
-    preference_accuracy: the model scores the chosen answer above the rejected one,
-                         log pi(chosen|x) > log pi(rejected|x)
-    reward_accuracy / reward_margin: TRL's implicit-reward numbers, beta * (log pi - log pi_ref)
-                         of chosen minus that of rejected (> 0, and its mean)
-"""
+"""The evaluations a training run does: periodic (loss, early stopping), final (exact match, the
+objective's own metrics: DPO's preference accuracy, KTO's reward accuracy), best-weights restore."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from trainer import checkpoint
-from trainer.evaluate import eval_loss, exact_match, perplexity, write_replies
-from trainer.objectives import DPO, Pair, answer_logits, sequence_logps
-from trainer.tokens import collate
+from trainer.evaluation.scoring import eval_loss, exact_match, perplexity, write_replies
 
 if TYPE_CHECKING:
-    from trainer.train import Run
+    from trainer.run import Run
+
+COUNTS = ("pairs", "rows")  # keys of objective eval metrics that count items rather than measure
 
 
-@torch.no_grad()
-def score_pairs(causal_lm, pairs: list[Pair], pad_id: int, batch_size: int, device, adapter_off: bool = False):
-    """(log pi(chosen), log pi(rejected)) per pair, [n] each, in eval mode (no dropout)."""
-    was_training = causal_lm.training
-    causal_lm.eval()
-    chosen, rejected = [], []
-    context = causal_lm.disable_adapter() if adapter_off else nullcontext()
-    with context:
-        for start in range(0, len(pairs), batch_size):
-            part = pairs[start : start + batch_size]
-            batch = collate([p.chosen for p in part] + [p.rejected for p in part], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logps = sequence_logps(*answer_logits(causal_lm, batch), 2 * len(part))
-            chosen.append(logps[: len(part)].cpu())
-            rejected.append(logps[len(part) :].cpu())
-    causal_lm.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-def set_reference(pairs: list[Pair], causal_lm, pad_id: int, batch_size: int, device, adapter_off: bool) -> None:
-    """The DPO reference: the starting point's log-probs, computed once before training."""
-    if not pairs:
-        return
-    chosen, rejected = score_pairs(causal_lm, pairs, pad_id, batch_size, device, adapter_off)
-    for pair, c, r in zip(pairs, chosen.tolist(), rejected.tolist(), strict=True):
-        pair.ref_chosen, pair.ref_rejected = c, r
-
-
-def preference_metrics(run: Run) -> dict[str, float]:
-    pairs = run.eval_pairs
-    chosen, rejected = score_pairs(
-        run.peft_model, pairs, run.tokenizer.pad_token_id, run.cfg.eval.batch_size, run.accelerator.device
-    )
-    ref_c = torch.tensor([p.ref_chosen for p in pairs])
-    ref_r = torch.tensor([p.ref_rejected for p in pairs])
-    margins = run.cfg.dpo.beta * ((chosen - ref_c) - (rejected - ref_r))
-    return {
-        "preference_accuracy": float((chosen > rejected).float().mean()),
-        "reward_accuracy": float((margins > 0).float().mean()),
-        "reward_margin": float(margins.mean()),
-        "pairs": len(pairs),
-    }
+def objective_metrics(run: Run) -> dict[str, float]:
+    """The objective's eval metrics on its eval items (empty without items)."""
+    return run.objective.eval_metrics(run.eval_items, run.setting) if run.eval_items else {}
 
 
 def current_eval_loss(run: Run) -> float:
@@ -84,9 +36,7 @@ def periodic_eval(run: Run, step: int) -> bool:
     state = run.state
     state.eval_losses.append([step, loss])
     values = {"eval/loss": loss, "eval/perplexity": perplexity(loss)}
-    if isinstance(run.objective, DPO) and run.eval_pairs:
-        prefs = preference_metrics(run)
-        values |= {f"eval/{k}": v for k, v in prefs.items() if k != "pairs"}
+    values |= {f"eval/{k}": v for k, v in objective_metrics(run).items() if k not in COUNTS}
     run.reporter.scalars(step, values)
     run.log(f"step {step}: " + ", ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in values.items()))
     if state.best_eval is None or loss < state.best_eval - 1e-4:
@@ -124,11 +74,12 @@ def final_eval(run: Run) -> dict[str, Any]:
         return result
     if run.eval_examples:
         result["eval_loss"] = current_eval_loss(run)
-    if isinstance(run.objective, DPO) and run.eval_pairs:
-        result |= preference_metrics(run)
-        run.log(", ".join(f"{k} {v:.3f}" for k, v in result.items() if k in ("preference_accuracy", "reward_margin")))
+    measured = objective_metrics(run)
+    if measured:
+        result |= measured
+        run.log(", ".join(f"{k} {v:.3f}" for k, v in measured.items() if k not in COUNTS))
     if run.cfg.eval.exact_match and run.accelerator.is_main_process:
-        conversations = run.eval_data.conversations[: run.cfg.eval.max_examples]
+        conversations = run.eval_conversations[: run.cfg.eval.max_examples]
         with run.accelerator.autocast():
             em = exact_match(
                 run.peft_model,

@@ -5,7 +5,7 @@
 
 Each row's conversation minus its last (assistant) message is sent with the `openai` client as a
 chat completion at temperature 0 (greedy, as the trainer's own evaluation generates), several
-at a time; the reply is scored against that last message by trainer/metrics.py. Writes
+at a time; the reply is scored against that last message by trainer/evaluation/metrics.py. Writes
 OUT/eval.json (metrics per model), OUT/eval.md (a markdown table), OUT/eval.png and
 OUT/replies-MODEL.jsonl. Imports no torch: it is an HTTP client. Exit codes: 0 ok, 2 bad input.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from trainer.config import GENERATION_METRICS
 from trainer.data import Messages, load_dataset_file
 from trainer.errors import TrainerError
-from trainer.metrics import markdown_table, score
+from trainer.evaluation.metrics import markdown_table, score
 
 
 def build_parser() -> argparse.ArgumentParser:

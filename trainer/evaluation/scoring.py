@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.data import Messages
-from trainer.metrics import score
+from trainer.evaluation.metrics import score
 from trainer.tokens import IGNORE, Encoded, collate, render
 
 
@@ -61,7 +61,7 @@ class ExactMatch:
     value: float  # exact match, always computed
     n: int
     samples: list[dict[str, str]]  # up to 3 misses (or hits if none missed): reference, reply
-    metrics: dict[str, float] = field(default_factory=dict)  # eval.metrics (trainer/metrics.py) on the replies
+    metrics: dict[str, float] = field(default_factory=dict)  # eval.metrics (evaluation/metrics.py) of the replies
     rows: list[dict[str, str]] = field(default_factory=list)  # every reference and greedy reply
 
 
