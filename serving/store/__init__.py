@@ -14,13 +14,20 @@ Writes (each one transaction; control changes bump the version and write an audi
     store.ensure_stable(name, version)                # first published version becomes stable
     store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version
     store.create_rollout(RolloutRecord(...), actor=...)  # Conflict: name taken / adapter busy
-    store.update_rollout(name, actor=..., action="rollout.advance", reason=..., numbers={...},
-                         set_stable="v2"?, state=..., step=..., weights=..., config=..., evaluated_at=...)
+    store.update_rollout(name, expect_revision=rollout.revision, actor=..., action="rollout.advance",
+                         reason=..., numbers={...}, set_stable="v2"?, stable_from=?, fence=lease?,
+                         state=..., step=..., weights=..., config=..., evaluated_at=...)
+        # compare-and-set: Conflict(code=REVISION_CHANGED / LEASE_LOST) writes nothing; callers go
+        # through serving/rollouts/actions.py apply(), the one transition function
     store.get_rollout(name) / list_rollouts()
     store.audit(actor=..., action=..., subject=..., reason=..., numbers=...) / audit_log(subject)
-    store.acquire_lease("evaluator", holder, ttl_s) -> bool / release_lease / lease_holder
-Reads for statistics: store.requests(rollout=..., since=...), store.feedback(rollout=..., since=...)
-    (FeedbackRecord carries model, variant, rollout copied from the request log: no join needed).
+    store.acquire_lease("evaluator", holder, ttl_s) -> Lease | None (database clock; fencing token)
+    store.release_lease / lease_holder
+Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [UnitStats] (a GROUP BY
+    on a covering index, never body columns). store.requests / store.feedback return whole rows
+    (bodies included) for exports and captures only.
+Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
+    rows of active rollouts are kept), both run by the writer.
 
 A rollout (RolloutRecord) splits traffic of the adapter name `adapter` by `weights`
 ("adapter@vN" -> weight) while its state is "running" or "paused" (records.ACTIVE_ROLLOUT_STATES);
@@ -40,11 +47,12 @@ from serving.store.records import (
     ControlSnapshot,
     ExperimentRecord,
     FeedbackRecord,
+    Lease,
     RequestRecord,
     RolloutRecord,
     UnitStats,
 )
-from serving.store.store import Store
+from serving.store.store import LEASE_LOST, REVISION_CHANGED, Store
 from serving.store.writer import FeedbackJob, StoreWriter
 
 __all__ = [
@@ -56,6 +64,9 @@ __all__ = [
     "ExperimentRecord",
     "FeedbackJob",
     "FeedbackRecord",
+    "LEASE_LOST",
+    "Lease",
+    "REVISION_CHANGED",
     "RequestRecord",
     "RolloutRecord",
     "Store",

@@ -115,7 +115,7 @@ class FeedbackRecord:
     excluded: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnitStats:
     """One assignment unit's aggregate for one variant at one rollout step: what the rollout's
     statistics read (never rows). `ttft_over` counts requests whose TTFT (or latency, unstreamed)
@@ -129,6 +129,17 @@ class UnitStats:
     ttft_over: int
     score_sum: float
     score_n: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as its holder took it: `token` (the fencing token) goes up each time a new term
+    starts (another holder, or the same one after it lapsed); `expires_at` is on the database's clock."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: float
 
 
 @dataclass(frozen=True)

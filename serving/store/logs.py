@@ -1,0 +1,195 @@
+"""The request log and feedback side of the Store: writes (through the writer), the per-unit
+aggregates rollouts decide on, and retention.
+
+Nothing here that a decision reads touches a body column: `rollout_units` selects only indexed
+columns (the partial covering index ix_request_log_rollout_units / ix_feedback_rollout_units, see
+models.py), so its cost grows with a rollout's rows and units, never with captured bodies.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import asdict, fields
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from serving.store.models import FeedbackRow, RequestLogRow, RolloutRow
+from serving.store.records import ACTIVE_ROLLOUT_STATES, FeedbackRecord, RequestRecord, UnitStats
+
+_REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
+_FEEDBACK_COPIED = ("score", "label", "comment", "key_name", "model", "variant", "rollout", "unit", "step", "excluded")
+
+
+def _request(row: RequestLogRow) -> RequestRecord:
+    return RequestRecord(**{name: getattr(row, name) for name in _REQUEST_FIELDS})
+
+
+def _feedback(row: FeedbackRow) -> FeedbackRecord:
+    return FeedbackRecord(**{f.name: getattr(row, f.name) for f in fields(FeedbackRecord)})
+
+
+def counted_requests(rollout: str) -> sa.ColumnElement[bool]:
+    """The rows a rollout's statistics count: the predicate of the partial index, repeated verbatim
+    so the planner can use it."""
+    r = RequestLogRow
+    return sa.and_(r.rollout == rollout, r.excluded.is_(None), r.unit.is_not(None), r.step.is_not(None))
+
+
+def counted_feedback(rollout: str) -> sa.ColumnElement[bool]:
+    f = FeedbackRow
+    return sa.and_(f.rollout == rollout, f.excluded.is_(None), f.unit.is_not(None), f.step.is_not(None))
+
+
+def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Select, sa.Select]:
+    """The two GROUP BYs behind rollout_units (requests, feedback); public so a test and the scale
+    benchmark can EXPLAIN exactly what the evaluator runs."""
+    r = RequestLogRow
+    latency = sa.func.coalesce(r.ttft_s, r.latency_s)
+    over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
+    requests = (
+        sa.select(
+            r.variant,
+            r.step,
+            r.unit,
+            sa.func.count().label("n"),
+            sa.func.sum(sa.case((r.outcome == "error", 1), else_=0)).label("errors"),
+            sa.func.sum(over).label("over"),
+        )
+        .where(counted_requests(rollout))
+        .group_by(r.variant, r.step, r.unit)
+    )
+    f = FeedbackRow
+    scores = (
+        sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score).label("total"), sa.func.count().label("n"))
+        .where(counted_feedback(rollout))
+        .group_by(f.variant, f.step, f.unit)
+    )
+    return requests, scores
+
+
+class RequestLog:
+    """Mixed into Store (serving/store/store.py), which provides the transactions. The writer's
+    methods (write_requests, get_requests, put_feedback, retention) raise SQLAlchemy's own errors:
+    the writer counts and survives them; the gateway's reads get serving errors."""
+
+    clock: Any
+
+    def _tx(self, translate: bool = True) -> AbstractContextManager[Session]:  # provided by Store
+        raise NotImplementedError
+
+    def write_requests(self, records: list[RequestRecord]) -> None:
+        if not records:
+            return
+        with self._tx(translate=False) as s:
+            s.execute(sa.insert(RequestLogRow), [asdict(r) for r in records])
+
+    def get_request(self, response_id: str) -> RequestRecord | None:
+        with self._tx() as s:
+            row = s.get(RequestLogRow, response_id)
+            return _request(row) if row else None
+
+    def get_requests(self, ids: list[str]) -> dict[str, RequestRecord]:
+        if not ids:
+            return {}
+        with self._tx(translate=False) as s:
+            rows = s.scalars(sa.select(RequestLogRow).where(RequestLogRow.id.in_(ids)))
+            return {r.id: _request(r) for r in rows}
+
+    def requests(
+        self, *, rollout: str | None = None, since: float | None = None, limit: int = 10_000
+    ) -> list[RequestRecord]:
+        """Whole rows, bodies included, oldest first: for exports and captures, never for decisions
+        (they read rollout_units)."""
+        query = sa.select(RequestLogRow).order_by(RequestLogRow.created_at).limit(limit)
+        if rollout is not None:
+            query = query.where(RequestLogRow.rollout == rollout)
+        if since is not None:
+            query = query.where(RequestLogRow.created_at >= since)
+        with self._tx() as s:
+            return [_request(r) for r in s.scalars(query)]
+
+    def rollout_units(self, rollout: str, *, ttft_threshold_s: float | None) -> list[UnitStats]:
+        """Per (variant, step, unit) aggregates of a rollout's counted requests and their feedback,
+        computed in SQL on indexed columns (never body columns), sorted. Rows with `excluded` set, or
+        with no unit or step (logged before units existed), are left out."""
+        requests, scores = unit_queries(rollout, ttft_threshold_s)
+        with self._tx() as s:
+            out: dict[tuple[Any, Any, Any], list] = {
+                (v, st, u): [int(n), int(e or 0), int(o or 0), 0.0, 0] for v, st, u, n, e, o in s.execute(requests)
+            }
+            for v, st, u, total, n in s.execute(scores):
+                row = out.setdefault((v, st, u), [0, 0, 0, 0.0, 0])
+                row[3], row[4] = float(total or 0.0), int(n)
+        return [UnitStats(v, st, u, *values) for (v, st, u), values in sorted(out.items())]
+
+    def put_feedback(self, records: list[FeedbackRecord]) -> None:
+        """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""
+        if not records:
+            return
+        now = self.clock()
+        with self._tx(translate=False) as s:
+            ids = [f.response_id for f in records]
+            existing = {
+                r.response_id: r for r in s.scalars(sa.select(FeedbackRow).where(FeedbackRow.response_id.in_(ids)))
+            }
+            for record in records:
+                row = existing.get(record.response_id)
+                if row is None:
+                    row = FeedbackRow(response_id=record.response_id, created_at=now)
+                    s.add(row)
+                    existing[record.response_id] = row
+                for key in _FEEDBACK_COPIED:
+                    setattr(row, key, getattr(record, key))
+                row.updated_at = now
+
+    def get_feedback(self, response_id: str) -> FeedbackRecord | None:
+        with self._tx() as s:
+            row = s.get(FeedbackRow, response_id)
+            return _feedback(row) if row else None
+
+    def feedback(self, *, rollout: str | None = None, since: float | None = None) -> list[FeedbackRecord]:
+        query = sa.select(FeedbackRow).order_by(FeedbackRow.created_at)
+        if rollout is not None:
+            query = query.where(FeedbackRow.rollout == rollout)
+        if since is not None:
+            query = query.where(FeedbackRow.updated_at >= since)
+        with self._tx() as s:
+            return [_feedback(r) for r in s.scalars(query)]
+
+    # --- retention -------------------------------------------------------------------------------
+
+    def erase_bodies(self, older_than: float) -> int:
+        """Retention: drop captured bodies of requests logged before `older_than`; returns how many."""
+        with self._tx(translate=False) as s:
+            result = s.execute(
+                sa.update(RequestLogRow)
+                .where(RequestLogRow.created_at < older_than, RequestLogRow.request_body.is_not(None))
+                .values(request_body=None, response_text=None)
+            )
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def delete_old_requests(self, older_than: float, *, batch_size: int = 5_000, max_batches: int = 20) -> int:
+        """Retention (store.request_log_retention_s): delete request-log rows and feedback logged
+        before `older_than`, `batch_size` rows per transaction (short locks, bounded WAL), at most
+        `max_batches` per call (the writer calls again later); returns how many rows went.
+
+        Rows of an active (running or paused) rollout are kept whatever their age: its statistics
+        cover every step since it started, so deleting any of them would change a decision under
+        way. They become deletable once the rollout is promoted or rolled back."""
+        deleted = 0
+        for table, created, key in (
+            (RequestLogRow, RequestLogRow.created_at, RequestLogRow.id),
+            (FeedbackRow, FeedbackRow.created_at, FeedbackRow.response_id),
+        ):
+            active = sa.select(RolloutRow.name).where(RolloutRow.state.in_(ACTIVE_ROLLOUT_STATES))
+            old = sa.and_(created < older_than, sa.or_(table.rollout.is_(None), table.rollout.not_in(active)))
+            for _ in range(max_batches):
+                with self._tx(translate=False) as s:
+                    ids = sa.select(key).where(old).limit(batch_size).scalar_subquery()
+                    n = int(s.execute(sa.delete(table).where(key.in_(ids))).rowcount or 0)  # type: ignore[attr-defined]
+                deleted += n
+                if n < batch_size:
+                    break
+        return deleted
