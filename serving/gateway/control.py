@@ -39,7 +39,10 @@ class ControlPlane:
             batch_size=cfg.store.log_batch_size,
             flush_interval_s=cfg.store.log_flush_interval_s,
             body_retention_s=cfg.store.body_retention_s,
+            request_log_retention_s=cfg.store.request_log_retention_s,
+            body_max_bytes=cfg.store.body_capture_max_bytes,
             on_drop=metrics.request_log_dropped.inc,
+            on_body_skipped=metrics.request_log_bodies_skipped.inc,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
