@@ -8,7 +8,8 @@ models.py), so its cost grows with a rollout's rows and units, never with captur
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -43,8 +44,8 @@ def counted_feedback(rollout: str) -> sa.ColumnElement[bool]:
 
 
 def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Select, sa.Select]:
-    """The two GROUP BYs behind rollout_units (requests, feedback); public so a test and the scale
-    benchmark can EXPLAIN exactly what the evaluator runs."""
+    """The two GROUP BYs behind rollout_units (requests, feedback), each an index-only scan of its
+    rollout-units index; public so a test and the scale benchmark can EXPLAIN them."""
     r = RequestLogRow
     latency = sa.func.coalesce(r.ttft_s, r.latency_s)
     over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
@@ -67,6 +68,49 @@ def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Selec
         .group_by(f.variant, f.step, f.unit)
     )
     return requests, scores
+
+
+@contextmanager
+def _cursor(session: Session, query: sa.Select) -> Iterator[Any]:
+    """The driver's own cursor over `query`, in the session's transaction, iterated for plain
+    tuples: a rollout can have hundreds of thousands of unit rows, and SQLAlchemy's Row objects
+    cost more than the driver itself. A driver error leaves as SQLAlchemy's DBAPIError (which the
+    store translates)."""
+    conn = session.connection()
+    compiled = query.compile(dialect=conn.dialect)
+    params = compiled.construct_params()
+    args = [params[k] for k in compiled.positiontup or []] if compiled.positional else params
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        yield cursor
+    except dbapi_error as exc:
+        raise sa.exc.DBAPIError.instance(str(compiled), args, exc, dbapi_error) from exc
+    finally:
+        cursor.close()
+
+
+def units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
+    """Each (variant, step, unit) of the requests' GROUP BY with its feedback's beside it (a LEFT
+    JOIN of the two sorted aggregates): rows in UnitStats' field order, sorted. Feedback is on a
+    logged request (it copies the request's variant, step, unit and exclusion), so a cell with
+    feedback always has requests."""
+    requests, scores = (q.subquery() for q in unit_queries(rollout, ttft_threshold_s))
+    same = sa.and_(*(requests.c[k] == scores.c[k] for k in ("variant", "step", "unit")))
+    keys = (requests.c.variant, requests.c.step, requests.c.unit)
+    return (
+        sa.select(
+            *keys,
+            requests.c.n,
+            requests.c.errors,
+            requests.c.over,
+            sa.func.coalesce(scores.c.total, 0.0),
+            sa.func.coalesce(scores.c.n, 0),
+        )
+        .select_from(requests.outerjoin(scores, same))
+        .order_by(*keys)
+    )
 
 
 class RequestLog:
@@ -114,15 +158,8 @@ class RequestLog:
         """Per (variant, step, unit) aggregates of a rollout's counted requests and their feedback,
         computed in SQL on indexed columns (never body columns), sorted. Rows with `excluded` set, or
         with no unit or step (logged before units existed), are left out."""
-        requests, scores = unit_queries(rollout, ttft_threshold_s)
-        with self._tx() as s:
-            out: dict[tuple[Any, Any, Any], list] = {
-                (v, st, u): [int(n), int(e or 0), int(o or 0), 0.0, 0] for v, st, u, n, e, o in s.execute(requests)
-            }
-            for v, st, u, total, n in s.execute(scores):
-                row = out.setdefault((v, st, u), [0, 0, 0, 0.0, 0])
-                row[3], row[4] = float(total or 0.0), int(n)
-        return [UnitStats(v, st, u, *values) for (v, st, u), values in sorted(out.items())]
+        with self._tx() as s, _cursor(s, units_query(rollout, ttft_threshold_s)) as rows:
+            return list(map(UnitStats._make, rows))
 
     def put_feedback(self, records: list[FeedbackRecord]) -> None:
         """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 CAPTURE_MODES = ("none", "bodies")
 # What a request's outcome means for the variant that was chosen for it. Only "error" counts
@@ -115,11 +115,11 @@ class FeedbackRecord:
     excluded: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class UnitStats:
+class UnitStats(NamedTuple):
     """One assignment unit's aggregate for one variant at one rollout step: what the rollout's
     statistics read (never rows). `ttft_over` counts requests whose TTFT (or latency, unstreamed)
-    was above the threshold the query was given (0 when it was given none)."""
+    was above the threshold the query was given (0 when it was given none). A NamedTuple: a
+    rollout can have hundreds of thousands of these, built straight from database rows."""
 
     variant: str
     step: int
