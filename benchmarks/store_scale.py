@@ -6,8 +6,10 @@ skewed number of requests each (sticky per user and step), 1-2% errors, 2% pinne
 30% unstreamed (no TTFT), 1% with captured bodies (~1 KB), and feedback on 10% of requests.
 Then the evaluation the evaluator runs for rollout r0 (1/9 of the rows): the stats helper's
 `report.read_rollout` where this tree has it, else Store.rollout_units plus a per-variant summary
-(which the JSON names). Measured in this process: wall time and peak-RSS growth, cold (first) and
-warm (median of 5); the EXPLAIN of the aggregate query goes into the artifact.
+(which the JSON names); and, under "moments", Store.rollout_moments (the same cells summed per
+variant and step in SQL). Measured in this process: wall time, client CPU time and peak-RSS
+growth, cold (first) and warm (median of 5); the EXPLAIN ANALYZE of the unit query goes into the
+artifact.
 
     python benchmarks/store_scale.py                       # starts its own PostgreSQL (pgserver)
     python benchmarks/store_scale.py --url postgresql://...  --rows 200000
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import shutil
 import statistics
@@ -32,7 +35,7 @@ import sqlalchemy as sa
 
 from serving.store import RolloutRecord, Store
 from serving.store.connect import create_db_engine, migrate
-from serving.store.logs import unit_queries
+from serving.store.logs import units_query
 
 ROLLOUTS = 8
 STEPS = (10, 25, 50, 100)
@@ -144,32 +147,56 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak, KiB on Linux
 
 
-def measure(store: Store, rollout: RolloutRecord, repeats: int = 5) -> dict[str, Any]:
+def moments(store: Store, rollout: RolloutRecord) -> tuple[str, Any]:
+    """The scale path: per (variant, step) sums over units in SQL (Store.rollout_moments)."""
+    return "Store.rollout_moments", store.rollout_moments(rollout.name, ttft_threshold_s=0.14)
+
+
+def measure(store: Store, rollout: RolloutRecord, read: Any = evaluation, repeats: int = 5) -> dict[str, Any]:
     before = rss_mib()
-    t = time.perf_counter()
-    path, _ = evaluation(store, rollout)
-    cold_s = time.perf_counter() - t
-    warm = []
+    t, cpu = time.perf_counter(), time.process_time()
+    path, _ = read(store, rollout)
+    cold_s, cold_cpu_s = time.perf_counter() - t, time.process_time() - cpu
+    warm, warm_cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
-        evaluation(store, rollout)
+        t, cpu = time.perf_counter(), time.process_time()
+        read(store, rollout)
         warm.append(time.perf_counter() - t)
+        warm_cpu.append(time.process_time() - cpu)
+    growth = rss_mib() - before  # before the count below, which reads every unit row
     units = store.rollout_units(rollout.name, ttft_threshold_s=0.14)
     return {
         "evaluation": path,
         "cold_s": round(cold_s, 3),
         "warm_median_s": round(statistics.median(warm), 3),
         "warm_max_s": round(max(warm), 3),
-        "peak_rss_growth_mib": round(rss_mib() - before, 1),
+        # this process's CPU seconds (the client side: fetch and build), less sensitive to the
+        # machine's load than wall time; the server's own time is in the EXPLAIN ANALYZE below
+        "cold_client_cpu_s": round(cold_cpu_s, 3),
+        "warm_client_cpu_median_s": round(statistics.median(warm_cpu), 3),
+        "peak_rss_growth_mib": round(growth, 1),
         "unit_rows": len(units),
         "requests_counted": sum(u.requests for u in units),
         "feedback_counted": sum(u.score_n for u in units),
     }
 
 
+def _measure_in_child(url: str, read: str) -> dict[str, Any]:
+    store = Store(create_db_engine(url))
+    try:
+        return measure(store, rollout_record(), {"moments": moments, "evaluation": evaluation}[read])
+    finally:
+        store.close()
+
+
+def measured(url: str, read: str) -> dict[str, Any]:
+    """`measure` in a forked child: peak RSS is per process, so each read gets a process of its own."""
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        return pool.apply(_measure_in_child, (url, read))
+
+
 def explain(store: Store, rollout: str) -> str:
-    requests, _ = unit_queries(rollout, 0.14)
-    compiled = requests.compile(store.engine, compile_kwargs={"literal_binds": True})
+    compiled = units_query(rollout, 0.14).compile(store.engine, compile_kwargs={"literal_binds": True})
     with store.engine.connect() as conn:
         rows = conn.execute(sa.text(f"EXPLAIN (ANALYZE, VERBOSE, BUFFERS) {compiled}")).all()
     return "\n".join(r[0] for r in rows)
@@ -207,7 +234,8 @@ def run(url: str, rows: int, units: int) -> dict[str, Any]:
         size = conn.execute(sa.text("SELECT pg_size_pretty(pg_total_relation_size('request_log'))")).scalar()
         version = conn.execute(sa.text("SHOW server_version")).scalar()
     result = {"rows": rows, "units": units, "rollouts": ROLLOUTS, "build_s": round(built_s, 1)}
-    result.update(measure(store, rollout_record()))
+    result["moments"] = measured(url, "moments")
+    result.update(measured(url, "evaluation"))
     result.update({"request_log_size": size, "postgres": version, "explain": explain(store, "r0")})
     store.close()
     return result

@@ -12,7 +12,8 @@ Writes (each one transaction; control changes bump the version and write an audi
     store.put_experiment(name, variants, actor=..., capture="none"|"bodies", reason=...)
     store.delete_experiment(name, actor=...)          # NotFound
     store.ensure_stable(name, version)                # first published version becomes stable
-    store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version
+    store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version;
+        # Conflict naming the rollout while the adapter has an active one
     store.create_rollout(RolloutRecord(...), actor=...)  # Conflict: name taken / adapter busy
     store.update_rollout(name, expect_revision=rollout.revision, actor=..., action="rollout.advance",
                          reason=..., numbers={...}, set_stable="v2"?, stable_from=?, fence=lease?,
@@ -24,7 +25,9 @@ Writes (each one transaction; control changes bump the version and write an audi
     store.acquire_lease("evaluator", holder, ttl_s) -> Lease | None (database clock; fencing token)
     store.release_lease / lease_holder
 Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [UnitStats] (a GROUP BY
-    on a covering index, never body columns). store.requests / store.feedback return whole rows
+    on a covering index, never body columns); store.rollout_moments(...) -> [StepMoments], the
+    same cells summed per (variant, step) in SQL (sums, squares, cross products): a few rows at
+    any number of users. store.requests / store.feedback return whole rows
     (bodies included) for exports and captures only.
 Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
     rows of active rollouts are kept), both run by the writer.
@@ -50,6 +53,7 @@ from serving.store.records import (
     Lease,
     RequestRecord,
     RolloutRecord,
+    StepMoments,
     UnitStats,
 )
 from serving.store.store import LEASE_LOST, REVISION_CHANGED, Store
@@ -70,6 +74,7 @@ __all__ = [
     "RequestRecord",
     "RolloutRecord",
     "Store",
+    "StepMoments",
     "StoreWriter",
     "UnitStats",
     "migrate",

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from serving.store.models import FeedbackRow, RequestLogRow, RolloutRow
-from serving.store.records import ACTIVE_ROLLOUT_STATES, FeedbackRecord, RequestRecord, UnitStats
+from serving.store.records import ACTIVE_ROLLOUT_STATES, FeedbackRecord, RequestRecord, StepMoments, UnitStats
 
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
 _FEEDBACK_COPIED = ("score", "label", "comment", "key_name", "model", "variant", "rollout", "unit", "step", "excluded")
@@ -70,6 +70,9 @@ def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Selec
     return requests, scores
 
 
+STREAM_BATCH = 20_000  # rows per round trip when reading unit aggregates from PostgreSQL
+
+
 @contextmanager
 def _cursor(session: Session, query: sa.Select) -> Iterator[Any]:
     """The driver's own cursor over `query`, in the session's transaction, iterated for plain
@@ -81,7 +84,11 @@ def _cursor(session: Session, query: sa.Select) -> Iterator[Any]:
     params = compiled.construct_params()
     args = [params[k] for k in compiled.positiontup or []] if compiled.positional else params
     dbapi_error = conn.dialect.loaded_dbapi.Error
-    cursor = conn.connection.cursor()
+    if conn.dialect.name == "postgresql":  # server-side: rows come in batches, never all at once
+        cursor = conn.connection.cursor(name="loraplane_rows")
+        cursor.itersize = STREAM_BATCH  # type: ignore[attr-defined]
+    else:
+        cursor = conn.connection.cursor()
     try:
         cursor.execute(str(compiled), args)
         yield cursor
@@ -110,6 +117,28 @@ def units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
         )
         .select_from(requests.outerjoin(scores, same))
         .order_by(*keys)
+    )
+
+
+def moments_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
+    """StepMoments per (variant, step): the unit cells of units_query summed once more in SQL."""
+    cells = units_query(rollout, ttft_threshold_s).order_by(None).subquery()
+    n, e, o, total, k = (cells.c[i] for i in range(3, 8))
+
+    def total_of(x: Any) -> Any:
+        return sa.cast(sa.func.sum(x), sa.Float)
+
+    return (
+        sa.select(
+            cells.c.variant,
+            cells.c.step,
+            sa.func.count(),
+            *(total_of(x) for x in (n, n * n, e, e * e, e * n, o, o * o, o * n)),
+            sa.func.count(sa.case((k > 0, 1))),
+            *(total_of(x) for x in (k, k * k, total, total * total, total * k)),
+        )
+        .group_by(cells.c.variant, cells.c.step)
+        .order_by(cells.c.variant, cells.c.step)
     )
 
 
@@ -158,8 +187,25 @@ class RequestLog:
         """Per (variant, step, unit) aggregates of a rollout's counted requests and their feedback,
         computed in SQL on indexed columns (never body columns), sorted. Rows with `excluded` set, or
         with no unit or step (logged before units existed), are left out."""
+        names: dict[str, str] = {}  # one string per variant and unit: a unit recurs at every step
+        out: list[UnitStats] = []
         with self._tx() as s, _cursor(s, units_query(rollout, ttft_threshold_s)) as rows:
-            return list(map(UnitStats._make, rows))
+            for v, st, u, n, e, o, total, k in rows:
+                out.append(UnitStats(names.setdefault(v, v), st, names.setdefault(u, u), n, e, o, total, k))
+        return out
+
+    def rollout_moments(self, rollout: str, *, ttft_threshold_s: float | None) -> list[StepMoments]:
+        """Per (variant, step) sums over units (StepMoments) of the same cells rollout_units returns:
+        what a per-unit (cluster-robust) test needs, in a handful of rows whatever the number of
+        users -- the scale path (benchmarks/store_scale.py)."""
+        with self._tx() as s:
+            rows = s.execute(moments_query(rollout, ttft_threshold_s)).all()
+        out = []
+        for v, st, units, *sums in rows:
+            values = [float(x or 0.0) for x in sums]
+            values[8] = int(values[8])  # rated_units, a count among the sums
+            out.append(StepMoments(v, st, int(units), *values))  # type: ignore[arg-type]
+        return out
 
     def put_feedback(self, records: list[FeedbackRecord]) -> None:
         """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""

@@ -131,6 +131,31 @@ class UnitStats(NamedTuple):
     score_n: int
 
 
+class StepMoments(NamedTuple):
+    """The sums over the units of one variant at one step that a cluster-robust (per-user, delta
+    method) test needs, computed in SQL from the UnitStats cells: O(variants x steps) rows however
+    many users. For a per-unit pair (x, y) -- (requests, errors), (requests, ttft_over),
+    (score_n, score_sum) -- it holds sum x, sum x^2, sum y, sum y^2 and sum x*y. Floats (exact to 2^53)."""
+
+    variant: str
+    step: int
+    units: int  # units with at least one counted request
+    requests: float
+    requests_sq: float
+    errors: float
+    errors_sq: float
+    errors_x_requests: float
+    ttft_over: float
+    ttft_over_sq: float
+    ttft_over_x_requests: float
+    rated_units: int  # units with at least one score
+    score_n: float
+    score_n_sq: float
+    score_sum: float
+    score_sum_sq: float
+    score_sum_x_n: float
+
+
 @dataclass(frozen=True)
 class Lease:
     """A lease as its holder took it: `token` (the fencing token) goes up each time a new term

@@ -65,3 +65,31 @@ def test_bodies_over_the_byte_cap_are_not_kept_and_are_counted(store: Store) -> 
     kept = store.get_request("big")
     assert kept is not None and kept.request_body is None and kept.response_text is None and kept.status == 200
     assert skipped == [1] and writer.bodies_skipped == 1
+
+
+def test_step_moments_are_the_sums_over_the_unit_cells(store: Store) -> None:
+    records = []
+    for i in range(40):
+        r = row(f"id-{i}", 0, "r")
+        r.variant, r.unit, r.step = ("bot@v2" if i % 3 else "bot@v1"), f"{i % 7:032x}", i % 2
+        r.outcome, r.ttft_s = ("error" if i % 5 == 0 else "ok"), 0.05 * (i % 4)
+        records.append(r)
+    store.write_requests(records)
+    store.put_feedback(
+        [
+            FeedbackRecord(f"id-{i}", i / 40, "k", "bot", r.variant, "r", unit=r.unit, step=r.step)
+            for i, r in enumerate(records)
+            if i % 4 == 0
+        ]
+    )
+    cells = store.rollout_units("r", ttft_threshold_s=0.07)
+    moments = {(m.variant, m.step): m for m in store.rollout_moments("r", ttft_threshold_s=0.07)}
+    assert set(moments) == {(c.variant, c.step) for c in cells}
+    for (variant, step), m in moments.items():
+        mine = [c for c in cells if (c.variant, c.step) == (variant, step)]
+        assert m.units == len(mine) and m.rated_units == sum(c.score_n > 0 for c in mine)
+        assert m.requests == sum(c.requests for c in mine) and m.requests_sq == sum(c.requests**2 for c in mine)
+        assert m.errors_x_requests == sum(c.errors * c.requests for c in mine)
+        assert m.ttft_over_sq == sum(c.ttft_over**2 for c in mine)
+        assert m.score_sum_x_n == pytest.approx(sum(c.score_sum * c.score_n for c in mine))
+        assert m.score_sum_sq == pytest.approx(sum(c.score_sum**2 for c in mine))
