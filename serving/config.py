@@ -187,6 +187,12 @@ class StoreConfig(Strict):
     log_batch_size: int = Field(500, ge=1)  # records per write
     log_flush_interval_s: float = Field(0.2, gt=0)  # the writer writes at least this often
     body_retention_s: float = Field(7 * 24 * 3600.0, gt=0)  # captured bodies are erased after this
+    # Request-log and feedback rows older than this are deleted by the writer, in batches; rows of a
+    # running or paused rollout are kept until it ends (its statistics span every step). None: keep all.
+    request_log_retention_s: float | None = Field(30 * 24 * 3600.0, gt=0)
+    # A captured request + response body (JSON bytes) over this is not kept: the row is logged
+    # without bodies and loraplane_request_log_bodies_skipped_total counts it. 0: capture nothing.
+    body_capture_max_bytes: int = Field(256 * 1024, ge=0)
     feedback_timeout_s: float = Field(5.0, gt=0)  # POST /v1/feedback waits this long for the write
 
 

@@ -114,6 +114,11 @@ class GatewayMetrics:
             "Request log records the database refused (a bad value); the rest of their batch was written",
             registry=r,
         )
+        self.request_log_bodies_skipped = Counter(
+            "loraplane_request_log_bodies_skipped_total",
+            "Captured bodies not kept: request + response over store.body_capture_max_bytes",
+            registry=r,
+        )
 
         # Rollouts (serving/rollouts/): every replica publishes its snapshot's view; the evaluator
         # holding the lease counts decisions (a pause is counted where the database was lost).

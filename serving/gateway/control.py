@@ -39,8 +39,11 @@ class ControlPlane:
             batch_size=cfg.store.log_batch_size,
             flush_interval_s=cfg.store.log_flush_interval_s,
             body_retention_s=cfg.store.body_retention_s,
+            request_log_retention_s=cfg.store.request_log_retention_s,
+            body_max_bytes=cfg.store.body_capture_max_bytes,
             on_drop=metrics.request_log_dropped.inc,
             on_reject=metrics.request_log_rejected.inc,
+            on_body_skipped=metrics.request_log_bodies_skipped.inc,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -127,6 +130,9 @@ class ControlPlane:
         await self._write(self.store.delete_experiment, name, actor=actor, reason=reason)
 
     async def promote(self, name: str, version: str, actor: str, reason: str | None) -> str | None:
+        """Move the stable pointer by hand. 409 naming the rollout while the adapter has an active
+        one: checked here on the snapshot, and again by the store inside the write's transaction
+        (this replica's snapshot may not have seen a rollout just started through another)."""
         rollout = self.snapshot.active_rollout(name)
         if rollout is not None:
             raise Conflict(
@@ -137,14 +143,9 @@ class ControlPlane:
         return await self._write(self.store.set_stable, name, version, actor=actor, reason=reason)
 
     async def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            result = await asyncio.to_thread(fn, *args, **kwargs)
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            if type(exc).__module__.startswith("sqlalchemy"):
-                raise StoreUnavailable(f"the control-plane database failed ({type(exc).__name__}); retry") from exc
-            raise
+        """A store write off the event loop (the store turns database failures into serving errors),
+        then this replica's snapshot reloads so the change is served here at once."""
+        result = await asyncio.to_thread(fn, *args, **kwargs)
         await self.refresh()
         return result
 

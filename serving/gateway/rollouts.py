@@ -6,6 +6,8 @@ POST /admin/rollouts/{name}                 start: {"candidate": "bot@v2", "cont
 GET  /admin/rollouts                        every rollout (name, adapter, state, weights)
 GET  /admin/rollouts/{name}                 state, step, weights, per-variant numbers, guards
 POST /admin/rollouts/{name}/{action}        pause | resume | promote | rollback, {"reason"?}
+                                            (rollback of a promoted rollout makes the control stable
+                                            again; 409 saying why when it cannot: actions.py)
 GET  /admin/rollouts/{name}/captures        captured bodies with their scores (for export)
 """
 
@@ -33,13 +35,8 @@ SPEC_FIELDS = ("steps", "min_samples", "interval_s", "alpha", "promote_when", "m
 
 
 async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """A store call off the event loop; a database failure becomes a 503 naming it."""
-    try:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-    except Exception as exc:
-        if type(exc).__module__.startswith("sqlalchemy"):
-            raise StoreUnavailable(f"the control-plane database failed ({type(exc).__name__}); retry") from exc
-        raise
+    """A store call off the event loop (the store raises StoreUnavailable / Conflict, never SQLAlchemy's errors)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def _target(state: GatewayState, value: Any, field: str) -> str:

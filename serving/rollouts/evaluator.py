@@ -8,6 +8,11 @@ variant, step and user, computed in SQL, never request rows), builds the report
 stable pointer moves in the same transaction) or rollback -- with the report as the audit record's
 numbers. When the holder dies its lease lapses and another replica takes over within lease_s.
 
+A decision is written through actions.apply as a compare-and-set on the revision the evaluation
+read, fenced by the lease term it ran under: an admin action that landed meanwhile, or a lease
+that lapsed during a slow evaluation (another replica may hold it now), makes the write a no-op
+counted as outcome "refused"; the next tick decides again on fresh numbers.
+
 Database lost: the tick fails, decisions pause (every replica reports its rollouts as `paused`
 with the reason), serving goes on from the last snapshot; the next tick that reaches the
 database resumes. Nothing is decided without the database, so nothing is lost.
@@ -25,11 +30,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.config import RolloutsConfig
+from serving.errors import Conflict
 from serving.metrics import GatewayMetrics
-from serving.rollouts.actions import version_of
+from serving.rollouts.actions import apply
 from serving.rollouts.policy import Decision, RolloutSpec, State, decide
 from serving.rollouts.report import read_rollout
-from serving.store import ControlSnapshot, RolloutRecord, Store
+from serving.store import LEASE_LOST, REVISION_CHANGED, ControlSnapshot, Lease, RolloutRecord, Store
 
 log = logging.getLogger("loraplane.rollouts")
 LEASE = "rollout-evaluator"
@@ -39,19 +45,18 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def decision_changes(rollout: RolloutRecord, spec: RolloutSpec, d: Decision, now: float) -> dict[str, Any]:
-    """The rollout fields a decision writes (state, step, weights, config); the reason goes separately."""
-    changes: dict[str, Any] = {"evaluated_at": now}
-    c, s = rollout.candidate, rollout.control
+def decision_fields(rollout: RolloutRecord, d: Decision, now: float, threshold: float | None) -> dict[str, Any]:
+    """What an evaluation writes besides the transition itself (actions.transition): when it ran,
+    when a new step started, and the TTFT threshold once it is frozen."""
+    fields: dict[str, Any] = {"evaluated_at": now}
+    config = dict(rollout.config)
     if d.outcome == "advance":
-        candidate, control = spec.weights(d.step_index)
-        changes.update(step=d.step_index, weights={c: candidate, s: control})
-        changes["config"] = {**rollout.config, "step_started_at": now}
-    elif d.outcome == "promote":
-        changes.update(state=State.PROMOTED.value, step=len(spec.steps) - 1, weights={c: 100, s: 0})
-    elif d.outcome == "rollback":
-        changes.update(state=State.ROLLED_BACK.value, weights={c: 0, s: 100})
-    return changes
+        config["step_started_at"] = now
+    if threshold is not None and rollout.config.get("ttft_threshold_s") is None:
+        config["ttft_threshold_s"] = threshold
+    if config != rollout.config:
+        fields["config"] = config
+    return fields
 
 
 class Evaluator:
@@ -69,6 +74,7 @@ class Evaluator:
         self.holder = holder or holder_id()
         self.clock = clock
         self.leader = False
+        self.lease: Lease | None = None  # the term this replica's decisions are fenced by
         self.paused_reason: str | None = None  # set while the database cannot be reached
 
     # --- one round (synchronous: the async loop runs it in a thread) ----------------------------
@@ -76,13 +82,15 @@ class Evaluator:
     def tick(self) -> list[tuple[str, Decision]]:
         now = self.clock()
         try:
-            self.leader = self.store.acquire_lease(LEASE, self.holder, self.cfg.lease_s)
+            self._renew()
             decisions = []
-            if self.leader:
-                for rollout in self.store.list_rollouts():
-                    due = rollout.evaluated_at is None or now - rollout.evaluated_at >= rollout.config["interval_s"]
-                    if rollout.state == State.RUNNING.value and due:
-                        decisions.append((rollout.name, self.evaluate(rollout, now)))
+            for rollout in self.store.list_rollouts() if self.leader else []:
+                due = rollout.evaluated_at is None or now - rollout.evaluated_at >= rollout.config["interval_s"]
+                if rollout.state == State.RUNNING.value and due:
+                    self._renew()  # a slow evaluation before this one must not let the lease lapse unseen
+                    decision = self.evaluate(rollout, now) if self.leader else None
+                    if decision is not None:
+                        decisions.append((rollout.name, decision))
         except Exception as exc:  # database down or failing: decide nothing, say why
             self._pause(exc)
             return []
@@ -91,26 +99,46 @@ class Evaluator:
             self.paused_reason = None
         return decisions
 
-    def evaluate(self, rollout: RolloutRecord, now: float) -> Decision:
+    def evaluate(self, rollout: RolloutRecord, now: float) -> Decision | None:
         spec = RolloutSpec.from_json(rollout.config)
         read = read_rollout(self.store, rollout)  # per-unit aggregates in SQL, never request rows
         d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
         report, threshold = read.report, read.threshold
-        changes = decision_changes(rollout, spec, d, now)
-        if threshold is not None and rollout.config.get("ttft_threshold_s") is None:
-            changes["config"] = {**changes.get("config", rollout.config), "ttft_threshold_s": threshold}
-        self.store.update_rollout(
-            rollout.name,
-            actor=f"evaluator:{self.holder}",
-            action=f"rollout.{d.outcome}",
-            reason=d.reason,
-            numbers={"outcome": d.outcome, "step_index": d.step_index, "report": report},
-            set_stable=version_of(rollout.candidate) if d.outcome == "promote" else None,
-            **changes,
-        )
+        return d if self._write(rollout, d, report, decision_fields(rollout, d, now, threshold)) else None
+
+    def _write(self, rollout: RolloutRecord, d: Decision, report: dict, fields: dict[str, Any]) -> bool:
+        """The decision as one compare-and-set fenced by this replica's lease; False (nothing written,
+        counted as "refused") when the rollout changed meanwhile (an admin action, another evaluator)
+        or the lease lapsed or moved on during the evaluation. Only written under a lease (tick holds one)."""
+        try:
+            if self.lease is None:
+                raise Conflict(f"evaluator {self.holder!r} holds no lease; nothing decided", code=LEASE_LOST)
+            apply(
+                self.store,
+                rollout,
+                d.outcome,
+                actor=f"evaluator:{self.holder}",
+                reason=d.reason,
+                numbers={"outcome": d.outcome, "step_index": d.step_index, "report": report},
+                step_index=d.step_index,
+                fence=self.lease,
+                **fields,
+            )
+        except Conflict as exc:
+            if exc.code not in (REVISION_CHANGED, LEASE_LOST):
+                raise
+            if exc.code == LEASE_LOST:
+                self.leader, self.lease = False, None
+            self.metrics.rollout_decisions.labels(rollout.name, "refused").inc()
+            log.warning("rollout %s: %s not written: %s", rollout.name, d.outcome, exc.message)
+            return False
         self.metrics.rollout_decisions.labels(rollout.name, d.outcome).inc()
         log.info("rollout %s: %s (%s)", rollout.name, d.outcome, d.reason)
-        return d
+        return True
+
+    def _renew(self) -> None:
+        self.lease = self.store.acquire_lease(LEASE, self.holder, self.cfg.lease_s)
+        self.leader = self.lease is not None
 
     def _pause(self, exc: Exception) -> None:
         reason = (

@@ -12,15 +12,25 @@ Writes (each one transaction; control changes bump the version and write an audi
     store.put_experiment(name, variants, actor=..., capture="none"|"bodies", reason=...)
     store.delete_experiment(name, actor=...)          # NotFound
     store.ensure_stable(name, version)                # first published version becomes stable
-    store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version
+    store.set_stable(name, version, actor=..., reason=..., numbers={...})  # -> previous version;
+        # Conflict naming the rollout while the adapter has an active one
     store.create_rollout(RolloutRecord(...), actor=...)  # Conflict: name taken / adapter busy
-    store.update_rollout(name, actor=..., action="rollout.advance", reason=..., numbers={...},
-                         set_stable="v2"?, state=..., step=..., weights=..., config=..., evaluated_at=...)
+    store.update_rollout(name, expect_revision=rollout.revision, actor=..., action="rollout.advance",
+                         reason=..., numbers={...}, set_stable="v2"?, stable_from=?, fence=lease?,
+                         state=..., step=..., weights=..., config=..., evaluated_at=...)
+        # compare-and-set: Conflict(code=REVISION_CHANGED / LEASE_LOST) writes nothing; callers go
+        # through serving/rollouts/actions.py apply(), the one transition function
     store.get_rollout(name) / list_rollouts()
     store.audit(actor=..., action=..., subject=..., reason=..., numbers=...) / audit_log(subject)
-    store.acquire_lease("evaluator", holder, ttl_s) -> bool / release_lease / lease_holder
-Reads for statistics: store.requests(rollout=..., since=...), store.feedback(rollout=..., since=...)
-    (FeedbackRecord carries model, variant, rollout copied from the request log: no join needed).
+    store.acquire_lease("evaluator", holder, ttl_s) -> Lease | None (database clock; fencing token)
+    store.release_lease / lease_holder
+Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [UnitStats] (a GROUP BY
+    on a covering index, never body columns); store.rollout_moments(...) -> [StepMoments], the
+    same cells summed per (variant, step) in SQL (sums, squares, cross products): a few rows at
+    any number of users. store.requests / store.feedback return whole rows
+    (bodies included) for exports and captures only.
+Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
+    rows of active rollouts are kept), both run by the writer.
 
 A rollout (RolloutRecord) splits traffic of the adapter name `adapter` by `weights`
 ("adapter@vN" -> weight) while its state is "running" or "paused" (records.ACTIVE_ROLLOUT_STATES);
@@ -40,11 +50,13 @@ from serving.store.records import (
     ControlSnapshot,
     ExperimentRecord,
     FeedbackRecord,
+    Lease,
     RequestRecord,
     RolloutRecord,
+    StepMoments,
     UnitStats,
 )
-from serving.store.store import Store
+from serving.store.store import LEASE_LOST, REVISION_CHANGED, Store
 from serving.store.writer import FeedbackJob, StoreWriter
 
 __all__ = [
@@ -56,9 +68,13 @@ __all__ = [
     "ExperimentRecord",
     "FeedbackJob",
     "FeedbackRecord",
+    "LEASE_LOST",
+    "Lease",
+    "REVISION_CHANGED",
     "RequestRecord",
     "RolloutRecord",
     "Store",
+    "StepMoments",
     "StoreWriter",
     "UnitStats",
     "migrate",

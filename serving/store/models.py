@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
     pass
+
+
+# The rows a rollout's statistics count (serving/store/logs.py counted_requests): the two
+# rollout-units indexes hold only these, so excluded and pre-0002 rows cost nothing to skip.
+COUNTED = "excluded IS NULL AND unit IS NOT NULL AND step IS NOT NULL"
 
 
 class ControlVersion(Base):
@@ -99,7 +104,17 @@ class RequestLogRow(Base):
     __table_args__ = (
         Index("ix_request_log_rollout_created", "rollout", "created_at"),
         Index("ix_request_log_created", "created_at"),
-        Index("ix_request_log_rollout_units", "rollout", "variant", "step", "unit"),
+        # Covering (PostgreSQL INCLUDE): rollout_units is an index-only scan, no heap or body reads.
+        Index(
+            "ix_request_log_rollout_units",
+            "rollout",
+            "variant",
+            "step",
+            "unit",
+            postgresql_include=["outcome", "ttft_s", "latency_s"],
+            postgresql_where=text(COUNTED),
+            sqlite_where=text(COUNTED),
+        ),
     )
 
 
@@ -121,6 +136,20 @@ class FeedbackRow(Base):
     unit: Mapped[str | None] = mapped_column(String(32), nullable=True)
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     excluded: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+    __table_args__ = (
+        Index(
+            "ix_feedback_rollout_units",
+            "rollout",
+            "variant",
+            "step",
+            "unit",
+            postgresql_include=["score"],
+            postgresql_where=text(COUNTED),
+            sqlite_where=text(COUNTED),
+        ),
+        Index("ix_feedback_created", "created_at"),  # retention
+    )
 
 
 class AuditRow(Base):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 CAPTURE_MODES = ("none", "bodies")
 # What a request's outcome means for the variant that was chosen for it. Only "error" counts
@@ -115,11 +115,11 @@ class FeedbackRecord:
     excluded: str | None = None
 
 
-@dataclass(frozen=True)
-class UnitStats:
+class UnitStats(NamedTuple):
     """One assignment unit's aggregate for one variant at one rollout step: what the rollout's
     statistics read (never rows). `ttft_over` counts requests whose TTFT (or latency, unstreamed)
-    was above the threshold the query was given (0 when it was given none)."""
+    was above the threshold the query was given (0 when it was given none). A NamedTuple: a
+    rollout can have hundreds of thousands of these, built straight from database rows."""
 
     variant: str
     step: int
@@ -129,6 +129,42 @@ class UnitStats:
     ttft_over: int
     score_sum: float
     score_n: int
+
+
+class StepMoments(NamedTuple):
+    """The sums over the units of one variant at one step that a cluster-robust (per-user, delta
+    method) test needs, computed in SQL from the UnitStats cells: O(variants x steps) rows however
+    many users. For a per-unit pair (x, y) -- (requests, errors), (requests, ttft_over),
+    (score_n, score_sum) -- it holds sum x, sum x^2, sum y, sum y^2 and sum x*y. Floats (exact to 2^53)."""
+
+    variant: str
+    step: int
+    units: int  # units with at least one counted request
+    requests: float
+    requests_sq: float
+    errors: float
+    errors_sq: float
+    errors_x_requests: float
+    ttft_over: float
+    ttft_over_sq: float
+    ttft_over_x_requests: float
+    rated_units: int  # units with at least one score
+    score_n: float
+    score_n_sq: float
+    score_sum: float
+    score_sum_sq: float
+    score_sum_x_n: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease as its holder took it: `token` (the fencing token) goes up each time a new term
+    starts (another holder, or the same one after it lapsed); `expires_at` is on the database's clock."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: float
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@
 - One bad record never drops its batch: when the database refuses a batch for its data (a value
   too long, a repeated id), the batch is written again in halves until the bad records stand
   alone; only they are dropped, counted by `on_reject` and named in the log.
+- Captured bodies over `body_max_bytes` (request JSON + response text, UTF-8) are not kept: the
+  record is written without them and `on_body_skipped` counts it.
+- Retention, every ERASE_EVERY_S: captured bodies older than `body_retention_s` are erased, and
+  request-log / feedback rows older than `request_log_retention_s` deleted in bounded batches
+  (Store.delete_old_requests: rows of an active rollout stay until it ends).
 - `submit_feedback(job)` returns a Future the route awaits: the writer first writes every request
   record queued before it (so feedback for a response still in the queue works), then checks the
   job against the request log (unknown id -> NotFound, another key -> Forbidden) and upserts
@@ -14,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -60,15 +66,22 @@ class StoreWriter:
         batch_size: int,
         flush_interval_s: float,
         body_retention_s: float,
+        request_log_retention_s: float | None = None,
+        body_max_bytes: int | None = None,
         on_drop: Callable[[int], None] = lambda n: None,
         on_reject: Callable[[int], None] = lambda n: None,
+        on_body_skipped: Callable[[int], None] = lambda n: None,
     ):
         self.store = store
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.body_retention_s = body_retention_s
+        self.request_log_retention_s = request_log_retention_s
+        self.body_max_bytes = body_max_bytes
         self.on_drop = on_drop
         self.on_reject = on_reject
+        self.on_body_skipped = on_body_skipped
+        self.bodies_skipped = 0
         self._requests: queue.Queue[RequestRecord] = queue.Queue(maxsize=queue_size)
         self._feedback: queue.Queue[tuple[FeedbackJob | None, Future]] = queue.Queue(maxsize=queue_size)
         self._pending: dict[str, RequestRecord] = {}  # queued, not yet written (read by feedback)
@@ -132,7 +145,7 @@ class StoreWriter:
             try:
                 self._write_requests()
                 self._handle_feedback()
-                self._erase_old_bodies()
+                self._retention()
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("store writer: unexpected error")
             if stopping and self._requests.empty() and self._feedback.empty():
@@ -146,6 +159,7 @@ class StoreWriter:
                     batch.append(self._requests.get_nowait())
                 except queue.Empty:
                     break
+            self._bound_bodies(batch)
             try:
                 self._write_batch(batch)
             except sa.exc.SQLAlchemyError as exc:
@@ -154,6 +168,21 @@ class StoreWriter:
             finally:
                 for record in batch:
                     self._pending.pop(record.id, None)
+
+    def _bound_bodies(self, batch: list[RequestRecord]) -> None:
+        """Drop captured bodies over body_max_bytes (the row is still logged), counting each."""
+        if self.body_max_bytes is None:
+            return
+        for record in batch:
+            if record.request_body is None and record.response_text is None:
+                continue
+            size = len(json.dumps(record.request_body, separators=(",", ":")).encode()) + len(
+                (record.response_text or "").encode()
+            )
+            if size > self.body_max_bytes:
+                record.request_body = record.response_text = None
+                self.bodies_skipped += 1
+                self.on_body_skipped(1)
 
     def _write_batch(self, batch: list[RequestRecord]) -> None:
         """Write `batch`; when the database refuses it for its data, write it in halves so that only
@@ -242,12 +271,20 @@ class StoreWriter:
         self.store.put_feedback(list(records.values()))
         return results
 
-    def _erase_old_bodies(self) -> None:
+    def _retention(self) -> None:
         now = time.time()
         if now - self._erased_at < ERASE_EVERY_S:
             return
         self._erased_at = now
         try:
             self.store.erase_bodies(now - self.body_retention_s)
+            if self.request_log_retention_s is not None:
+                deleted = self.store.delete_old_requests(now - self.request_log_retention_s)
+                if deleted:
+                    log.info(
+                        "request-log retention: %d rows older than %.0f s deleted",
+                        deleted,
+                        self.request_log_retention_s,
+                    )
         except sa.exc.SQLAlchemyError as exc:
-            log.warning("body retention: erase failed, will retry: %s", exc)
+            log.warning("retention: erase/delete failed, will retry: %s", exc)

@@ -57,6 +57,29 @@ def test_bare_name_is_the_stable_version_until_promoted(dirs, db_url: str) -> No
     assert audit[1]["reason"] == "better eval" and audit[1]["numbers"] == {"from": "v1", "to": "v2"}
 
 
+def test_adapters_promote_during_a_rollout_is_409_naming_it_even_before_the_poll(
+    dirs, db_url: str, capsys, monkeypatch
+) -> None:
+    """The rollout is started behind this replica's back (another replica, straight in the store),
+    so its snapshot may not show it yet: the store refuses the pointer move in the write itself."""
+    from serving.cli import adapters_main
+    from serving.config import RolloutsConfig
+    from serving.rollouts.actions import new_rollout
+
+    make_adapter(dirs[1], "bot", "v2")
+    with GatewayThread(gateway_app(dirs, [], **{"store.url": db_url}), free_port()) as gw:
+        store = open_store(db_url)
+        spec = RolloutsConfig().spec()
+        store.create_rollout(new_rollout("canary", "bot@v2", "bot@v1", spec, "none", 0.0), actor="other-replica")
+        resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", headers=ADMIN)
+        monkeypatch.setenv("LORAPLANE_ADMIN_KEY", "admin")
+        code = adapters_main(["promote", "bot@v2", "--gateway", gw.url])  # `loraplane adapters promote`
+    assert resp.status_code == 409 and "rollout 'canary'" in resp.json()["error"]["message"], resp.text
+    assert code == 2 and "rollout 'canary'" in capsys.readouterr().err
+    assert store.stable_versions()["bot"] == "v1"
+    store.close()
+
+
 def test_experiment_named_like_an_adapter_or_the_base_is_409(dirs, db_url: str) -> None:
     with GatewayThread(gateway_app(dirs, [], **{"store.url": db_url}), free_port()) as gw:
         for name, clash in (("bot", "adapter 'bot'"), (BASE, "base model")):

@@ -151,14 +151,16 @@ def test_manual_pause_resume_promote_and_terminal_states(two_versions, db_url: s
         assert httpx.post(f"{gw.url}/admin/rollouts/m/resume", json={}).json()["state"] == "running"
         promoted = httpx.post(f"{gw.url}/admin/rollouts/m/promote", json={}).json()
         assert promoted["state"] == "promoted" and promoted["weights"]["bot@v2"] == 100
+        undone = httpx.post(f"{gw.url}/admin/rollouts/m/rollback", json={"reason": "regressed after promotion"})
+        assert undone.status_code == 200 and undone.json()["state"] == "rolled_back"  # the control is stable again
         again = httpx.post(f"{gw.url}/admin/rollouts/m/rollback", json={})
-        assert again.status_code == 409 and "promoted" in again.json()["error"]["message"]
+        assert again.status_code == 409 and "rolled_back" in again.json()["error"]["message"]
         listed = httpx.get(f"{gw.url}/admin/rollouts").json()["data"]
-    assert [(r["name"], r["state"]) for r in listed] == [("m", "promoted")]
+    assert [(r["name"], r["state"]) for r in listed] == [("m", "rolled_back")]
     store = Store(create_db_engine(db_url))
-    assert store.stable_versions()["bot"] == "v2"
+    assert store.stable_versions()["bot"] == "v1"
     actions = [a.action for a in store.audit_log("m")]
-    assert actions == ["rollout.start", "rollout.pause", "rollout.resume", "rollout.promote"]
+    assert actions == ["rollout.start", "rollout.pause", "rollout.resume", "rollout.promote", "rollout.rollback"]
 
 
 def test_database_lost_pauses_decisions_and_serving_goes_on(two_versions, postgres_server_url: str) -> None:

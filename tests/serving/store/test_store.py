@@ -76,21 +76,25 @@ def test_rollout_lifecycle_conflicts_and_promotion_moves_stable(store: Store) ->
     with pytest.raises(Conflict, match="already has rollout 'r1'"):
         store.create_rollout(RolloutRecord("r2", "bot", "bot@v3", "bot@v1", "running", {}), actor="ops")
     assert store.snapshot().active_rollout("bot") == store.get_rollout("r1")
-    store.update_rollout(
+    advanced = store.update_rollout(
         "r1",
+        expect_revision=0,
         actor="evaluator",
         action="rollout.advance",
         numbers={"n": 40},
         step=1,
         weights={"bot@v1": 50, "bot@v2": 50},
     )
-    done = store.update_rollout("r1", actor="evaluator", action="rollout.promote", set_stable="v2", state="promoted")
-    assert done.state == "promoted" and not done.active
+    assert advanced.revision == 1
+    done = store.update_rollout(
+        "r1", expect_revision=1, actor="evaluator", action="rollout.promote", set_stable="v2", state="promoted"
+    )
+    assert done.state == "promoted" and not done.active and done.revision == 2
     assert store.stable_versions()["bot"] == "v2"
     assert store.snapshot().active_rollout("bot") is None
     assert [a.action for a in store.audit_log("r1")] == ["rollout.start", "rollout.advance", "rollout.promote"]
     with pytest.raises(ValueError, match="adapter"):
-        store.update_rollout("r1", actor="x", action="y", adapter="other")
+        store.update_rollout("r1", expect_revision=2, actor="x", action="y", adapter="other")
 
 
 def test_feedback_upsert_replaces_and_keeps_attribution(store: Store) -> None:
@@ -104,18 +108,20 @@ def test_feedback_upsert_replaces_and_keeps_attribution(store: Store) -> None:
     assert [r.id for r in store.requests(rollout="r1")] == ["chatcmpl-1"]
 
 
-def test_lease_has_one_holder_until_it_expires(store: Store) -> None:
-    now = [1000.0]
-    store.clock = lambda: now[0]
-    assert store.acquire_lease("evaluator", "a", ttl_s=10)
-    assert not store.acquire_lease("evaluator", "b", ttl_s=10)
-    assert store.acquire_lease("evaluator", "a", ttl_s=10)  # renew
+def test_lease_has_one_holder_until_it_expires_and_each_term_a_higher_token(store: Store) -> None:
+    first = store.acquire_lease("evaluator", "a", ttl_s=0.5)
+    assert first is not None and first.token == 1
+    assert store.acquire_lease("evaluator", "b", ttl_s=10) is None
+    renewed = store.acquire_lease("evaluator", "a", ttl_s=0.5)  # renew: same term, same token
+    assert renewed is not None and renewed.token == 1 and renewed.expires_at >= first.expires_at
     assert store.lease_holder("evaluator") == "a"
-    now[0] += 11
+    time.sleep(0.7)
     assert store.lease_holder("evaluator") is None
-    assert store.acquire_lease("evaluator", "b", ttl_s=10)  # taken over after expiry
+    taken = store.acquire_lease("evaluator", "b", ttl_s=10)  # taken over after expiry: a new term
+    assert taken is not None and taken.token == 2
     store.release_lease("evaluator", "b")
-    assert store.acquire_lease("evaluator", "a", ttl_s=10)
+    again = store.acquire_lease("evaluator", "a", ttl_s=10)
+    assert again is not None and again.token == 3  # released rows keep counting
 
 
 def test_body_retention_erases_only_old_bodies(store: Store) -> None:

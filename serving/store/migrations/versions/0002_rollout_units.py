@@ -15,6 +15,9 @@ revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+# The rows rollout statistics count; the same text as serving/store/models.py COUNTED (a migration
+# keeps its own copy: it must not change when the models do).
+COUNTED = "excluded IS NULL AND unit IS NOT NULL AND step IS NOT NULL"
 
 
 def upgrade() -> None:
@@ -26,11 +29,28 @@ def upgrade() -> None:
         t.add_column(sa.Column("excluded", sa.String(16), nullable=True))
     # Rows logged before this revision: a status of 500 or more was the variant's error.
     op.execute("UPDATE request_log SET outcome = 'error' WHERE status >= 500")
-    op.create_index("ix_request_log_rollout_units", "request_log", ["rollout", "variant", "step", "unit"])
+    # Partial and covering (models.COUNTED): the evaluator's GROUP BY is an index-only scan.
+    op.create_index(
+        "ix_request_log_rollout_units",
+        "request_log",
+        ["rollout", "variant", "step", "unit"],
+        postgresql_include=["outcome", "ttft_s", "latency_s"],
+        postgresql_where=sa.text(COUNTED),
+        sqlite_where=sa.text(COUNTED),
+    )
     with op.batch_alter_table("feedback") as t:
         t.add_column(sa.Column("unit", sa.String(32), nullable=True))
         t.add_column(sa.Column("step", sa.Integer(), nullable=True))
         t.add_column(sa.Column("excluded", sa.String(16), nullable=True))
+    op.create_index(
+        "ix_feedback_rollout_units",
+        "feedback",
+        ["rollout", "variant", "step", "unit"],
+        postgresql_include=["score"],
+        postgresql_where=sa.text(COUNTED),
+        sqlite_where=sa.text(COUNTED),
+    )
+    op.create_index("ix_feedback_created", "feedback", ["created_at"])  # request-log retention
     with op.batch_alter_table("rollouts") as t:
         t.add_column(sa.Column("revision", sa.Integer(), nullable=False, server_default="0"))
     with op.batch_alter_table("leases") as t:
@@ -42,6 +62,8 @@ def downgrade() -> None:
         t.drop_column("token")
     with op.batch_alter_table("rollouts") as t:
         t.drop_column("revision")
+    op.drop_index("ix_feedback_created", "feedback")
+    op.drop_index("ix_feedback_rollout_units", "feedback")
     with op.batch_alter_table("feedback") as t:
         for column in ("excluded", "step", "unit"):
             t.drop_column(column)
