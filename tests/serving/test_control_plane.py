@@ -71,7 +71,7 @@ def test_adapters_promote_during_a_rollout_is_409_naming_it_even_before_the_poll
         store = open_store(db_url)
         spec = RolloutsConfig().spec()
         store.create_rollout(new_rollout("canary", "bot@v2", "bot@v1", spec, "none", 0.0), actor="other-replica")
-        resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", headers=ADMIN)
+        resp = httpx.post(f"{gw.url}/admin/adapters/bot/v2/promote", headers=ADMIN, json={})
         monkeypatch.setenv("LORAPLANE_ADMIN_KEY", "admin")
         code = adapters_main(["promote", "bot@v2", "--gateway", gw.url])  # `loraplane adapters promote`
     assert resp.status_code == 409 and "rollout 'canary'" in resp.json()["error"]["message"], resp.text

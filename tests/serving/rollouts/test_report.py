@@ -60,12 +60,11 @@ def log(store: Store, name: str, users: int, variant: str, *, failing: bool = Fa
 
 
 def test_a_candidate_failing_for_everyone_is_rolled_back_from_the_aggregates(store: Store) -> None:
-    r = store.create_rollout(rollout(), actor="test")
+    store.create_rollout(rollout(), actor="test")
     log(store, "r", 30, CTRL)
     log(store, "r", 30, CAND, failing=True, at=0.05)
-    evaluator = Evaluator(store, RolloutsConfig(), GatewayMetrics(), holder="t")
-    d = evaluator.evaluate(r, 2000.0)
-    assert d.outcome == "rollback" and "error_rate" in d.reason
+    d = dict(Evaluator(store, RolloutsConfig(), GatewayMetrics(), holder="t").tick())["r"]  # under its lease
+    assert d is not None and d.outcome == "rollback" and "error_rate" in d.reason
     after = store.get_rollout("r")
     assert after is not None and after.state == "rolled_back"
     report = store.audit_log("r")[-1].numbers["report"]  # type: ignore[index]
@@ -74,10 +73,10 @@ def test_a_candidate_failing_for_everyone_is_rolled_back_from_the_aggregates(sto
 
 
 def test_a_candidate_that_logged_nothing_is_rolled_back_with_that_reason(store: Store) -> None:
-    r = store.create_rollout(rollout(steps=(50, 100), promote_when="not_worse"), actor="test")
+    store.create_rollout(rollout(steps=(50, 100), promote_when="not_worse"), actor="test")
     log(store, "r", 30, CTRL)  # 90 control requests from 30 users, the candidate's never logged
-    d = Evaluator(store, RolloutsConfig(), GatewayMetrics(), holder="t").evaluate(r, 2000.0)
-    assert d.outcome == "rollback"
+    d = dict(Evaluator(store, RolloutsConfig(), GatewayMetrics(), holder="t").tick())["r"]  # under its lease
+    assert d is not None and d.outcome == "rollback"
     assert "candidate has no observations at step 50% while control has 90 requests from 30 users" in d.reason
 
 
