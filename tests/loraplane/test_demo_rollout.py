@@ -45,9 +45,9 @@ def demo_gateway(tmp_path: Path, **engine: object) -> Iterator[str]:
         },
     )
     settings = MockSettings(tokens=2, ttft_ms=1.0, itl_ms=0.0, **engine)  # type: ignore[arg-type]
-    with GatewayThread(mock_engine_app(settings), free_port()) as eng:
-        with GatewayThread(create_app(cfg, [eng.url], health_interval_s=0.2), free_port()) as gw:
-            yield gw.url
+    engine_thread = GatewayThread(mock_engine_app(settings), free_port())
+    with engine_thread as eng, GatewayThread(create_app(cfg, [eng.url], health_interval_s=0.2), free_port()) as gw:
+        yield gw.url
 
 
 def scripted(p_v1: float, p_v2: float):
@@ -100,6 +100,6 @@ def test_corrupt_copy_passes_the_registry_but_not_the_loader(tmp_path: Path) -> 
         (adapters / "demo-json" / "v3" / name).write_bytes((tmp_path / "broken" / name).read_bytes())
     registry = AdapterRegistry(adapters, read_base(models, "smollm2-135m-instruct"), 16)
     registry.validate(AdapterRef("demo-json", "v3"))  # header and files pass
-    with pytest.raises(SafetensorError, match="not fully covered"):
-        with safe_open(str(tmp_path / "broken" / "adapter_model.safetensors"), framework="np") as weights:
-            list(weights.keys())
+    broken = str(tmp_path / "broken" / "adapter_model.safetensors")
+    with pytest.raises(SafetensorError, match="not fully covered"), safe_open(broken, framework="np") as weights:
+        list(weights.keys())
