@@ -75,9 +75,11 @@ def kill_rest_of_group() -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def end_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM the group, wait up to `grace_s` for the engine, then SIGKILL whatever is left."""
-    os.killpg(os.getpgid(0), signal.SIGTERM)  # this process only records it (see run)
+def end_group(proc: subprocess.Popen[bytes], grace_s: float, signal_group: bool) -> None:
+    """SIGTERM the group (unless the signal that woke us went to the whole group already: a second
+    one makes uvicorn force its exit), wait up to `grace_s` for the engine, then SIGKILL the rest."""
+    if signal_group:
+        os.killpg(os.getpgid(0), signal.SIGTERM)  # this process only records it (see run)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace_s)
     kill_rest_of_group()
@@ -97,7 +99,7 @@ def run(parent: int, grace_s: float, command: list[str]) -> int:
     proc = subprocess.Popen(command, preexec_fn=_engine_preexec)  # noqa: PLW1509 (single-threaded here)
     while proc.poll() is None:
         if asked_to_stop or os.getppid() != parent:
-            end_group(proc, grace_s)
+            end_group(proc, grace_s, signal_group=not asked_to_stop)
             return exit_code(proc.returncode)
         time.sleep(POLL_S)
     kill_rest_of_group()  # the engine died: its engine core must not linger, holding memory

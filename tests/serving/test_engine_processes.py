@@ -139,6 +139,27 @@ def test_engine_that_crashes_leaves_no_child_and_reports_its_code(tmp_path: Path
     assert not running(int(core_pid.read_text()))
 
 
+def test_stop_ends_the_engine_tree_even_a_child_that_ignores_sigterm(tmp_path: Path, monkeypatch) -> None:
+    import serving.engine as engine_module
+    from serving.config import load_config
+
+    monkeypatch.setattr(engine_module, "REAPER_GRACE_S", 1.0)
+    port, pids_file = free_port(), tmp_path / "pids.json"
+
+    class FakeEngine(engine_module.EngineProcess):
+        def command(self) -> list[str]:
+            return [sys.executable, "-c", FAKE_ENGINE, str(port), str(pids_file)]
+
+    cfg = load_config(None, {"engine.port": port, "engine.cpu_lora_ops": "vllm"})
+    engine = FakeEngine(cfg, tmp_path, "x", 0, tmp_path)
+    engine.start()
+    assert engine.proc is not None and wait_until(pids_file.exists, 30) and wait_until(lambda: port_in_use(port), 10)
+    tree = [engine.proc.pid, *json.loads(pids_file.read_text()).values()]
+    engine.stop()
+    assert wait_until(lambda: not any(map(running, tree)), 5), [p for p in tree if running(p)]
+    assert not port_in_use(port)
+
+
 def stray_listener(port: int) -> tuple[int, subprocess.Popen[bytes]]:
     """A process of ours holding `port`, orphaned (its parent, a shell, exits at once)."""
     listen = f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(600)"
