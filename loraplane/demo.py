@@ -147,6 +147,12 @@ def main(argv: list[str]) -> int:
     png = write_plot(results, ab, args.out / "demo.png")
     summary = {"models": results, "ab": ab, "rollout": rollout, "broken_rollout": broken}
     (args.out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = rollout["report"]
+    print(f"\nrollout {report['name']}: {report['state']} ({report['reason']}) after {rollout['requests']} requests")
+    print(f"  {demo_rollout.describe_evidence(rollout['evidence'])}")
+    print(f"rollout {broken['report']['name']} ({broken['candidate']}): {broken['report']['state']} after "
+          f"{broken['seconds']:.0f} s, interval {broken['interval_s']:g} s; {broken['answered']} of "
+          f"{broken['requests']} requests answered")  # fmt: skip
     print(f"\nwrote {png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
     return 1 if report_failures(results, rollout, broken) else 0
 

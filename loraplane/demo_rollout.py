@@ -54,6 +54,14 @@ def status(url: str, name: str) -> dict:
     return resp.json()
 
 
+def decision_report(url: str, name: str) -> dict | None:
+    """The report the evaluator decided on (the audit record of its promote/rollback), or None."""
+    resp = httpx.get(f"{url}/admin/audit", params={"subject": name, "limit": 10_000}, timeout=30)
+    resp.raise_for_status()
+    decisions = [r for r in resp.json()["data"] if (r.get("numbers") or {}).get("outcome") in ("promote", "rollback")]
+    return decisions[-1]["numbers"]["report"] if decisions else None
+
+
 def rate(example: dict, answer: str, version: str | None) -> float:
     """A simulated user's rating: 1 when the answer is exactly the held-out reference, else 0 (the
     user does not know the version; tests replace this to script a difference on a fake engine)."""
@@ -136,7 +144,7 @@ def promote_on_evidence(
     rows, report = send(url, V2_ROLLOUT, examples, requests, time.monotonic() + budget_s)
     report = wait_decided(url, V2_ROLLOUT, report, 15)
     print(loraplane_cli("rollout", "--url", url, "status", V2_ROLLOUT, "--plot", str(out_dir / "rollout.png")))
-    evidence = feedback_evidence(report)
+    evidence = feedback_evidence(decision_report(url, V2_ROLLOUT) or report)  # the numbers it decided on
     decided = report["state"] == "promoted" and evidence["verdict"] == "better"
     print(f"rollout {V2_ROLLOUT}: {report['state']} ({report['reason']}) after {progress(rows)}")
     print(f"  {describe_evidence(evidence)}")
