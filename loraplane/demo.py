@@ -170,6 +170,9 @@ def report_failures(results: list[dict], rollout: dict, broken: dict) -> list[st
         failures.append(f"v2 was not promoted on evidence ({report['state']}: {report['reason']})")
     if not broken["rolled_back_in_time"]:
         failures.append(f"the broken candidate was not rolled back within 2 intervals ({broken['report']['reason']})")
+    if broken["answered"] < broken["requests"]:
+        lost = broken["requests"] - broken["answered"]
+        failures.append(f"{lost} of {broken['requests']} user requests got no answer during the broken rollout")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     return failures
