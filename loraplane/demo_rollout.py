@@ -32,8 +32,9 @@ ADAPTER, BASE = "demo-json", "smollm2-135m-instruct"
 V2_ROLLOUT, BROKEN_ROLLOUT = "demo-json-v2", "demo-json-broken"
 CONCURRENCY, WAVE = 8, 16  # requests in flight; requests between two looks at the status
 # Default rule (`better`) and default guards; sizes for a 135M model on 2 CPU cores: 20 requests per
-# variant per step, an evaluation every 5 s. v2's gain (~0.4 exact match, configs/train/demo*.yaml)
-# is shown with ~100-200 rated answers; a broken candidate needs a handful of failures.
+# variant per step, an evaluation every 5 s. v2's gain over the short v1 (configs/train/demo*.yaml)
+# is shown after a median of 320-450 requests from the demo's users (benchmarks/demo_power.py); a
+# candidate that fails to load needs a handful of failed requests.
 V2_FLAGS = ["--steps", "20,50,100", "--min-samples", "20", "--interval", "5"]
 BROKEN_INTERVAL_S = 15.0
 BROKEN_FLAGS = ["--steps", "20,50,100", "--min-samples", "20", "--interval", str(BROKEN_INTERVAL_S)]
