@@ -36,7 +36,7 @@ CONCURRENCY, WAVE = 8, 16  # requests in flight; requests between two looks at t
 # is shown after a median of 320-450 requests from the demo's users (benchmarks/demo_power.py); a
 # candidate that fails to load needs a handful of failed requests.
 V2_FLAGS = ["--steps", "20,50,100", "--min-samples", "20", "--interval", "5"]
-BROKEN_INTERVAL_S = 15.0
+BROKEN_INTERVAL_S = 30.0  # 2 intervals carry ~150 requests: >= 20 candidate users at 20% (MIN_UNITS)
 BROKEN_FLAGS = ["--steps", "20,50,100", "--min-samples", "20", "--interval", str(BROKEN_INTERVAL_S)]
 TERMINAL = ("promoted", "rolled_back")
 
