@@ -3,8 +3,10 @@
 base pull -> train demo-json v1 and v2 (two configs) -> `loraplane serve` (vLLM + gateway) ->
 held-out prompts through the gateway with the real `openai` client to the base, v1 and v2 ->
 a 90/10 A/B experiment between v1 and v2, per-variant numbers read back from /metrics ->
-a rollout of v2 (10% -> 50% -> 100%) decided by the gateway's evaluator on users' feedback ->
-table + PNG -> every process it started is stopped.
+a rollout of v2 (20% -> 50% -> 100%) that the gateway's evaluator promotes only on evidence (the
+default rule `better`: the feedback interval on v2 - v1 excludes 0) from simulated users ->
+a deliberately broken candidate that the evaluator must roll back by itself within 2 intervals ->
+table + PNG -> every process it started is stopped. Exit 1 when any of these did not happen.
 
 Runs the other components as subprocesses (they share files, not imports), so this module
 imports neither torch nor the trainer nor the gateway.
@@ -113,38 +115,66 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fresh", action="store_true", help="retrain v1 and v2 even if published")
-    parser.add_argument("--ab-requests", type=int, default=80)
-    parser.add_argument("--rollout-users", type=int, default=120, help="most users the rollout step sends")
+    parser.add_argument("--ab-requests", type=int, default=40)
+    # Sizes from benchmarks/demo_power.py (unit-level statistics): v1 4-8/48 vs v2 28/48 is promoted by
+    # 300 users in 80-100% of runs, median 320-450 requests (~2-3 min on 2 cores).
+    parser.add_argument("--rollout-users", type=int, default=300, help="most users the v2 rollout sends")
+    parser.add_argument("--rollout-budget-s", type=float, default=420, help="most seconds the v2 rollout runs")
     args = parser.parse_args(argv)
     started = time.monotonic()
     url = f"http://127.0.0.1:{args.port}"
 
-    step("1/6 base model")
+    step("1/7 base model")
     loraplane("base", "pull", BASE)
-    step("2/6 train demo-json v1 and v2 (different configs) and publish them to adapters/")
+    step("2/7 train demo-json v1 (a short first cut) and v2 (trained to the end); publish both to adapters/")
     train_versions(Path("adapters"), args.fresh)
-    step("3/6 start vLLM (CPU) + the gateway")
+    step("3/7 start vLLM (CPU) + the gateway")
     server = start_server(args.out / "serve.log", args.port)
     try:
         wait_ready(server, url, args.out / "serve.log")
-        step("4/6 held-out prompts through the gateway (openai client): base vs v1 vs v2")
+        step("4/7 held-out prompts through the gateway (openai client): base vs v1 vs v2")
         prompts = [json.loads(line) for line in Path("data/demo/heldout.jsonl").read_text().splitlines()]
         results = [evaluate_model(url, model, prompts) for model in (BASE, f"{ADAPTER}@v1", f"{ADAPTER}@v2")]
-        step(f"5/6 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
+        step(f"5/7 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
         chosen = run_ab(url, EXPERIMENT, prompts, args.ab_requests)
         ab = ab_from_metrics(httpx.get(f"{url}/metrics", timeout=10).text, EXPERIMENT, chosen)
-        step("6/6 rollout: v1 stable, v2 to 10%; users rate answers (exact match); the evaluator decides")
-        rollout = demo_rollout.run(url, prompts, args.out, args.rollout_users)
+        step("6/7 rollout v2 (v1 stable): simulated users rate answers; promoted only on evidence (rule `better`)")
+        rollout = demo_rollout.promote_on_evidence(url, prompts, args.out, args.rollout_users, args.rollout_budget_s)
+        step("7/7 a broken candidate (corrupted weights file) rolled out while users keep asking")
+        candidate = demo_rollout.publish_broken(SERVING_CONFIG, Path("adapters"), args.out)
+        broken = demo_rollout.roll_back_broken(url, prompts, candidate)
     finally:
         stop_server(server)
     print_tables(results, ab)
     png = write_plot(results, ab, args.out / "demo.png")
-    (args.out / "demo.json").write_text(json.dumps({"models": results, "ab": ab, "rollout": rollout}, indent=2) + "\n")
-    decision = rollout["report"]
-    print(f"\nrollout {decision['name']}: {decision['state']} ({decision['reason']}); plot {rollout['plot']}")
+    summary = {"models": results, "ab": ab, "rollout": rollout, "broken_rollout": broken}
+    (args.out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = rollout["report"]
+    print(f"\nrollout {report['name']}: {report['state']} ({report['reason']}) after {rollout['requests']} requests")
+    print(f"  {demo_rollout.describe_evidence(rollout['evidence'])}")
+    print(f"rollout {broken['report']['name']} ({broken['candidate']}): {broken['report']['state']} after "
+          f"{broken['seconds']:.0f} s, interval {broken['interval_s']:g} s; {broken['answered']} of "
+          f"{broken['requests']} requests answered")  # fmt: skip
     print(f"\nwrote {png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
-    base_score = results[0]["exact_match"]
-    if not all(r["exact_match"] > base_score for r in results[1:]):
-        print("FAIL: an adapter did not beat the base model on the held-out set", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if report_failures(results, rollout, broken) else 0
+
+
+def report_failures(results: list[dict], rollout: dict, broken: dict) -> list[str]:
+    """What the demo set out to show and did not; printed, and the exit code."""
+    base, v1, v2 = (r["exact_match"] for r in results)
+    failures = []
+    if not (v1 > base and v2 > base):
+        failures.append("an adapter did not beat the base model on the held-out set")
+    if not v2 > v1:
+        failures.append(f"v2 ({v2:.3f}) is not better than v1 ({v1:.3f}) on the held-out set")
+    if not rollout["promoted_on_evidence"]:
+        report = rollout["report"]
+        failures.append(f"v2 was not promoted on evidence ({report['state']}: {report['reason']})")
+    if not broken["rolled_back_in_time"]:
+        failures.append(f"the broken candidate was not rolled back within 2 intervals ({broken['report']['reason']})")
+    if broken["answered"] < broken["requests"]:
+        lost = broken["requests"] - broken["answered"]
+        failures.append(f"{lost} of {broken['requests']} user requests got no answer during the broken rollout")
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return failures

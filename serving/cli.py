@@ -21,6 +21,7 @@ from serving.engine import (
     ENGINE_KEY_ENV,
     EngineProcess,
     check_cpu_lora_plugin,
+    check_engine_port,
     choose_dtype,
     ensure_engine_key,
     local_engines,
@@ -57,8 +58,8 @@ def supervise(engines: list[EngineProcess], stop: threading.Event) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            engine.start()
             try:
+                engine.start()  # refuses a port another process took meanwhile (checked again next round)
                 engine.wait_healthy()
             except ServingError as exc:
                 print(f"engine {engine.index}: {exc}", file=sys.stderr, flush=True)
@@ -69,13 +70,20 @@ def start_engines(cfg: ServingConfig, log_dir: Path) -> list[EngineProcess]:
     engines = local_engines(cfg, base.path, base.name, log_dir)
     if engines and ensure_engine_key():
         print(f"engines: a random engine key for this run (set {ENGINE_KEY_ENV} to choose one)", flush=True)
-    for engine in engines:
-        engine.start()
-    for engine in engines:
-        started = time.monotonic()
-        print(f"engine {engine.index}: starting vLLM on {engine.url} (log {engine.log_path}) ...", flush=True)
-        engine.wait_healthy()
-        print(f"engine {engine.index}: healthy after {time.monotonic() - started:.0f} s", flush=True)
+    for engine in engines:  # every port first: refuse before starting any engine
+        check_engine_port(engine.port, engine.index)
+    try:
+        for engine in engines:
+            engine.start()
+        for engine in engines:
+            started = time.monotonic()
+            print(f"engine {engine.index}: starting vLLM on {engine.url} (log {engine.log_path}) ...", flush=True)
+            engine.wait_healthy()
+            print(f"engine {engine.index}: healthy after {time.monotonic() - started:.0f} s", flush=True)
+    except BaseException:
+        for engine in engines:
+            engine.stop()
+        raise
     return engines
 
 

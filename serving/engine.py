@@ -12,6 +12,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from serving.registry import register_hint
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+REAPER_GRACE_S = 10.0  # an engine's time to exit on SIGTERM before its process group gets SIGKILL
 
 
 PLUGIN_GROUP, PLUGIN_NAME = "vllm.general_plugins", "loraplane_cpu_lora"
@@ -123,6 +125,73 @@ def choose_dtype(requested: str, machine: Machine | None = None) -> str:
     return "bfloat16" if BF16_CPU_FLAGS & machine.cpu_flags else "float32"
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of our own last engine is fine
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on `port`, from /proc/net/tcp{,6} (Linux; state 0A is LISTEN)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    return inodes
+
+
+def port_holder(port: int) -> int | None:
+    """The pid of a process (of this user: /proc hides others' fds) listening on `port`, or None."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+    return None
+
+
+def _parent_and_group(pid: int) -> tuple[int, int] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ppid, pgid = stat[stat.rindex(")") + 2 :].split()[1:3]  # after "pid (comm) state"
+        return int(ppid), int(pgid)
+    except (OSError, ValueError):
+        return None
+
+
+def check_engine_port(port: int, index: int) -> None:
+    """Refuse to start engine `index` on a port something else holds; name the holder and the fix.
+
+    Without this, serve's health check finds the holder (often an engine left by a serve killed
+    before serve ended its engines on any death) and blames the wrong thing.
+    """
+    if not port_in_use(port):
+        return
+    pid = port_holder(port)
+    if pid is None:
+        raise EngineUnavailable(
+            f"engine {index}: port {port} is already in use by a process this user cannot see; find it with "
+            f"`ss -ltnp 'sport = :{port}'` and end it, or set engine.port to a free port"
+        )
+    ppid, pgid = _parent_and_group(pid) or (None, pid)
+    cmdline = "?"
+    with contextlib.suppress(OSError):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    orphan = ", an orphan: likely an engine of a `loraplane serve` that was killed" if ppid == 1 else ""
+    raise EngineUnavailable(
+        f"engine {index}: port {port} is already in use by pid {pid} (parent {ppid}{orphan}; "
+        f"command: {cmdline[:160]}). End it with `kill -- -{pgid}` (its process group) or `kill {pid}`, "
+        "or set engine.port to a free port"
+    )
+
+
 class EngineProcess:
     """One local `vllm.entrypoints.openai.api_server` process."""
 
@@ -197,10 +266,18 @@ class EngineProcess:
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.marker_path.unlink(missing_ok=True)  # only this start's engine may vouch for its ops
+        check_engine_port(self.port, self.index)
         log = self.log_path.open("ab")
-        # A session of its own, so stop() can end the engine core and workers it spawns.
+        # Through serving.engine_reaper, in a session of its own: stop() ends the engine core and the
+        # workers vLLM spawns (one process group), and the reaper ends them when this process dies by
+        # any signal, SIGKILL included.
+        reaper = [sys.executable, "-m", "serving.engine_reaper", str(os.getpid()), str(REAPER_GRACE_S), "--"]
         self.proc = subprocess.Popen(
-            self.command(), env=self.environment(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*reaper, *self.command()],
+            env=self.environment(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
@@ -260,7 +337,7 @@ class EngineProcess:
         except OSError:
             return "(no log)"
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def stop(self, grace_s: float = REAPER_GRACE_S + 5.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         pgid = os.getpgid(self.proc.pid)
