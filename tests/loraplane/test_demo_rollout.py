@@ -81,11 +81,6 @@ def test_an_equal_v2_is_not_promoted(tmp_path: Path, monkeypatch) -> None:
     assert evidence["verdict"] in ("pending", "inconclusive"), evidence
 
 
-@pytest.mark.xfail(
-    reason="needs issue 20's outcome counting (h/outcomes: a load failure is logged as an error and retried on the "
-    "control), h/stats, and resolve.Target.step set for rollout requests; on h/procs alone users get 422 and it holds",
-    strict=False,
-)
 def test_a_candidate_that_fails_to_load_is_rolled_back_within_two_intervals(tmp_path: Path) -> None:
     with demo_gateway(tmp_path, fail_load=("demo-json@v3",)) as url:
         result = demo_rollout.roll_back_broken(url, EXAMPLES, "demo-json@v3", interval_s=8.0)
