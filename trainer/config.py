@@ -204,8 +204,8 @@ class KtoConfig:
     beta: float = 0.1  # strength of the pull to the reference (TRL's default)
     # per-row loss weights; the KTO paper keeps desirable_weight * n_desirable / (undesirable_weight *
     # n_undesirable) in [1, 4/3]: with fewer good rows than bad, raise desirable_weight
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
+    desirable_weight: float = 1.0  # loss weight of thumbs-up rows
+    undesirable_weight: float = 1.0  # loss weight of thumbs-down rows
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
