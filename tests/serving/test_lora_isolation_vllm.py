@@ -23,7 +23,7 @@ run the same kernels on the same rows; a GEMM row does not depend on the other r
 from __future__ import annotations
 
 import os
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -38,12 +38,12 @@ pytestmark = pytest.mark.slow
 
 PROMPTS = ["The capital of France is", "Write a haiku about the sea:"]  # under 16 tokens with 6 new:
 # no full KV block, so vLLM's prefix cache cannot hand the second run the first run's numbers
-LONG_REQUEST_TOKENS = 400  # keeps decoding while both probes run (asserted)
 
 # Base rows beside an adapter row get an exact zero from our ops (their mask block is 0), and the
 # same shapes run the same kernels: the two runs agree to the bit on any CPU kind. The bound only
 # allows for the JSON round trip of a float; a leak of the random adapter moves them by ~1 nat.
 SAME_SHAPE_TOL = 1e-6
+REQUEST_TIMEOUT_S = 600  # a shared 2-core machine under load decodes a few tokens a second
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +60,30 @@ def engine_config(tmp_path_factory: pytest.TempPathFactory):
 def probe_beside(url: str, long_model: str) -> list[list[tuple[str, float, dict[str, float]]]]:
     """Each base prompt as a request of its own (one sequence: its prefill and every decode step
     have one shape, whatever the scheduler does), while `long_model` decodes a long request."""
-    long_request = {"model": long_model, "prompt": PROMPTS[0], "max_tokens": LONG_REQUEST_TOKENS,
-                    "temperature": 0, "ignore_eos": True}  # fmt: skip
+    decoding, stop = threading.Event(), threading.Event()
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(httpx.post, f"{url}/v1/completions", json=long_request, timeout=600)
-        time.sleep(1.5)  # it is decoding now; each probe joins its batch
-        assert not running.done(), "the long request ended before the base requests could join its batch"
+        running = pool.submit(stream_until, url, long_model, decoding, stop)
+        assert decoding.wait(REQUEST_TIMEOUT_S), "the long request never started decoding"
         probes = [greedy_logprobs(url, BASE_NAME, [prompt], max_tokens=6)[0] for prompt in PROMPTS]
-        assert not running.done(), f"the long request ({LONG_REQUEST_TOKENS} tokens) ended during the probes"
-        running.result().raise_for_status()
+        assert not running.done(), "the long request ended before the probes did"
+        stop.set()
+        running.result()
     return probes
+
+
+def stream_until(url: str, model: str, decoding: threading.Event, stop: threading.Event) -> None:
+    """A long streamed request: sets `decoding` at its second token, disconnects once `stop` is set
+    (vLLM aborts a request whose client went away)."""
+    body = {"model": model, "prompt": PROMPTS[0], "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S) as response:
+        response.raise_for_status()
+        for chunks, _ in enumerate(response.iter_lines()):
+            if chunks >= 2:
+                decoding.set()
+            if stop.is_set():
+                return
+    raise AssertionError("the long request finished before the probes did")
 
 
 def test_base_requests_get_no_adapter_delta_beside_an_adapter_request(engine_config, base_dir, tmp_path):
@@ -81,14 +95,18 @@ def test_base_requests_get_no_adapter_delta_beside_an_adapter_request(engine_con
     cfg.engine.cpu_lora_ops = os.environ.get("LORAPLANE_TEST_CPU_LORA_OPS", "loraplane")
     with EngineProcess(cfg, base_dir, BASE_NAME, 0, tmp_path).running(600) as engine:
         beside_base = probe_beside(engine.url, BASE_NAME)  # before any adapter: its slot is all zeros
-        load = {"lora_name": "r16", "lora_path": str(adapter)}
-        httpx.post(f"{engine.url}/v1/load_lora_adapter", json=load, timeout=120).raise_for_status()
+        load_adapter(engine.url, "r16", adapter)
         beside_adapter = probe_beside(engine.url, "r16")
     deviation = max_deviation(beside_adapter, beside_base)
     print(f"\nnumerics: base beside adapter vs beside base, same shapes: max |d logprob| {deviation:.3g}"
           f" (bound {SAME_SHAPE_TOL:g}; dtype {cfg.engine.dtype}; {cpu_kind().describe()})")  # fmt: skip
     compared = compare(beside_adapter, beside_base, SAME_SHAPE_TOL)
     assert compared == 12, "base tokens changed beside an adapter request (an adapter delta leaked into them)"
+
+
+def load_adapter(url: str, name: str, path) -> None:  # noqa: ANN001
+    load = {"lora_name": name, "lora_path": str(path)}
+    httpx.post(f"{url}/v1/load_lora_adapter", json=load, timeout=REQUEST_TIMEOUT_S).raise_for_status()
 
 
 def engine_dtype() -> str:
@@ -112,7 +130,8 @@ SHORT_PROMPTS = ["The capital of France is", "Write a haiku about the sea:"]
 def greedy_logprobs(url: str, model: str, prompts: list[str], max_tokens: int = 8) -> list[list[tuple]]:
     """Per prompt, per generated token: (token, its log-probability, top-5 alternatives)."""
     body = {"model": model, "prompt": prompts, "max_tokens": max_tokens, "temperature": 0, "logprobs": 5}
-    choices = httpx.post(f"{url}/v1/completions", json=body, timeout=120).raise_for_status().json()["choices"]
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=REQUEST_TIMEOUT_S)
+    choices = response.raise_for_status().json()["choices"]
     choices.sort(key=lambda c: c["index"])
     rows = [(c["logprobs"]["tokens"], c["logprobs"]["token_logprobs"], c["logprobs"]["top_logprobs"]) for c in choices]
     return [list(zip(*row, strict=True)) for row in rows]
@@ -194,8 +213,7 @@ def test_our_ops_give_vllms_numbers_for_adapter_requests(engine_config, base_dir
         cfg.engine.cpu_lora_ops, cfg.engine.dtype = ops, dtype
         with EngineProcess(cfg, base_dir, BASE_NAME, 0, tmp_path / ops).running(600) as engine:
             for name, path in paths.items():
-                load = {"lora_name": name, "lora_path": str(path)}
-                httpx.post(f"{engine.url}/v1/load_lora_adapter", json=load, timeout=120).raise_for_status()
+                load_adapter(engine.url, name, path)
             for model in (*paths, BASE_NAME):
                 for size, prompts in (("long", LONG_PROMPTS), ("short", SHORT_PROMPTS)):
                     results[ops, model, size] = greedy_logprobs(engine.url, model, prompts)
