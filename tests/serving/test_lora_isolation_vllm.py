@@ -43,6 +43,9 @@ PROMPTS = ["The capital of France is", "Write a haiku about the sea:"]  # under 
 # same shapes run the same kernels: the two runs agree to the bit on any CPU kind. The bound only
 # allows for the JSON round trip of a float; a leak of the random adapter moves them by ~1 nat.
 SAME_SHAPE_TOL = 1e-6
+# ~23 KB of bf16 KV per token (30 layers x 2 x 3 KV heads x 64): 512 MiB holds ~11k tokens (fp32: half),
+# far more than these requests need, and leaves memory to the other jobs of a shared machine.
+KV_CACHE_BYTES = 512 * 1024**2
 REQUEST_TIMEOUT_S = 600  # a shared 2-core machine under load decodes a few tokens a second
 
 
@@ -54,7 +57,8 @@ def engine_config(tmp_path_factory: pytest.TempPathFactory):
 
     adapters = tmp_path_factory.mktemp("no-adapters")
     overrides = {"registry.models_dir": str(REPO / "models"), "registry.adapters_dir": str(adapters)}
-    return load_config(None, overrides | {"engine.port": free_port(), "engine.max_cpu_loras": 4})
+    engine = {"engine.port": free_port(), "engine.max_cpu_loras": 4, "engine.kv_cache_memory_bytes": KV_CACHE_BYTES}
+    return load_config(None, overrides | engine)
 
 
 def probe_beside(url: str, long_model: str) -> list[list[tuple[str, float, dict[str, float]]]]:
