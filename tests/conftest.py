@@ -31,6 +31,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The CPU kind at the top of the run: bf16 results depend on it (tests/cpu_kind.py)."""
+    from serving.engine import choose_dtype
+    from tests.cpu_kind import cpu_kind
+
+    return [f"cpu: {cpu_kind().describe()}; engine dtype auto -> {choose_dtype('auto')}"]
+
+
 @pytest.fixture(scope="session")
 def base_dir() -> Path:
     if not (BASE_DIR / "loraplane-base.json").is_file():
