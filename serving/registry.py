@@ -268,6 +268,14 @@ class AdapterRegistry:
     def resolve(self, name: str, version: str | None) -> AdapterRef:
         return self.snapshot.resolve(name, version)
 
+    def resolve_fresh(self, name: str, version: str | None) -> AdapterRef:
+        """resolve(), scanning the directory once more on a miss: for admin actions that name a
+        version published a moment ago (before the next poll). Never on the request path."""
+        try:
+            return self.resolve(name, version)
+        except NotFound:
+            return self.refresh().resolve(name, version)
+
     def path(self, ref: AdapterRef) -> Path:
         return self.adapters_dir / ref.name / ref.version
 

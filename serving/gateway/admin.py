@@ -60,7 +60,7 @@ async def list_adapters(registry: RegistryDep, control: ControlDep, pool: PoolDe
 
 @admin.post("/adapters/{name}/{version}/load")
 async def load_adapter(name: str, version: str, registry: RegistryDep, resolver: ResolverDep, pool: PoolDep) -> dict:
-    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    ref = registry.resolve_fresh(*parse_model_name(f"{name}@{version}"))
     resolver.approve(ref)  # rejected versions never reach an engine
     loaded = []
     for engine in pool.candidates(None):
@@ -71,7 +71,7 @@ async def load_adapter(name: str, version: str, registry: RegistryDep, resolver:
 
 @admin.post("/adapters/{name}/{version}/unload")
 async def unload_adapter(name: str, version: str, registry: RegistryDep, resolver: ResolverDep, pool: PoolDep) -> dict:
-    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    ref = registry.resolve_fresh(*parse_model_name(f"{name}@{version}"))
     resolver.forget(ref)
     return {"id": ref.key, "unloaded_from": await pool.unload_everywhere(ref.key)}
 
@@ -81,7 +81,7 @@ async def promote_adapter(
     name: str, version: str, registry: RegistryDep, control: ControlDep, body: Annotated[dict | None, Body()] = None
 ) -> dict:
     """Make NAME@VERSION the stable version: bare `NAME` resolves to it on every replica (audited)."""
-    ref = registry.resolve(*parse_model_name(f"{name}@{version}"))
+    ref = registry.resolve_fresh(*parse_model_name(f"{name}@{version}"))
     registry.validate(ref)  # never promote a version that cannot be served
     reason = _reason(body)
     previous = await control.promote(ref.name, ref.version, actor="admin", reason=reason)
@@ -108,7 +108,7 @@ async def set_experiment(name: str, registry: RegistryDep, control: ControlDep, 
     except ValidationError as exc:
         raise BadRequest("; ".join(err["msg"] for err in exc.errors()), param="variants") from None
     for target in checked.variants:  # every variant must exist in the registry
-        registry.resolve(*parse_model_name(target))
+        registry.resolve_fresh(*parse_model_name(target))
     await control.put_experiment(name, dict(checked.variants), checked.capture, "admin", _reason(body))
     return {"name": name, "variants": checked.variants, "capture": checked.capture}
 

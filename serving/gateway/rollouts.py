@@ -43,7 +43,7 @@ def _target(state: GatewayState, value: Any, field: str) -> str:
     if not isinstance(value, str) or "@" not in value:
         raise BadRequest(f"`{field}` must be ADAPTER@vN, got {value!r}", param=field)
     name, version = parse_model_name(value)
-    ref = state.registry.resolve(name, version)  # 404 naming the unknown adapter or version
+    ref = state.registry.resolve_fresh(name, version)  # 404 naming the unknown adapter or version
     state.registry.validate(ref)  # 422 for a version that cannot be served
     return ref.key
 

@@ -105,3 +105,17 @@ def test_reads_stay_on_the_snapshot_until_refresh(tmp_path: Path) -> None:
     reg.refresh()
     assert reg.versions("bot") == ["v1", "v2"] and reg.names() == ["bot", "new"]
     assert reg.resolve("new", None) == AdapterRef("new", "v1")
+
+
+def test_admin_resolution_sees_a_version_published_since_the_last_poll(tmp_path: Path) -> None:
+    """`rollout start --candidate bot@v2` right after `adapters publish` (the demo's broken candidate
+    did this): admin actions scan once more on a miss; the request path stays on the snapshot."""
+    make_adapter(tmp_path, "bot", "v1")
+    reg = registry(tmp_path)
+    assert reg.versions("bot") == ["v1"]
+    make_adapter(tmp_path, "bot", "v2")
+    with pytest.raises(NotFound):
+        reg.resolve("bot", "v2")
+    assert reg.resolve_fresh("bot", "v2") == AdapterRef("bot", "v2")
+    with pytest.raises(NotFound, match="published versions: v1, v2"):
+        reg.resolve_fresh("bot", "v3")  # still a clear 404 after the rescan
