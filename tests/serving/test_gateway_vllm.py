@@ -256,11 +256,16 @@ def test_broken_adapter_rejected_and_serving_unaffected(client, gateway, adapter
     shutil.copytree(adapters_dir / gateway.adapter / "v1", broken)
     (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
     try:
-        resp = httpx.post(
-            f"{gateway.url}/v1/chat/completions",
-            timeout=30,
-            json={"model": f"{gateway.adapter}@v3", "messages": QUESTION, "max_tokens": 2},
-        )
+        deadline = time.monotonic() + 15  # a version published now is served within one poll
+        while True:
+            resp = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                timeout=30,
+                json={"model": f"{gateway.adapter}@v3", "messages": QUESTION, "max_tokens": 2},
+            )
+            if resp.status_code != 404 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert resp.status_code == 422 and "broken" in resp.json()["error"]["message"]
         assert f"{gateway.adapter}@v3" not in gateway.server.state.pool.engines[0].loaded
         ok = client.chat.completions.create(model=f"{gateway.adapter}@v1", messages=QUESTION, max_tokens=4)
