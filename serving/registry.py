@@ -13,6 +13,7 @@ import json
 import os
 import re
 import struct
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,11 +241,16 @@ class AdapterRegistry:
     long-lived reader (the gateway) calls `refresh()` from its background poll, so a version
     published since is served within one poll interval."""
 
+    # A miss on the request path rescans at most this often: a version published a moment ago is
+    # served on its first request, while a flood of unknown names costs one scan per interval.
+    MISS_RESCAN_S = 1.0
+
     def __init__(self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int):
         self.adapters_dir = adapters_dir
         self.base = base
         self.max_lora_rank = max_lora_rank
         self._snapshot: RegistrySnapshot | None = None
+        self._scanned_at = float("-inf")
 
     @property
     def snapshot(self) -> RegistrySnapshot:
@@ -254,6 +260,7 @@ class AdapterRegistry:
         """Scan the directory and install the result (one attribute swap: readers in other
         threads see the old snapshot or the new one, never half of one)."""
         self._snapshot = scan(self.adapters_dir)
+        self._scanned_at = time.monotonic()
         return self._snapshot
 
     def versions(self, name: str) -> list[str]:
@@ -266,7 +273,13 @@ class AdapterRegistry:
         return name in self.snapshot.versions
 
     def resolve(self, name: str, version: str | None) -> AdapterRef:
-        return self.snapshot.resolve(name, version)
+        """From the snapshot; on a miss, one rescan when the last scan is MISS_RESCAN_S old."""
+        try:
+            return self.snapshot.resolve(name, version)
+        except NotFound:
+            if time.monotonic() - self._scanned_at < self.MISS_RESCAN_S:
+                raise
+            return self.refresh().resolve(name, version)
 
     def resolve_fresh(self, name: str, version: str | None) -> AdapterRef:
         """resolve(), scanning the directory once more on a miss: for admin actions that name a

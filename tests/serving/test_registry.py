@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,17 @@ def test_admin_resolution_sees_a_version_published_since_the_last_poll(tmp_path:
     assert reg.resolve_fresh("bot", "v2") == AdapterRef("bot", "v2")
     with pytest.raises(NotFound, match="published versions: v1, v2"):
         reg.resolve_fresh("bot", "v3")  # still a clear 404 after the rescan
+
+
+def test_a_miss_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
+    """The request path: a version published since the last scan is found on its first request once
+    the last scan is MISS_RESCAN_S old; a miss within that interval costs no folder listing."""
+    make_adapter(tmp_path, "bot", "v1")
+    reg = registry(tmp_path)
+    reg.MISS_RESCAN_S = 0.2
+    assert reg.versions("bot") == ["v1"]
+    make_adapter(tmp_path, "bot", "v2")
+    with pytest.raises(NotFound):
+        reg.resolve("bot", "v2")  # scanned a moment ago: no rescan
+    time.sleep(0.25)
+    assert reg.resolve("bot", "v2") == AdapterRef("bot", "v2")
