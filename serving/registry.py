@@ -241,8 +241,9 @@ class AdapterRegistry:
     long-lived reader (the gateway) calls `refresh()` from its background poll, so a version
     published since is served within one poll interval."""
 
-    # A miss on the request path rescans at most this often: a version published a moment ago is
-    # served on its first request, while a flood of unknown names costs one scan per interval.
+    # Misses on the request path rescan at most this often (whatever the poll does): a version
+    # published a moment ago is served on its first request, while a flood of unknown names costs
+    # one scan per interval.
     MISS_RESCAN_S = 1.0
 
     def __init__(self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int):
@@ -250,7 +251,7 @@ class AdapterRegistry:
         self.base = base
         self.max_lora_rank = max_lora_rank
         self._snapshot: RegistrySnapshot | None = None
-        self._scanned_at = float("-inf")
+        self._miss_scanned_at = float("-inf")
 
     @property
     def snapshot(self) -> RegistrySnapshot:
@@ -260,7 +261,6 @@ class AdapterRegistry:
         """Scan the directory and install the result (one attribute swap: readers in other
         threads see the old snapshot or the new one, never half of one)."""
         self._snapshot = scan(self.adapters_dir)
-        self._scanned_at = time.monotonic()
         return self._snapshot
 
     def versions(self, name: str) -> list[str]:
@@ -273,12 +273,14 @@ class AdapterRegistry:
         return name in self.snapshot.versions
 
     def resolve(self, name: str, version: str | None) -> AdapterRef:
-        """From the snapshot; on a miss, one rescan when the last scan is MISS_RESCAN_S old."""
+        """From the snapshot; on a miss, one rescan unless a miss rescanned in the last MISS_RESCAN_S."""
         try:
             return self.snapshot.resolve(name, version)
         except NotFound:
-            if time.monotonic() - self._scanned_at < self.MISS_RESCAN_S:
+            now = time.monotonic()
+            if now - self._miss_scanned_at < self.MISS_RESCAN_S:
                 raise
+            self._miss_scanned_at = now
             return self.refresh().resolve(name, version)
 
     def resolve_fresh(self, name: str, version: str | None) -> AdapterRef:

@@ -102,7 +102,7 @@ def test_reads_stay_on_the_snapshot_until_refresh(tmp_path: Path) -> None:
     make_adapter(tmp_path, "new", "v1")
     assert reg.versions("bot") == ["v1"] and not reg.has("new")  # no folder listed since
     with pytest.raises(NotFound, match="published versions: v1"):
-        reg.resolve("bot", "v2")
+        reg.snapshot.resolve("bot", "v2")
     reg.refresh()
     assert reg.versions("bot") == ["v1", "v2"] and reg.names() == ["bot", "new"]
     assert reg.resolve("new", None) == AdapterRef("new", "v1")
@@ -116,21 +116,23 @@ def test_admin_resolution_sees_a_version_published_since_the_last_poll(tmp_path:
     assert reg.versions("bot") == ["v1"]
     make_adapter(tmp_path, "bot", "v2")
     with pytest.raises(NotFound):
-        reg.resolve("bot", "v2")
+        reg.snapshot.resolve("bot", "v2")
     assert reg.resolve_fresh("bot", "v2") == AdapterRef("bot", "v2")
     with pytest.raises(NotFound, match="published versions: v1, v2"):
         reg.resolve_fresh("bot", "v3")  # still a clear 404 after the rescan
 
 
 def test_a_miss_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
-    """The request path: a version published since the last scan is found on its first request once
-    the last scan is MISS_RESCAN_S old; a miss within that interval costs no folder listing."""
+    """The request path: a version published since the last scan is found on its first request; a
+    second miss within MISS_RESCAN_S costs no folder listing (a flood of unknown names is bounded)."""
     make_adapter(tmp_path, "bot", "v1")
     reg = registry(tmp_path)
-    reg.MISS_RESCAN_S = 0.2
+    reg.MISS_RESCAN_S = 0.5
     assert reg.versions("bot") == ["v1"]
     make_adapter(tmp_path, "bot", "v2")
+    assert reg.resolve("bot", "v2") == AdapterRef("bot", "v2")  # the miss rescanned
+    make_adapter(tmp_path, "bot", "v3")
     with pytest.raises(NotFound):
-        reg.resolve("bot", "v2")  # scanned a moment ago: no rescan
-    time.sleep(0.25)
-    assert reg.resolve("bot", "v2") == AdapterRef("bot", "v2")
+        reg.resolve("bot", "v3")  # a miss rescanned a moment ago: no listing now
+    time.sleep(0.6)
+    assert reg.resolve("bot", "v3") == AdapterRef("bot", "v3")
