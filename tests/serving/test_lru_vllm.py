@@ -8,6 +8,7 @@ request. The extra adapters are copies of the session's trained v1 under other n
 from __future__ import annotations
 
 import shutil
+import time
 
 import httpx
 import pytest
@@ -39,6 +40,9 @@ def test_least_recently_used_adapter_is_unloaded_from_vllm_and_reloaded(gateway,
     for name in names:
         shutil.copytree(adapters_dir / gateway.adapter / "v1", adapters_dir / name / "v1")
     state = gateway.server.state
+    deadline = time.monotonic() + 15  # published versions are served after the registry's next poll
+    while not all(state.registry.has(name) for name in names) and time.monotonic() < deadline:
+        time.sleep(0.2)
     loads = state.metrics.adapter_loads
     try:
         for key in keys:
