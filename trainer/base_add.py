@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from trainer.errors import BaseModelError
+from trainer.publish import _fsync_dir  # opens read-only and fsyncs: files and directories alike
 from trainer.registry_contract import BASE_MANIFEST
 from trainer.vllm_archs import VLLM_TEXT_ARCHITECTURES, VLLM_VERSION
 
@@ -138,19 +139,11 @@ def _populate(src: Path, tmp: Path, link: bool) -> None:
             dest.chmod(0o644)  # save_pretrained writes 0600 weights; the serving user must read them
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_copies(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file() and not path.is_symlink():
-            _fsync(path)
-    _fsync(root)
+            _fsync_dir(path)
+    _fsync_dir(root)
 
 
 def add(src: Path, models_dir: Path, name: str | None = None, link: bool = False) -> Path:
@@ -189,7 +182,7 @@ def add(src: Path, models_dir: Path, name: str | None = None, link: bool = False
         if target.exists():  # registered by someone else meanwhile
             raise BaseModelError(f"base {name!r} appeared at {target} while adding; nothing was changed")
         os.replace(tmp, target)
-        _fsync(models_dir)
+        _fsync_dir(models_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
