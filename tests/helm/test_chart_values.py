@@ -9,7 +9,7 @@ import helm_python
 import jsonschema
 import pytest
 import yaml
-from helm_release import CASES, CHART_DIR, case_values
+from helm_release import CASES, CHART_DIR, case_values, with_offline_engine_key
 
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -176,6 +176,6 @@ def test_packaged_chart_keeps_the_files_its_templates_read(tmp_path):
         names = {f["name"] for f in packaged.files}
         assert {"files/adapter-sync.sh", "files/engine_key_guard.py", "dashboards/loraplane.json"} <= names
         assert not any(name.startswith("ci/") for name in names)
-        rendered = packaged.render(case_values("keda-s3-auth"), name="lp", namespace="ai")
+        rendered = packaged.render(with_offline_engine_key(case_values("keda-s3-auth")), name="lp", namespace="ai")
     script = yaml.safe_load(rendered["loraplane/templates/adapter-sync-configmap.yaml"])["data"]["adapter-sync.sh"]
     assert script.startswith("#!/bin/sh") and "rclone lsf" in script
