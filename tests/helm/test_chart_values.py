@@ -47,6 +47,20 @@ BAD_VALUES = [
         "Bad NS",
     ),
     ({"engine": {"apiKey": {"secretKey": "a b"}}}, "/engine/apiKey/secretKey", "a b"),
+    ({"engine": {"toolCallParser": "Hermes 2"}}, "/engine/toolCallParser", "does not match pattern"),
+    ({"cache": {"ttlSeconds": 0}}, "/cache/ttlSeconds", "exclusiveMinimum"),
+    ({"cache": {"redisUrl": "redis://:pw@h:6379"}}, "/cache/redisUrl", "does not match pattern"),
+    ({"budgets": {"redisUrl": "http://h"}}, "/budgets/redisUrl", "does not match pattern"),
+    (
+        {"gateway": {"auth": {"keys": [{"name": "a", "sha256": "0" * 64, "budgets": {"tokensPerDay": 0}}]}}},
+        "/gateway/auth/keys/0/budgets/tokensPerDay",
+        "minimum: got 0, want 1",
+    ),
+    (
+        {"gateway": {"auth": {"keys": [{"name": "a", "sha256": "0" * 64, "budgets": {"perDay": 5}}]}}},
+        "/gateway/auth/keys/0/budgets",
+        "'perDay' not allowed",
+    ),
 ]
 
 
@@ -78,7 +92,7 @@ def test_every_object_in_the_schema_is_closed_or_a_free_form_kubernetes_field():
     free_form = {
         "commonLabels", "podSecurityContext", "containerSecurityContext", "env", "nodeSelector",
         "affinity", "podAnnotations", "annotations", "labels", "requests", "limits", "seccompProfile",
-        "tolerations[]", "namespaceSelector", "podSelector",
+        "tolerations[]", "namespaceSelector", "podSelector", "perModel",
     }  # fmt: skip
 
     def walk(node: dict, name: str) -> None:
