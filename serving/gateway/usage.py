@@ -54,6 +54,7 @@ async def get_usage(
     since: str | None = None,
     until: str | None = None,
 ) -> dict:
+    """Tokens in and out per key, model and UTC day; since/until inclusive, YYYY-MM-DD or POSIX seconds."""
     first, last = parse_day(since, "since"), parse_day(until, "until")
     if first is not None and last is not None and first > last:
         raise BadRequest(f"`since` ({first}) is after `until` ({last}): swap them", param="since")
