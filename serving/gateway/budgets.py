@@ -45,12 +45,19 @@ log = logging.getLogger("loraplane.gateway")
 ALL = "*"  # the counter of a key's tokens on all models
 REDIS_PREFIX = "loraplane:budget:"
 REDIS_TTL_S = 2 * 86400  # a day's counters outlive the day they count
-STORE_ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, ServingError)
 
 
 def next_midnight(now: float) -> float:
     """The next UTC midnight after `now` (POSIX seconds): when today's budgets reset."""
     return (math.floor(now / 86400) + 1) * 86400.0
+
+
+class StoreReadFailed(Exception):
+    """The store-backed counter could not read a key's usage (its cause says why)."""
+
+
+# A budget store that fails in any of these ways lets the request go on (counted).
+STORE_ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, ServingError, StoreReadFailed)
 
 
 class UsageCounter(Protocol):
@@ -94,7 +101,7 @@ class StoreCounter:
     def __init__(self, store: Store, cache_s: float, clock: Callable[[], float] = time.monotonic):
         self.store, self.cache_s, self.clock = store, cache_s, clock
         # (key, day) -> (read at, {model: tokens}, the read's error or None)
-        self._read: dict[tuple[str, str], tuple[float, dict[str, int], Exception | None]] = {}
+        self._read: dict[tuple[str, str], tuple[float, dict[str, int], BaseException | None]] = {}
         self._since: dict[tuple[str, str], dict[str, int]] = {}  # tokens counted here since that read
         self._reading: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -109,7 +116,7 @@ class StoreCounter:
             cached = self._read[cell]
         _, read, error = cached
         if error is not None:
-            raise error
+            raise StoreReadFailed(f"usage of key {key!r} unreadable: {error!r}") from error
         since = self._since.get(cell, {})
         tokens = {m: read.get(m, 0) + since.get(m, 0) for m in {*read, *since}}
         return tokens.get(model, 0), sum(tokens.values())
@@ -117,7 +124,7 @@ class StoreCounter:
     async def _refresh(self, cell: tuple[str, str]) -> None:
         try:
             fresh, error = await asyncio.to_thread(self.store.key_tokens_on, *cell), None
-        except ServingError as exc:  # StoreUnavailable
+        except Exception as exc:  # StoreUnavailable, or anything else: the request goes on, counted
             fresh, error = {}, exc
         finally:
             self._reading.pop(cell, None)

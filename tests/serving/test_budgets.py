@@ -245,3 +245,20 @@ def test_retry_after_is_the_seconds_to_the_next_utc_midnight() -> None:
     assert next_midnight(86400 * 3 + 5) == 86400 * 4
     assert next_midnight(86400 * 3) == 86400 * 4
     assert math.isclose(next_midnight(1765000000.5), 1765065600.0)
+
+
+@pytest.mark.parametrize(
+    ("budgets", "words"),
+    [
+        ({"tokens_per_day": 0}, "auth.keys.0.budgets.tokens_per_day"),
+        ({"per_model": {"bot": 0}}, "per_model['bot'] is 0: a budget must be at least 1 token per day"),
+        ({"per_model": {"bot@v2": 10}}, "per_model['bot@v2']: name the model without @version"),
+        ({"tokens_per_hour": 10}, "auth.keys.0.budgets.tokens_per_hour"),
+    ],
+)
+def test_bad_budgets_are_refused_naming_the_value(budgets: dict, words: str) -> None:
+    from serving.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {"engines": ["http://e"], "auth.keys": keys(**budgets)})
+    assert words in str(caught.value)

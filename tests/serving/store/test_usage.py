@@ -133,3 +133,20 @@ def test_group_usage_sums_a_batch_per_cell_in_key_order() -> None:
         {**cell, "key_name": "k1", "requests": 1, "prompt_tokens": 5, "completion_tokens": 0},
         {**cell, "key_name": "k2", "requests": 2, "prompt_tokens": 4, "completion_tokens": 5},
     ]
+
+
+def test_migration_0003_fills_usage_from_the_request_log_already_there(db_url: str) -> None:
+    from alembic import command
+
+    from serving.store.connect import _alembic_config
+
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0002")
+    old = Store(engine)
+    batch = records(150, time.time() - 3 * DAY, seed=5)
+    with engine.begin() as conn:  # rows written before 0003: straight into request_log
+        conn.execute(sa.insert(RequestLogRow), [{**r.__dict__} for r in batch])
+    migrate(engine)
+    assert aggregate(old) == raw_sums(old) and len(raw_sums(old)) > 5
+    old.close()
