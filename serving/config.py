@@ -124,6 +124,24 @@ class ExperimentConfig(Strict):
         return value
 
 
+class KeyBudgets(Strict):
+    """Tokens (prompt + completion) a key may use per UTC day, enforced by every gateway replica
+    (serving/gateway/budgets.py; docs/usage.md). Unset: no budget."""
+
+    tokens_per_day: int | None = Field(None, ge=1)  # all models together
+    per_model: dict[str, int] = Field(default_factory=dict)  # model (adapter/experiment/base name) -> tokens per day
+
+    @field_validator("per_model")
+    @classmethod
+    def _per_model(cls, value: dict[str, int]) -> dict[str, int]:
+        for model, tokens in value.items():
+            if tokens < 1:
+                raise ValueError(f"per_model[{model!r}] is {tokens}: a budget must be at least 1 token per day")
+            if "@" in model:
+                raise ValueError(f"per_model[{model!r}]: name the model without @version (budgets span versions)")
+        return value
+
+
 class KeyConfig(Strict):
     """An API key, stored as its sha256 (never the key itself). Its name is what the request log,
     feedback ownership and rate-limit buckets record: unique, 1..128 of [A-Za-z0-9._-], not
@@ -134,6 +152,7 @@ class KeyConfig(Strict):
     models: list[str] = Field(default_factory=lambda: ["*"])  # model/experiment names, "*" = all
     rate_limit_per_minute: int = Field(0, ge=0)  # 0 = unlimited
     may_pin_variant: bool = False  # may choose an experiment's variant with X-Loraplane-Variant
+    budgets: KeyBudgets = Field(default_factory=KeyBudgets)  # tokens per UTC day (docs/usage.md)
 
 
 class AuthConfig(Strict):
@@ -172,6 +191,17 @@ class RateLimitConfig(Strict):
     # counts it); "closed" answers 503 with Retry-After.
     on_redis_error: Literal["open", "closed"] = "open"
     redis_timeout_s: float = Field(0.25, gt=0)  # seconds per Redis call
+
+
+class BudgetsConfig(Strict):
+    """Where per-key token budgets (auth.keys[].budgets) are counted: Redis/Valkey (budgets.redis_url,
+    else ratelimit.redis_url) shared by every replica, else the store's daily usage table read
+    through a short cache. A store that cannot be read lets requests go on, counted in
+    loraplane_budget_errors_total (docs/usage.md)."""
+
+    redis_url: str | None = None  # None: ratelimit.redis_url; neither set: the control-plane store
+    store_cache_s: float = Field(2.0, gt=0)  # store backend: how long one read of a key's usage is reused
+    timeout_s: float = Field(0.25, gt=0)  # seconds a budget check waits for its store; then the request goes on
 
 
 class StoreConfig(Strict):
@@ -252,6 +282,7 @@ class ServingConfig(Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:

@@ -53,6 +53,17 @@ class RateLimited(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExceeded(RateLimited):
+    """A key's daily token budget is spent (serving/gateway/budgets.py): 429 until the next UTC
+    midnight. `headers` go out with the error (X-Should-Retry: the OpenAI SDK then does not retry)."""
+
+    headers = {"X-Should-Retry": "false"}
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message, retry_after_s)
+        self.code = "budget_exceeded"
+
+
 class EngineUnavailable(ServingError):
     status = 503
     type = "server_error"

@@ -89,6 +89,31 @@ class GatewayMetrics:
             "Rate-limit checks that could not reach the shared store (ratelimit.on_redis_error decides)",
             registry=r,
         )
+        # Usage and budgets (serving/gateway/budgets.py). `key` is an API key's name from the config
+        # (bounded: auth.keys, plus "anonymous" and "admin"); `budget` is a model name or "all".
+        self.key_tokens = Counter(
+            "loraplane_key_tokens_total",
+            "Tokens answered per API key and model, by kind (prompt, completion)",
+            ["key", "model", "kind"],
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "loraplane_budget_refusals_total",
+            "Requests refused (429) because a key's daily token budget was spent, by budget (model or all)",
+            ["key", "budget"],
+            registry=r,
+        )
+        self.budget_errors = Counter(
+            "loraplane_budget_errors_total",
+            "Budget checks (op=check) or counts (op=count) that could not reach the budget store; the requests went on",
+            ["op"],
+            registry=r,
+        )
+        self.budget_uncounted_tokens = Counter(
+            "loraplane_budget_uncounted_tokens_total",
+            "Tokens answered that the budget store could not count (it was down): the gap in budgets",
+            registry=r,
+        )
         self.engine_healthy = Gauge(
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
         )

@@ -22,13 +22,15 @@ from serving.gateway.refusals import count_error
 from serving.gateway.rollouts import rollouts
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
+from serving.gateway.usage import usage
 from serving.store import Store
 
 
 def _error_response(exc: ServingError) -> JSONResponse:
     retry_after = getattr(exc, "retry_after_s", None)  # RateLimited, Overloaded
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    headers.update(getattr(exc, "headers", {}))  # BudgetExceeded: X-Should-Retry
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers or None)
 
 
 def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: float = 2.0) -> FastAPI:
@@ -76,6 +78,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 await state.control.stop()  # writes what the request log still holds
                 store.close()
                 await state.limiter.close()
+                await state.budgets.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 
@@ -108,5 +111,6 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     app.include_router(feedback_router)
     app.include_router(admin)
     app.include_router(rollouts)
+    app.include_router(usage)
     app.include_router(ops)
     return app

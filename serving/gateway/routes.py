@@ -36,6 +36,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
     apply_limits(body, route, state.cfg)
     state.keys.authorize(principal, model)
     await state.limiter.take(principal)
+    await state.budgets.check(principal.name, model)  # 429 when the key's daily tokens are spent
     lease = state.admission.admit()
     try:
         pinned = request.headers.get("x-loraplane-variant")
@@ -53,7 +54,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             target,
             started,
             state.metrics,
-            state.control.log,
+            state.budgets.log,  # counts the answer's tokens against the key's budgets, then logs it
             key_name=principal.name,
             unit=unit_of(key),
         )

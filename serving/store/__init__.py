@@ -29,6 +29,9 @@ Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [Uni
     same cells summed per (variant, step) in SQL (sums, squares, cross products): a few rows at
     any number of users. store.requests / store.feedback return whole rows
     (bodies included) for exports and captures only.
+Usage (serving/store/usage.py): the writer upserts usage_daily (tokens in/out and requests per key,
+    model, UTC day) in each request-log batch's transaction; store.usage(key=, model=, since=, until=)
+    -> [UsageRecord]; store.key_tokens_on(key, day) -> {model: tokens}. Retention never deletes it.
 Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
     rows of active rollouts are kept), both run by the writer.
 
@@ -55,6 +58,7 @@ from serving.store.records import (
     RolloutRecord,
     StepMoments,
     UnitStats,
+    UsageRecord,
 )
 from serving.store.store import LEASE_LOST, REVISION_CHANGED, Store
 from serving.store.writer import FeedbackJob, StoreWriter
@@ -77,6 +81,7 @@ __all__ = [
     "StepMoments",
     "StoreWriter",
     "UnitStats",
+    "UsageRecord",
     "migrate",
     "safe_url",
     "store_url",

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from serving.store.models import FeedbackRow, RequestLogRow, RolloutRow
 from serving.store.records import ACTIVE_ROLLOUT_STATES, FeedbackRecord, RequestRecord, StepMoments, UnitStats
+from serving.store.usage import add_usage
 
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
 _FEEDBACK_COPIED = ("score", "label", "comment", "key_name", "model", "variant", "rollout", "unit", "step", "excluded")
@@ -157,6 +158,7 @@ class RequestLog:
             return
         with self._tx(translate=False) as s:
             s.execute(sa.insert(RequestLogRow), [asdict(r) for r in records])
+            add_usage(s, records)  # usage_daily, in the same transaction (serving/store/usage.py)
 
     def get_request(self, response_id: str) -> RequestRecord | None:
         with self._tx() as s:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Index, Integer, String, Text, text
+from sqlalchemy import JSON, BigInteger, Float, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -176,3 +176,19 @@ class LeaseRow(Base):
     # Fencing token: goes up each time the lease changes holder; a decision carries the token it
     # was made under and is refused once the lease has moved on.
     token: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+
+class UsageRow(Base):
+    """Tokens in and out per API key, model and UTC day: the request log in aggregate, upserted in
+    the writer's batch transaction (serving/store/usage.py), so it outlives request-log retention.
+    `model` is the request log's (what the client asked for: base, adapter or experiment name)."""
+
+    __tablename__ = "usage_daily"
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
+    key_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(80), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+    __table_args__ = (Index("ix_usage_daily_key_day", "key_name", "day"),)

@@ -176,3 +176,19 @@ class AuditRecord:
     subject: str
     reason: str | None
     numbers: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One key's requests and tokens on one model on one UTC day (`day`: YYYY-MM-DD)."""
+
+    day: str
+    key_name: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

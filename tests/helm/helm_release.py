@@ -70,6 +70,18 @@ class Release:
         return yaml.safe_load(self.find("ConfigMap", f"{PREFIX}-gateway")["data"]["serving.yaml"])
 
 
+OFFLINE_ENGINE_KEY = f"{PREFIX}-engine-key"  # the engine key Secret an offline render names (conftest.render)
+
+
+def with_offline_engine_key(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with engine.apiKey.existingSecret set, unless they set it themselves."""
+    api_key = (values.get("engine") or {}).get("apiKey") or {}
+    if "existingSecret" in api_key:
+        return values
+    engine = {**(values.get("engine") or {}), "apiKey": {**api_key, "existingSecret": OFFLINE_ENGINE_KEY}}
+    return {**values, "engine": engine}
+
+
 def case_values(case: str) -> dict[str, Any]:
     if case == "default":
         return {}

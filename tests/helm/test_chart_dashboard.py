@@ -50,6 +50,8 @@ ROLLOUT_PANELS = {
     "loraplane_request_log_dropped_total": set(),
     "loraplane_requests_total": {"status_class"},
     "loraplane_unkeyed_requests_total": {"route"},
+    "loraplane_key_tokens_total": {"key", "model"},  # usage per key (issue 22)
+    "loraplane_budget_refusals_total": {"key", "budget"},
 }
 
 

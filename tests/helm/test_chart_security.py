@@ -3,8 +3,6 @@ gateway's config carrying the engines' own limits and the shared rate-limit URL.
 
 from __future__ import annotations
 
-import base64
-
 import helm_python
 import pytest
 from helm_release import PREFIX, ROOT, engine_args, load_gateway_config
@@ -72,16 +70,31 @@ def test_engines_require_a_key_that_only_engines_and_gateway_get(release):
     assert not any("api-key" in arg for arg in release.container(release.engine, "engine")["args"])
 
 
-def test_engine_key_secret_is_created_random_or_taken_from_an_existing_secret(render, releases):
-    created = releases["default"].find("Secret", f"{PREFIX}-engine-key")
-    key = base64.b64decode(created["data"]["api-key"]).decode()
-    assert len(key) == 48 and key.isalnum()
-    again = render({}).find("Secret", f"{PREFIX}-engine-key")  # `helm template` has no cluster to look up
-    assert again["data"]["api-key"] != created["data"]["api-key"]
-    release = render({"engine": {"apiKey": {"existingSecret": "vllm-key", "secretKey": "token"}}})
-    assert [s["metadata"]["name"] for s in release.kinds("Secret")] == []
-    env = {e["name"]: e for e in release.container(release.gateway, "gateway")["env"]}
+def test_offline_render_without_an_engine_key_secret_fails_naming_the_value(chart):
+    """`helm template` (Argo CD, Flux) sees no cluster: a random key would change on every render."""
+    for upgrade in (False, True):
+        with pytest.raises(helm_python.HelmRenderError) as caught:
+            chart.render({}, name="lp", namespace="ai", is_install=not upgrade, is_upgrade=upgrade)
+        message = str(caught.value)
+        assert "engine.apiKey.existingSecret is empty and this render sees no cluster" in message
+        assert f"set engine.apiKey.existingSecret={PREFIX}-engine-key" in message
+        assert f"kubectl -n ai create secret generic {PREFIX}-engine-key --from-literal=api-key=" in message
+
+
+def test_engine_key_comes_from_the_existing_secret_and_renders_the_same_every_time(render):
+    values = {"engine": {"apiKey": {"existingSecret": "vllm-key", "secretKey": "token"}}}
+    first, again = render(values), render(values)
+    assert [s["metadata"]["name"] for s in first.kinds("Secret")] == []
+    assert first.templates == again.templates  # nothing random: a GitOps diff stays empty
+    env = {e["name"]: e for e in first.container(first.gateway, "gateway")["env"]}
     assert env[ENGINE_KEY_ENV]["valueFrom"]["secretKeyRef"] == {"name": "vllm-key", "key": "token"}
+    engine_env = {e["name"]: e for e in first.container(first.engine, "engine")["env"]}
+    assert engine_env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "vllm-key", "key": "token"}
+
+
+def test_helm_lint_of_the_defaults_still_passes():
+    report = helm_python.lint(str(ROOT / "helm" / "loraplane"), {}, strict=True)
+    assert report["errors"] == []
 
 
 def _selects(selector: dict, labels: dict[str, str]) -> bool:

@@ -9,7 +9,7 @@ import helm_python
 import jsonschema
 import pytest
 import yaml
-from helm_release import CASES, CHART_DIR, case_values
+from helm_release import CASES, CHART_DIR, case_values, with_offline_engine_key
 
 SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
 DEFAULTS = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
@@ -47,6 +47,20 @@ BAD_VALUES = [
         "Bad NS",
     ),
     ({"engine": {"apiKey": {"secretKey": "a b"}}}, "/engine/apiKey/secretKey", "a b"),
+    ({"engine": {"toolCallParser": "Hermes 2"}}, "/engine/toolCallParser", "does not match pattern"),
+    ({"cache": {"ttlSeconds": 0}}, "/cache/ttlSeconds", "exclusiveMinimum"),
+    ({"cache": {"redisUrl": "redis://:pw@h:6379"}}, "/cache/redisUrl", "does not match pattern"),
+    ({"budgets": {"redisUrl": "http://h"}}, "/budgets/redisUrl", "does not match pattern"),
+    (
+        {"gateway": {"auth": {"keys": [{"name": "a", "sha256": "0" * 64, "budgets": {"tokensPerDay": 0}}]}}},
+        "/gateway/auth/keys/0/budgets/tokensPerDay",
+        "minimum: got 0, want 1",
+    ),
+    (
+        {"gateway": {"auth": {"keys": [{"name": "a", "sha256": "0" * 64, "budgets": {"perDay": 5}}]}}},
+        "/gateway/auth/keys/0/budgets",
+        "'perDay' not allowed",
+    ),
 ]
 
 
@@ -78,7 +92,7 @@ def test_every_object_in_the_schema_is_closed_or_a_free_form_kubernetes_field():
     free_form = {
         "commonLabels", "podSecurityContext", "containerSecurityContext", "env", "nodeSelector",
         "affinity", "podAnnotations", "annotations", "labels", "requests", "limits", "seccompProfile",
-        "tolerations[]", "namespaceSelector", "podSelector",
+        "tolerations[]", "namespaceSelector", "podSelector", "perModel",
     }  # fmt: skip
 
     def walk(node: dict, name: str) -> None:
@@ -176,6 +190,6 @@ def test_packaged_chart_keeps_the_files_its_templates_read(tmp_path):
         names = {f["name"] for f in packaged.files}
         assert {"files/adapter-sync.sh", "files/engine_key_guard.py", "dashboards/loraplane.json"} <= names
         assert not any(name.startswith("ci/") for name in names)
-        rendered = packaged.render(case_values("keda-s3-auth"), name="lp", namespace="ai")
+        rendered = packaged.render(with_offline_engine_key(case_values("keda-s3-auth")), name="lp", namespace="ai")
     script = yaml.safe_load(rendered["loraplane/templates/adapter-sync-configmap.yaml"])["data"]["adapter-sync.sh"]
     assert script.startswith("#!/bin/sh") and "rclone lsf" in script

@@ -250,3 +250,23 @@ that are not null; "{}" when none is set (null = the gateway's own default, serv
 {{- end -}}
 {{- if $out }}{{ join "\n" $out }}{{ else }}{}{{ end -}}
 {{- end }}
+
+{{/* engine.chatTemplate: where its ConfigMap is mounted in the engine and gateway pods. */}}
+{{- define "loraplane.chatTemplateDir" -}}/etc/loraplane/chat-template{{- end }}
+{{- define "loraplane.chatTemplatePath" -}}{{ include "loraplane.chatTemplateDir" . }}/chat_template.jinja{{- end }}
+
+{{/* The chat-template volume and its mount (engine and gateway pods), when engine.chatTemplate is set. */}}
+{{- define "loraplane.chatTemplateVolume" -}}
+{{- if .Values.engine.chatTemplate }}
+- name: chat-template
+  configMap:
+    name: {{ include "loraplane.fullname" . }}-chat-template
+{{- end }}
+{{- end }}
+{{- define "loraplane.chatTemplateMount" -}}
+{{- if .Values.engine.chatTemplate }}
+- name: chat-template
+  mountPath: {{ include "loraplane.chatTemplateDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
