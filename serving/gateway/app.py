@@ -76,6 +76,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 await state.control.stop()  # writes what the request log still holds
                 store.close()
                 await state.limiter.close()
+                await state.cache.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 

@@ -13,6 +13,7 @@ from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
 from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
+from serving.gateway.cache import ResponseCache
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
@@ -47,6 +48,7 @@ class GatewayState:
         self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
+        self.cache = ResponseCache(cfg, self.metrics, self.base.weights_sha256)  # off unless cache.enabled
 
     @property
     def base_model(self) -> str:
