@@ -2,12 +2,13 @@
 
     routes.handle: authorize -> rate limit -> resolve -> cache.lookup -> (miss) forward -> cache.keep
 
-Opt-in (`cache.enabled`). Cacheable: a non-streamed request with `temperature: 0` or a `seed`.
+Opt-in (`cache.enabled`). Cacheable: a request with `temperature: 0` or a `seed`, streamed or not.
 Key: sha256 of (the base's weights and engine numerics, the route, the resolved adapter version
 `name@vN` — the variant an experiment or rollout chose, never the public name — and the request as
-sent upstream, after the gateway's limits, without `model`, `user`, `stream` and `stream_options`,
-keys sorted). Only 200 answers are stored, and never a control's fallback answer (it answered for
-another version than the key names).
+sent upstream, after the gateway's limits, without `model` and `user`, keys sorted; a non-streamed
+request's also without `stream` and `stream_options`). Only 200 answers are stored, a stream only
+once it ended with [DONE], and never a control's fallback answer (it answered for another version
+than the key names). A stream is stored as the events the client got and replayed in one write.
 
 Keys of callers: the lookup runs after the caller was authorized for the model and took its
 rate-limit token, so a hit only gives a caller what the engine would have given it for the same
@@ -31,21 +32,27 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as redis
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
+from starlette.responses import AsyncContentStream, Content
 
 from serving.config import CacheConfig, ServingConfig
 from serving.gateway.recorder import Call, answer_text
+from serving.gateway.stream import chunk_text
 from serving.metrics import GatewayMetrics
 
 CACHE_HEADER = "X-Loraplane-Cache"
 KEY_PREFIX = "loraplane:cache:"
-KEY_DROPPED = ("model", "user", "stream", "stream_options")  # not part of what the answer depends on
+# Not part of what the answer depends on; a stream's key keeps `stream` and `stream_options` (what
+# its chunks look like: usage or not), a non-streamed answer's drops them.
+KEY_DROPPED = ("model", "user")
+KEY_DROPPED_JSON = (*KEY_DROPPED, "stream", "stream_options")
+DONE_EVENT = "data: [DONE]\n\n"  # a relayed stream that ended well ends with this event alone
 REDIS_REST_S = 1.0  # after a Redis failure, requests skip Redis this long (no timeout per request)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
@@ -55,9 +62,7 @@ class CacheUnavailable(Exception):
 
 
 def is_cacheable(body: dict) -> bool:
-    """A non-streamed request whose answer the engine repeats: temperature 0, or a seed given."""
-    if body.get("stream"):
-        return False
+    """A request whose answer the engine repeats: temperature 0, or a seed given."""
     temperature, seed = body.get("temperature"), body.get("seed")
     greedy = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature == 0
     seeded = isinstance(seed, int) and not isinstance(seed, bool)
@@ -66,7 +71,8 @@ def is_cacheable(body: dict) -> bool:
 
 def cache_key(identity: str, call: Call) -> str:
     """sha256 of what the answer depends on (the module docstring lists it)."""
-    request = {k: v for k, v in call.body.items() if k not in KEY_DROPPED}
+    dropped = KEY_DROPPED if call.body.get("stream") else KEY_DROPPED_JSON
+    request = {k: v for k, v in call.body.items() if k not in dropped}
     material = [identity, call.route, call.target.adapter_label, request]
     encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(encoded.encode()).hexdigest()
@@ -223,33 +229,66 @@ class ResponseCache:
         return Lookup("hit", key, replay(stored, call))
 
     async def keep(self, lookup: Lookup, response: Response) -> Response:
-        """Mark `response` and store it under the lookup's key when it is a 200 answer of that version."""
+        """Mark `response`; store it under the lookup's key when it is a 200 answer of that version
+        (a stream once it ended with [DONE], while the client reads it)."""
         if lookup.state is None:
             return response
         response.headers[CACHE_HEADER] = lookup.state
         fallback = "x-loraplane-fallback-from" in response.headers  # another version answered
-        if lookup.key is None or response.status_code != 200 or fallback or not isinstance(response.body, bytes):
+        if lookup.key is None or response.status_code != 200 or fallback:
             return response
-        stored = json.dumps(lookup.response_id).encode() + b"\n" + response.body  # id first: see replay
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._tee(lookup.key, lookup.response_id, response.body_iterator)
+        elif isinstance(response.body, bytes):
+            await self._put(lookup.key, lookup.response_id, response.body)
+        return response
+
+    async def _tee(self, key: str, response_id: str, events: AsyncContentStream) -> AsyncIterator[Content]:
+        """Relays a stream's events and stores them when the stream ended well and fits."""
+        kept: list[bytes] = []
+        size = 0
+        async for event in events:
+            if size <= self.cfg.max_entry_bytes:
+                kept.append(event.encode() if isinstance(event, str) else bytes(event))
+                size += len(kept[-1])
+            yield event
+        # an engine error, a truncated or broken stream ends with an error event and [DONE] in one
+        if size <= self.cfg.max_entry_bytes and kept and kept[-1] == DONE_EVENT.encode():
+            await self._put(key, response_id, b"".join(kept))
+
+    async def _put(self, key: str, response_id: str, body: bytes) -> None:
+        stored = json.dumps(response_id).encode() + b"\n" + body  # the id first: see replay
         if len(stored) > self.cfg.max_entry_bytes:
-            return response
+            return
         try:
-            await self.backend.put(lookup.key, stored)
+            await self.backend.put(key, stored)
         except CacheUnavailable:
             self.metrics.cache_errors.labels(self.backend.name).inc()
-        return response
 
     async def close(self) -> None:
         await self.backend.close()
 
 
 def replay(stored: bytes, call: Call) -> Response:
-    """The stored answer under the call's own id, logged as the call's row (excluded="cached")."""
+    """The stored answer (JSON, or a stream's events) under the call's own id, logged as the call's
+    row (excluded="cached")."""
     old_id, _, body = stored.partition(b"\n")
-    body = body.replace(old_id, json.dumps(call.response_id).encode(), 1)  # ids are unique uuids
+    body = body.replace(old_id, json.dumps(call.response_id).encode())  # ids are unique uuids
+    streamed = bool(call.body.get("stream"))
     call.excluded = "cached"
     if call.answer is not None:  # the experiment or rollout captures bodies
-        call.add_text(answer_text(json.loads(body), call.route))
+        call.add_text(_stream_text(body, call.route) if streamed else answer_text(json.loads(body), call.route))
     call.finish(200)
     headers = {**call.headers(None), CACHE_HEADER: "hit"}
+    if streamed:
+        return StreamingResponse(_once(body), 200, headers, media_type="text/event-stream")
     return Response(body, 200, headers, media_type="application/json")
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _stream_text(events: bytes, route: str) -> str:
+    payloads = (line[6:] for line in events.decode().split("\n") if line.startswith("data: {"))
+    return "".join(chunk_text(json.loads(payload), route) for payload in payloads)

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from fakes.servers import free_port
+from fakes.servers import free_port, wait_for
 from serving.auth import hash_key
 from serving.config import CacheConfig
 from serving.gateway.cache import LocalCache
@@ -71,12 +71,47 @@ def test_what_is_not_cached(dirs) -> None:
         assert ask(gw.url, "bot@v2")[1] == "miss"  # another adapter version: another key
         for _ in range(2):  # sampled without a seed: never looked up, never stored, no header
             assert ask(gw.url, "bot@v1", temperature=0.7)[1] is None
-        chunks = list(client(gw.url).chat.completions.create(model="bot@v1", messages=MSG, stream=True, **GREEDY))
-        assert chunks  # streamed: forwarded (not cached yet)
-        assert completed(eng) == 5
+        assert completed(eng) == 4
         assert ask(gw.url, "bot@v1", seed=7, temperature=0.7)[1] == "miss"  # a seed makes it repeatable
         assert ask(gw.url, "bot@v1", seed=7, temperature=0.7)[1] == "hit"
-        assert completed(eng) == 6
+        assert completed(eng) == 5
+
+
+def stream(url: str, **body) -> tuple[list, str | None]:
+    """(the chunks, the X-Loraplane-Cache header) of one streamed chat request to bot@v1."""
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="bot@v1", messages=MSG, stream=True, **{**GREEDY, **body}
+    )
+    return list(raw.parse()), raw.headers.get("x-loraplane-cache")
+
+
+def text(chunks: list) -> str:
+    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+
+def test_a_stream_is_replayed_from_the_cache(dirs) -> None:
+    with engine() as eng, GatewayThread(faults.gateway_app(dirs, [eng.url], **CACHED), free_port()) as gw:
+        first, first_state = stream(gw.url)
+        second, second_state = stream(gw.url)
+        assert (first_state, second_state) == ("miss", "hit") and completed(eng) == 1
+        assert text(second) == text(first) != ""
+        assert {c.id for c in second} == {second[0].id} and second[0].id != first[0].id  # its own id throughout
+        with_usage, state = stream(gw.url, stream_options={"include_usage": True})  # other chunks: other key
+        assert state == "miss" and with_usage[-1].usage.completion_tokens == 8
+        assert ask(gw.url, "bot@v1")[1] == "miss"  # the non-streamed answer is stored apart
+        assert completed(eng) == 3
+
+
+def test_a_stream_that_failed_is_not_stored(dirs) -> None:
+    faulty = engine(stream_faults={"bot@v1": "error@2"})
+    with faulty as eng, GatewayThread(faults.gateway_app(dirs, [eng.url], **CACHED), free_port()) as gw:
+        for _ in range(2):  # the second is a miss again: the first, failed, was not stored
+            body = {"model": "bot@v1", "messages": MSG, "stream": True, **GREEDY}
+            with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as resp:
+                events = list(resp.iter_lines())
+                assert resp.headers["x-loraplane-cache"] == "miss"
+            assert any('"error"' in line for line in events)
+        wait_for(lambda: completed(eng) == 2)  # the engine ran both (it counts a stream once it closed)
 
 
 def test_cache_control_no_cache_bypasses_the_lookup_but_refreshes_the_entry(dirs) -> None:
