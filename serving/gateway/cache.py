@@ -244,17 +244,18 @@ class ResponseCache:
         return response
 
     async def _tee(self, key: str, response_id: str, events: AsyncContentStream) -> AsyncIterator[Content]:
-        """Relays a stream's events and stores them when the stream ended well and fits."""
+        """Relays a stream's events; one that ended well and fits is stored before the client gets
+        its [DONE] (a request sent after it finds the answer, as feedback finds the log row)."""
         kept: list[bytes] = []
         size = 0
         async for event in events:
             if size <= self.cfg.max_entry_bytes:
                 kept.append(event.encode() if isinstance(event, str) else bytes(event))
                 size += len(kept[-1])
+            # an engine error, a truncated or broken stream ends with an error event and [DONE] in one
+            if size <= self.cfg.max_entry_bytes and kept and kept[-1] == DONE_EVENT.encode():
+                await self._put(key, response_id, b"".join(kept))
             yield event
-        # an engine error, a truncated or broken stream ends with an error event and [DONE] in one
-        if size <= self.cfg.max_entry_bytes and kept and kept[-1] == DONE_EVENT.encode():
-            await self._put(key, response_id, b"".join(kept))
 
     async def _put(self, key: str, response_id: str, body: bytes) -> None:
         stored = json.dumps(response_id).encode() + b"\n" + body  # the id first: see replay
