@@ -74,7 +74,7 @@ def cache_key(identity: str, call: Call) -> str:
     dropped = KEY_DROPPED if call.body.get("stream") else KEY_DROPPED_JSON
     request = {k: v for k, v in call.body.items() if k not in dropped}
     material = [identity, call.route, call.target.adapter_label, request]
-    encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    encoded = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
@@ -202,9 +202,8 @@ class ResponseCache:
 
     def __init__(self, cfg: ServingConfig, metrics: GatewayMetrics, base_weights_sha256: str):
         self.cfg, self.metrics = cfg.cache, metrics
-        self.backend: CacheBackend = (
-            RedisCache(cfg.cache, cfg.cache.redis_url) if cfg.cache.redis_url else LocalCache(cfg.cache, metrics)
-        )
+        shared = cfg.cache.enabled and cfg.cache.redis_url
+        self.backend: CacheBackend = RedisCache(cfg.cache, shared) if shared else LocalCache(cfg.cache, metrics)
         # What else the answer depends on: the base's weights and how the engines compute.
         self.identity = f"{base_weights_sha256}/{cfg.engine.dtype}/{cfg.engine.quantization}"
 

