@@ -180,7 +180,8 @@ class CacheConfig(Strict):
 
     enabled: bool = False  # opt-in: serve repeated deterministic requests from the cache
     # None: an LRU in each gateway process; a Redis/Valkey URL (redis://host:port/db): one cache
-    # shared by every replica (bounded by the server's own maxmemory policy, not max_entries/max_bytes)
+    # shared by every replica (bounded by the server's own maxmemory policy, not max_entries/max_bytes).
+    # Env LORAPLANE_CACHE_REDIS_URL overrides it (a URL with a password, from a Secret).
     redis_url: str | None = None
     ttl_s: float = Field(300.0, gt=0)  # seconds an answer is served from the cache after it was stored
     max_entries: int = Field(10_000, ge=1)  # in-process LRU: beyond this the least recently used answer goes
@@ -351,6 +352,8 @@ def load_config(paths: Path | list[Path] | None = None, overrides: dict[str, Any
         _set_dotted(data, dotted, value)
     if url := os.environ.get("LORAPLANE_REDIS_URL"):
         _set_dotted(data, "ratelimit.redis_url", url)
+    if url := os.environ.get("LORAPLANE_CACHE_REDIS_URL"):
+        _set_dotted(data, "cache.redis_url", url)
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as exc:

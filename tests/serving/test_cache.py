@@ -282,3 +282,10 @@ def test_bounds_that_contradict_each_other_are_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"cache.max_entry_bytes \(2000000\) is above cache.max_bytes"):
         load_config(None, {"cache.max_entry_bytes": 2_000_000, "cache.max_bytes": 1_000_000})
+
+
+def test_env_overrides_the_cache_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.config import load_config
+
+    monkeypatch.setenv("LORAPLANE_CACHE_REDIS_URL", "redis://:secret@valkey:6379/2")
+    assert load_config(None, {"cache.redis_url": "redis://other/0"}).cache.redis_url == "redis://:secret@valkey:6379/2"
