@@ -289,3 +289,21 @@ def test_env_overrides_the_cache_redis_url(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setenv("LORAPLANE_CACHE_REDIS_URL", "redis://:secret@valkey:6379/2")
     assert load_config(None, {"cache.redis_url": "redis://other/0"}).cache.redis_url == "redis://:secret@valkey:6379/2"
+
+
+def test_hits_in_a_rollout_are_left_out_of_its_statistics_and_their_feedback_too(dirs) -> None:
+    make_adapter(dirs[1], "bot", "v2")
+    overrides = {**CACHED, "rollouts.evaluator": False, "auth.local_dev_open_admin": True}
+    with engine() as eng, GatewayThread(faults.gateway_app(dirs, [eng.url], **overrides), free_port()) as gw:
+        started = httpx.post(f"{gw.url}/admin/rollouts/r1", json={"candidate": "bot@v2", "steps": [50, 100]})
+        assert started.status_code == 201, started.text
+        answers = [ask(gw.url, "bot", user=f"u{i}") for i in range(12)]  # `user`: the A/B key, not in the key
+        states = [state for _, state in answers]
+        assert states.count("miss") == 2 and states.count("hit") == 10  # one miss per variant
+        for completion, state in answers:
+            if state == "hit":
+                rated = httpx.post(f"{gw.url}/v1/feedback", json={"id": completion.id, "score": 1}, timeout=10)
+                assert rated.status_code == 200
+        units = gw.state.store.rollout_units("r1", ttft_threshold_s=None)
+        assert sum(u.requests for u in units) == 2  # the two misses; no hit
+        assert sum(u.score_n for u in units) == 0  # the ten ratings were all of hits
