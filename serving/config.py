@@ -204,6 +204,33 @@ class BudgetsConfig(Strict):
     timeout_s: float = Field(0.25, gt=0)  # seconds a budget check waits for its store; then the request goes on
 
 
+class CacheConfig(Strict):
+    """The response cache (serving/gateway/cache.py, docs/cache.md): answers to deterministic,
+    non-streamed requests (temperature 0, or a `seed`), keyed by the adapter version and the request."""
+
+    enabled: bool = False  # opt-in: serve repeated deterministic requests from the cache
+    # None: an LRU in each gateway process; a Redis/Valkey URL (redis://host:port/db): one cache
+    # shared by every replica (bounded by the server's own maxmemory policy, not max_entries/max_bytes).
+    # Env LORAPLANE_CACHE_REDIS_URL overrides it (a URL with a password, from a Secret).
+    redis_url: str | None = None
+    ttl_s: float = Field(300.0, gt=0)  # seconds an answer is served from the cache after it was stored
+    max_entries: int = Field(10_000, ge=1)  # in-process LRU: beyond this the least recently used answer goes
+    max_bytes: int = Field(64 * 1024**2, ge=1024)  # in-process LRU: total answer bytes kept (JSON)
+    max_entry_bytes: int = Field(256 * 1024, ge=1)  # an answer over this many bytes (JSON) is not stored
+    # Seconds per Redis call; a Redis that is down or slower: the request goes on uncached
+    # (loraplane_cache_errors_total counts it) and Redis is left alone for a second.
+    redis_timeout_s: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CacheConfig:
+        if self.max_entry_bytes > self.max_bytes:
+            raise ValueError(
+                f"cache.max_entry_bytes ({self.max_entry_bytes}) is above cache.max_bytes ({self.max_bytes}): "
+                "lower it or raise max_bytes"
+            )
+        return self
+
+
 class StoreConfig(Strict):
     """The control-plane database (serving/store/): experiments, rollouts, stable versions, logs."""
 
@@ -283,6 +310,7 @@ class ServingConfig(Strict):
     rollouts: RolloutsConfig = Field(default_factory=RolloutsConfig)
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)  # response cache (docs/cache.md), off by default
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
@@ -355,6 +383,8 @@ def load_config(paths: Path | list[Path] | None = None, overrides: dict[str, Any
         _set_dotted(data, dotted, value)
     if url := os.environ.get("LORAPLANE_REDIS_URL"):
         _set_dotted(data, "ratelimit.redis_url", url)
+    if url := os.environ.get("LORAPLANE_CACHE_REDIS_URL"):
+        _set_dotted(data, "cache.redis_url", url)
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as exc:

@@ -118,6 +118,37 @@ class GatewayMetrics:
             "loraplane_engine_healthy", "1 when the engine answers /health", ["engine"], registry=r
         )
 
+        # Response cache (serving/gateway/cache.py); backend: "local" (in-process LRU) or "redis".
+        self.cache_hits = Counter(
+            "loraplane_cache_hits_total", "Requests answered from the response cache", ["backend"], registry=r
+        )
+        self.cache_misses = Counter(
+            "loraplane_cache_misses_total",
+            "Cacheable requests not found in the response cache (forwarded; a 200 answer is stored)",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_bypasses = Counter(
+            "loraplane_cache_bypasses_total",
+            "Cacheable requests that skipped the lookup (Cache-Control: no-cache or no-store)",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_evictions = Counter(
+            "loraplane_cache_evictions_total",
+            "Answers dropped from the in-process cache, by reason (size: LRU bound, ttl: expired)",
+            ["backend", "reason"],
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "loraplane_cache_errors_total",
+            "Requests that went on uncached because the cache store failed or was resting after a failure",
+            ["backend"],
+            registry=r,
+        )
+        self.cache_entries = Gauge("loraplane_cache_entries", "Answers held by the in-process cache", registry=r)
+        self.cache_bytes = Gauge("loraplane_cache_bytes", "Bytes of answers held by the in-process cache", registry=r)
+
         # Control plane (serving/store/): feedback and the request log.
         self.feedback = Counter(
             "loraplane_feedback_total",

@@ -79,6 +79,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 store.close()
                 await state.limiter.close()
                 await state.budgets.close()
+                await state.cache.close()
 
     app = FastAPI(title="loraplane gateway", lifespan=lifespan)
 

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.engine import ENGINE_KEY_ENV
 from serving.errors import AdapterRejected, EngineUnavailable, ServingError
-from serving.gateway.recorder import Call, FailedBeforeFirstByte, failure_kind
+from serving.gateway.recorder import Call, FailedBeforeFirstByte, answer_text, failure_kind
 from serving.gateway.resolve import Target
 from serving.gateway.state import GatewayState
 from serving.gateway.stream import StreamRelay, stream_response
@@ -164,13 +164,6 @@ async def open_upstream(state: GatewayState, call: Call) -> Upstream:
     )
 
 
-def _answer_text(payload: dict, route: str) -> str:
-    choices = payload.get("choices") or [{}]
-    if route == "chat":
-        return str((choices[0].get("message") or {}).get("content") or "")
-    return str(choices[0].get("text") or "")
-
-
 async def _relay_json(state: GatewayState, call: Call, upstream: Upstream) -> Response:
     engine, resp = upstream.engine, upstream.resp
     try:
@@ -199,7 +192,7 @@ async def _relay_json(state: GatewayState, call: Call, upstream: Upstream) -> Re
     if status == 200 and isinstance(payload, dict):
         payload["id"] = call.response_id  # the gateway's id, whatever the engine chose
         call.add_usage(payload.get("usage"))
-        call.add_text(_answer_text(payload, call.route))
+        call.add_text(answer_text(payload, call.route))
     elif status == 404 and call.target.ref is not None:
         state.pool.forget(engine, call.target.ref)  # the engine lost it (restart): reload next time
         error_kind = "upstream_status"  # not the caller's mistake: the gateway asked for it

@@ -48,6 +48,14 @@ def upstream_body(body: dict, upstream_model: str) -> dict:
     return out
 
 
+def answer_text(payload: dict, route: str) -> str:
+    """The first choice's text of a non-streamed answer (what a call captures with `capture: bodies`)."""
+    choices = payload.get("choices") or [{}]
+    if route == "chat":
+        return str((choices[0].get("message") or {}).get("content") or "")
+    return str(choices[0].get("text") or "")
+
+
 class FailedBeforeFirstByte(Exception):
     """A call failed before the client got any byte (already logged on its own row): another variant
     may still answer. `response` is what the client gets if none does."""

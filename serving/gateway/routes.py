@@ -58,8 +58,12 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             key_name=principal.name,
             unit=unit_of(key),
         )
-        await lease.wait_upstream()
-        response = await forward(state, call)
+        lookup = await state.cache.lookup(request.headers, call)  # serving/gateway/cache.py
+        if lookup.hit is not None:
+            response = lookup.hit
+        else:
+            await lease.wait_upstream()
+            response = await state.cache.keep(lookup, await forward(state, call))
     except BaseException:
         lease.release()
         raise

@@ -14,6 +14,7 @@ from serving.config import ServingConfig
 from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
 from serving.gateway.budgets import Budgets
+from serving.gateway.cache import ResponseCache
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
@@ -49,6 +50,7 @@ class GatewayState:
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
         self.budgets = Budgets(cfg, store, self.metrics, self.control.log)  # per-key daily token budgets
+        self.cache = ResponseCache(cfg, self.metrics, self.base.weights_sha256)  # off unless cache.enabled
 
     @property
     def base_model(self) -> str:

@@ -32,7 +32,7 @@ CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
 READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueError: a malformed event
 
 
-def _content(chunk: dict, route: str) -> str:
+def chunk_text(chunk: dict, route: str) -> str:
     """The text a chunk carries (first choice with content)."""
     for choice in chunk.get("choices") or []:
         node = choice
@@ -159,7 +159,7 @@ class StreamRelay:
                 if not chunk.get("choices"):
                     return None
                 chunk["usage"], dirty = None, True
-        text = _content(chunk, call.route)
+        text = chunk_text(chunk, call.route)
         call.add_text(text)
         if text and call.ttft_s is None:
             call.first_token()
