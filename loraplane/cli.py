@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),
     "store": ("serving.store.cli:main", "migrate the control-plane database (store migrate|status)"),
     "rollout": ("serving.rollouts.cli:main", "progressive rollouts: start|status|pause|resume|promote|rollback|export"),
+    "feedback": ("serving.rollouts.feedback_cli:main", "training data from rated traffic (feedback export)"),
     "loadtest": ("loadtest.cli:main", "run a Locust load test with SLO gates"),
     "demo": ("loraplane.demo:main", "train v1+v2 on the bundled model, serve, compare through the gateway"),
 }

@@ -56,6 +56,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             state.control.log,
             key_name=principal.name,
             unit=unit_of(key),
+            grade=state.grading.offer,
         )
         await lease.wait_upstream()
         response = await forward(state, call)

@@ -15,6 +15,7 @@ from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
+from serving.graders.queue import Grading
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.ratelimit import make_limiter
@@ -47,6 +48,8 @@ class GatewayState:
         self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
+        # Graders score captured answers off the request path (serving/graders/queue.py).
+        self.grading = Grading.from_config(cfg, self.metrics, self.control.writer.offer_score)
 
     @property
     def base_model(self) -> str:
