@@ -94,7 +94,8 @@ class GraderConfig(_Strict):
 
     @model_validator(mode="after")
     def _params_fit_kind(self) -> GraderConfig:
-        given = {k for k in self.params.model_fields_set if getattr(self.params, k) is not None}
+        defaults = {k: f.default for k, f in GraderParams.model_fields.items()}
+        given = {k for k in self.params.model_fields_set if getattr(self.params, k) != defaults[k]}
         problems = [f"params.{k} is required" for k in REQUIRED[self.kind] if getattr(self.params, k) is None]
         problems += [f"params.{k} does not apply" for k in sorted(given - set(ALLOWED[self.kind]))]
         problems += self._check_values()

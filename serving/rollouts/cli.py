@@ -75,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--min-samples", type=int, help="requests per variant at a step before it may advance")
     start.add_argument("--interval", type=float, help="seconds between evaluations")
     start.add_argument("--alpha", type=float, help="chance of any false rollback or promotion (default 0.05)")
-    start.add_argument("--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback); repeat")
+    start.add_argument(
+        "--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback, grader:NAME); repeat"
+    )
     start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
     start.add_argument("--reason")
