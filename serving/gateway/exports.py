@@ -90,6 +90,7 @@ async def feedback_export(
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = MAX_PAGE,
 ) -> dict:
+    """One page of an adapter's captured, rated traffic outside rollouts (`loraplane feedback export`)."""
     if not ADAPTER_NAME_RE.match(adapter):
         raise BadRequest(f"adapter {adapter!r} must match {ADAPTER_NAME_RE.pattern}", param="adapter")
     if version is not None and not VERSION_RE.match(version):

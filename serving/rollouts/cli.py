@@ -97,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
 
 def add_export_options(p: argparse.ArgumentParser) -> None:
     """The options `rollout export` and `feedback export` share."""
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the folder to write the files into (created)")
     p.add_argument("--min-score", type=float, default=1.0, help="answers scored at least this go to sft.jsonl")
     p.add_argument("--margin", type=float, default=0.5, help="chosen and rejected scores differ by this much")
     p.add_argument(
