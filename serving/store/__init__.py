@@ -29,6 +29,10 @@ Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [Uni
     same cells summed per (variant, step) in SQL (sums, squares, cross products): a few rows at
     any number of users. store.requests / store.feedback return whole rows
     (bodies included) for exports and captures only.
+Scores have a source: "user" (POST /v1/feedback) or "grader:NAME" (serving/graders/), one per
+    response and source. rollout_units counts users' only; store.rollout_scores(rollout, source)
+    gives one grader's per-unit cells; store.captured_page / scores_of page an adapter's captured
+    traffic for `loraplane feedback export` (serving/store/scores.py).
 Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
     rows of active rollouts are kept), both run by the writer.
 

@@ -104,7 +104,9 @@ def test_feedback_export_pages_through_rated_traffic_and_skips_opted_out_keys(
     rows = load_rated_file(str(out / "kto.jsonl"))
     assert rows.conversations[0][-1] == {"role": "assistant", "content": '{"answer": 42}'}
     assert "6 captures; 2 left out for train_opt_out keys" in printed
-    assert len(ids["app"]) == 6
+    logged = {r.id: r for r in gateway.state.store.requests()}
+    assert all(logged[i].request_body is not None for i in ids["app"] + ids["private"])  # adapters[].capture
+    assert all(logged[i].request_body is None for i in ids["other"])  # no capture setting: no bodies
 
     # The grader scored every captured answer (off the request path); its scores label the export.
     wait_graded(gateway.url, 6)
