@@ -138,6 +138,9 @@ def summary(report: dict) -> str:
             f"  {role:<9} {v['version']:<24} requests {v['requests']:<6} errors {rate:<8} TTFT over threshold {p95:<6} "
             f"feedback n={fb['n']} mean {mean}"
         )
+        for source, g in (v.get("graders") or {}).items():  # one per grader guard
+            shown = "-" if g["mean"] is None else f"{g['mean']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+            lines.append(f"  {'':<9} {source} n={g['n']} users {g['users']} mean {shown}")
     for g in report["guards"]:
         lo, hi = g["worsening_lo"], g["worsening_hi"]
         span = "" if lo is None else f" worsening [{lo:+.4f}, {hi:+.4f}] margin {g['margin']}"

@@ -157,6 +157,9 @@ def test_rollout_export_writes_kto_and_leaves_out_opted_out_keys(gateway, capsys
     assert manifest["rollout"] == "r" and manifest["captures"] == 6 and manifest["opted_out"] == 2
     assert manifest["files"]["kto.jsonl"]["rows"] == 6
     assert "private question" not in (tmp_path / "r" / "kto.jsonl").read_text()
+    assert rollout_cli.main(["--url", gateway.url, "status", "r"]) == 0
+    shown = capsys.readouterr().out
+    assert "guard grader:json_valid" in shown and shown.count("grader:json_valid n=") == 2  # per variant
 
 
 def faults_dirs(gateway) -> Path:
