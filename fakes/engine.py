@@ -14,7 +14,8 @@ Faults to inject, per model name where it says so:
 - `slow_ms`: model -> extra time to first token (e.g. to make one A/B variant slower);
 - `stream_faults`: model -> "error@N" (vLLM's in-stream error event after N tokens, then
   `[DONE]`) or "truncate@N" (the stream ends cleanly after N tokens, no finish, no `[DONE]`);
-- `fail_load`: adapter names whose load answers 500.
+- `fail_load`: adapter names whose load answers 500;
+- `replies`: model -> a fixed answer text (one token), e.g. JSON or a judge's score.
 With `api_key` set it guards /v1 like vLLM's `--api-key`
 (vllm/entrypoints/serve/middleware/authenticate.py): 401 without `Bearer <key>`, /health stays open.
 
@@ -54,6 +55,7 @@ class MockSettings:
     fail_status: dict[str, int] = field(default_factory=dict)  # model name -> status of every completion
     stream_faults: dict[str, str] = field(default_factory=dict)  # model name -> "error@N" | "truncate@N"
     max_model_len: int = 2048  # prompt tokens + max_tokens beyond this: 400, like vLLM
+    replies: dict[str, str] = field(default_factory=dict)  # model name -> the text its completions answer
 
 
 STREAM_FAULTS = ("error", "truncate")
@@ -116,6 +118,12 @@ class MockEngine:
         ]
         return {"object": "list", "data": cards}
 
+    def pieces(self, model: str, n_tokens: int) -> list[str]:
+        """The answer's tokens: the model's fixed reply as one token, else n_tokens words."""
+        if model in self.settings.replies:
+            return [self.settings.replies[model]][:n_tokens]
+        return [f" {WORDS[i % len(WORDS)]}" for i in range(n_tokens)]
+
     async def stream(self, kind: str, body: dict[str, Any], n_tokens: int, rid: str) -> AsyncIterator[bytes]:
         s, model = self.settings, body["model"]
         fault, fault_after = parse_stream_fault(s.stream_faults[model]) if model in s.stream_faults else ("", -1)
@@ -126,11 +134,11 @@ class MockEngine:
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                 yield _sse(first)
             ttft_ms = s.ttft_ms + s.slow_ms.get(model, 0.0)
-            for i in range(n_tokens):
+            for i, piece in enumerate(self.pieces(model, n_tokens)):
                 if i == fault_after:
                     break
                 await asyncio.sleep((ttft_ms if i == 0 else s.itl_ms) / 1000)
-                yield _sse(_chunk(kind, rid, model, f" {WORDS[i % len(WORDS)]}", None))
+                yield _sse(_chunk(kind, rid, model, piece, None))
             if fault == "truncate" and fault_after <= n_tokens:
                 return  # the body ends cleanly: no finish chunk, no [DONE]
             if fault == "error" and fault_after <= n_tokens:
@@ -155,7 +163,7 @@ class MockEngine:
         s = self.settings
         await asyncio.sleep((s.ttft_ms + s.slow_ms.get(body["model"], 0.0) + s.itl_ms * max(0, n_tokens - 1)) / 1000)
         self.completed += 1
-        text = "".join(f" {WORDS[i % len(WORDS)]}" for i in range(n_tokens))
+        text = "".join(self.pieces(body["model"], n_tokens))
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}

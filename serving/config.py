@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serving.errors import ConfigError
+from serving.graders.config import AdapterConfig, GraderConfig, GradingConfig
 from serving.registry import ADAPTER_NAME_RE, VERSION_RE  # the registry contract's patterns
 from serving.rollouts.policy import GuardSpec, RolloutSpec
 
@@ -153,6 +154,7 @@ class KeyConfig(Strict):
     rate_limit_per_minute: int = Field(0, ge=0)  # 0 = unlimited
     may_pin_variant: bool = False  # may choose an experiment's variant with X-Loraplane-Variant
     budgets: KeyBudgets = Field(default_factory=KeyBudgets)  # tokens per UTC day (docs/usage.md)
+    train_opt_out: bool = False  # its requests are never exported as training data (docs/graders.md)
 
 
 class AuthConfig(Strict):
@@ -311,6 +313,9 @@ class ServingConfig(Strict):
     ratelimit: RateLimitConfig = Field(default_factory=RateLimitConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)  # response cache (docs/cache.md), off by default
+    adapters: list[AdapterConfig] = Field(default_factory=list)  # per-adapter settings (capture)
+    graders: list[GraderConfig] = Field(default_factory=list)  # score captured answers (docs/graders.md)
+    grading: GradingConfig = Field(default_factory=GradingConfig)  # the graders' queue
 
     @model_validator(mode="after")
     def _check(self) -> ServingConfig:
@@ -326,9 +331,17 @@ class ServingConfig(Strict):
                 f"gateway.default_max_tokens ({self.gateway.default_max_tokens}) is above gateway.max_tokens_limit "
                 f"({self.gateway.max_tokens_limit})"
             )
-        names = [e.name for e in self.experiments]
-        if len(names) != len(set(names)):
-            raise ValueError(f"experiment names repeat: {names}")
+        for what, names in (
+            ("experiment", [e.name for e in self.experiments]),
+            ("adapters[]", [a.name for a in self.adapters]),
+            ("grader", [g.name for g in self.graders]),
+        ):
+            if len(names) != len(set(names)):
+                raise ValueError(f"{what} names repeat: {names}")
+        graders = {f"grader:{g.name}" for g in self.graders}
+        unknown = [m for m in self.rollouts.guards if m.startswith("grader:") and m not in graders]
+        if unknown:
+            raise ValueError(f"rollouts.guards name graders {unknown} that `graders` does not define")
         return self
 
     @property

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summ
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SCORE_BUCKETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 
 
@@ -173,6 +174,35 @@ class GatewayMetrics:
         self.request_log_bodies_skipped = Counter(
             "loraplane_request_log_bodies_skipped_total",
             "Captured bodies not kept: request + response over store.body_capture_max_bytes",
+            registry=r,
+        )
+
+        # Graders (serving/graders/): answers scored off the request path, per grader and variant.
+        self.grader_scored = Counter(
+            "loraplane_grader_scored_total", "Answers a grader scored", ["grader", "variant"], registry=r
+        )
+        self.grader_dropped = Counter(
+            "loraplane_grader_dropped_total",
+            "Answers sampled for a grader but not graded: the grading queue was full (grading.queue_size)",
+            ["grader", "variant"],
+            registry=r,
+        )
+        self.grader_failed = Counter(
+            "loraplane_grader_failed_total",
+            "Gradings without a score, by reason (timeout, unparsable, error, budget); no score is stored",
+            ["grader", "variant", "reason"],
+            registry=r,
+        )
+        self.grader_scores_unsaved = Counter(
+            "loraplane_grader_scores_unsaved_total",
+            "Grader scores not written: the store writer's score queue was full or the database failed",
+            registry=r,
+        )
+        self.grader_score = Histogram(
+            "loraplane_grader_score",
+            "Grader scores (0..1); _sum / _count is the mean",
+            ["grader", "variant"],
+            buckets=SCORE_BUCKETS,
             registry=r,
         )
 

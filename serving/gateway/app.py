@@ -17,6 +17,7 @@ from serving.config import ServingConfig
 from serving.engine import engine_auth_headers
 from serving.errors import BadRequest, ServingError
 from serving.gateway.admin import admin, ops
+from serving.gateway.exports import exports
 from serving.gateway.feedback import router as feedback_router
 from serving.gateway.refusals import count_error
 from serving.gateway.rollouts import rollouts
@@ -60,6 +61,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
             state = GatewayState(cfg, engine_urls, client, session, store)
             app.state.gateway = state
             await state.control.start()
+            state.grading.start()
             await state.pool.check_health()  # engines that are not up yet get no traffic
             health = asyncio.create_task(state.pool.health_loop(health_interval_s))
             poll = asyncio.create_task(state.control.poll_loop())
@@ -75,6 +77,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                 if evaluator is not None:
                     evaluator.cancel()
                     await asyncio.to_thread(state.evaluator.release)
+                await state.grading.stop()
                 await state.control.stop()  # writes what the request log still holds
                 store.close()
                 await state.limiter.close()
@@ -113,5 +116,6 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
     app.include_router(admin)
     app.include_router(rollouts)
     app.include_router(usage)
+    app.include_router(exports)
     app.include_router(ops)
     return app

@@ -44,6 +44,7 @@ class ControlPlane:
             on_drop=metrics.request_log_dropped.inc,
             on_reject=metrics.request_log_rejected.inc,
             on_body_skipped=metrics.request_log_bodies_skipped.inc,
+            on_score_drop=metrics.grader_scores_unsaved.inc,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------

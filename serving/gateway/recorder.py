@@ -99,6 +99,7 @@ class Call:
     key_name: str = "anonymous"  # the API key's name (never the key)
     unit: str | None = None  # abkey.unit_of(the request's A/B key)
     excluded: str | None = None  # records.EXCLUSIONS; "pinned" when the caller chose the variant
+    grade: Callable[[RequestRecord], None] = field(default=lambda record: None, repr=False)  # graders' queue
     # Issued and filled in while relaying (a fallback's `replace` starts them afresh):
     response_id: str = field(init=False, default="")
     ttft_s: float | None = field(init=False, default=None)
@@ -177,7 +178,9 @@ class Call:
         outcome = outcome_of(status, error_kind)
         if outcome == "error":
             self.metrics.variant_errors.labels(model, variant, error_kind or "upstream_status").inc()
-        self.log(self.record(status, outcome, error_kind, latency_s))  # queued for the writer
+        record = self.record(status, outcome, error_kind, latency_s)
+        self.grade(record)  # graders' bounded queue (never blocks), before the writer may trim bodies
+        self.log(record)  # queued for the writer
 
     def record(self, status: int, outcome: str, error_kind: str | None, latency_s: float) -> RequestRecord:
         usage = self.usage or {}

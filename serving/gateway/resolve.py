@@ -33,7 +33,7 @@ class Target:
     experiment: str | None = None
     upstream_model: str = ""
     rollout: str | None = None
-    capture_bodies: bool = False  # the experiment/rollout asked for `capture: bodies`
+    capture_bodies: bool = False  # the experiment/rollout/adapter (config `adapters`) asked for `capture: bodies`
     step: int | None = None  # the rollout's step index whose weights chose the variant
     pinned: bool = False  # the caller chose the variant (left out of rollout statistics)
 
@@ -60,6 +60,8 @@ class Resolver:
         self.registry = registry
         self.control = control
         self._validated: set[str] = set()  # adapter keys that passed validation
+        # Adapter names whose traffic keeps its bodies wherever it goes (config `adapters: [{capture}]`).
+        self._capture = {a.name for a in control.cfg.adapters if a.capture == "bodies"}
 
     def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
         base = self.registry.base.name
@@ -74,7 +76,9 @@ class Resolver:
             return Target(model, ref, model, ref.key, capture_bodies=capture, pinned=pinned is not None)
         name, version = parse_model_name(model)
         if version is not None:  # the caller named the version: outside any rollout's split
-            return Target(model, self._ref(adapters, name, version), upstream_model=f"{name}@{version}", pinned=True)
+            ref = self._ref(adapters, name, version)
+            upstream = f"{name}@{version}"
+            return Target(model, ref, upstream_model=upstream, capture_bodies=name in self._capture, pinned=True)
         rollout = self.control.snapshot.active_rollout(name)
         if rollout is not None:
             variant = self._rollout_variant(rollout.name, rollout.weights, request_key, pinned)
@@ -85,13 +89,13 @@ class Resolver:
                 None,
                 ref.key,
                 rollout=rollout.name,
-                capture_bodies=rollout.capture == "bodies",
+                capture_bodies=rollout.capture == "bodies" or name in self._capture,
                 step=rollout.step,
                 pinned=pinned is not None,
             )
         adapters.resolve(name, None)  # NotFound naming the model when no such adapter
         ref = self._ref(adapters, name, self.control.stable_version(name))
-        return Target(model, ref, upstream_model=ref.key)
+        return Target(model, ref, upstream_model=ref.key, capture_bodies=name in self._capture)
 
     def approve(self, ref: AdapterRef) -> dict:
         """Validate `ref` now (AdapterRejected naming the reasons) and remember it passed; its manifest."""

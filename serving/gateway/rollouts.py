@@ -8,7 +8,8 @@ GET  /admin/rollouts/{name}                 state, step, weights, per-variant nu
 POST /admin/rollouts/{name}/{action}        pause | resume | promote | rollback, {"reason"?}
                                             (rollback of a promoted rollout makes the control stable
                                             again; 409 saying why when it cannot: actions.py)
-GET  /admin/rollouts/{name}/captures        captured bodies with their scores (for export)
+GET  /admin/rollouts/{name}/captures        captured bodies with their scores (for export;
+                                            ?label_source=user|grader:NAME; train_opt_out keys left out)
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from fastapi.responses import JSONResponse
 from serving.config import ADAPTER_NAME_RE
 from serving.errors import BadRequest, NotFound, StoreUnavailable
 from serving.gateway.admin import require_admin
+from serving.gateway.exports import captures, check_label_source, opted_out_keys
 from serving.gateway.state import GatewayState, StateDep
 from serving.registry import parse_model_name
 from serving.rollouts.actions import manual_action, new_rollout
 from serving.rollouts.policy import MANUAL, GuardSpec
 from serving.rollouts.report import finite, read_rollout
 from serving.store import RolloutRecord
+from serving.store.records import USER_SOURCE
 
 rollouts = APIRouter(prefix="/admin/rollouts", dependencies=[Depends(require_admin)])
 ACTOR = "admin"
@@ -61,6 +64,18 @@ def _guards(value: Any) -> tuple[GuardSpec, ...] | None:
     raise BadRequest(f"`guards` must be a list like ['error_rate:0.01'] or a mapping, got {value!r}", param="guards")
 
 
+def _check_graders(state: GatewayState, guards: tuple[GuardSpec, ...] | None) -> None:
+    """A grader guard must name a configured grader: its scores would never come otherwise."""
+    known = {g.name for g in state.cfg.graders}
+    for guard in guards or ():
+        if guard.grader is not None and guard.grader not in known:
+            names = ", ".join(sorted(known)) or "none are configured"
+            raise BadRequest(
+                f"guard {guard.metric!r}: no grader named {guard.grader!r} (graders: {names}); add it to `graders`",
+                param="guards",
+            )
+
+
 @rollouts.post("/{name}")
 async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()]) -> JSONResponse:
     if not ADAPTER_NAME_RE.match(name):
@@ -73,6 +88,7 @@ async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()
     if overrides["steps"] is not None:
         overrides["steps"] = tuple(overrides["steps"])
     overrides["guards"] = _guards(body.get("guards"))
+    _check_graders(state, overrides["guards"])
     capture = body.get("capture", "none")
     if capture not in ("none", "bodies"):
         raise BadRequest(f"`capture` must be 'none' or 'bodies', got {capture!r}", param="capture")
@@ -132,24 +148,15 @@ async def rollout_action(name: str, action: str, state: StateDep, body: Annotate
 
 
 @rollouts.get("/{name}/captures")
-async def rollout_captures(name: str, state: StateDep) -> dict:
-    """Captured request/response bodies of the rollout's requests, each with its feedback score (or None)."""
+async def rollout_captures(name: str, state: StateDep, label_source: str = USER_SOURCE) -> dict:
+    """Captured request/response bodies of the rollout's requests, each with the score its label
+    source (user feedback, or grader:NAME) gave it (or None); requests by train_opt_out keys are
+    left out and counted (`opted_out`)."""
+    source = check_label_source(state.cfg, label_source)
     rollout = await _db(state.store.get_rollout, name)
     if rollout is None:
         raise NotFound(f"rollout {name!r} does not exist", param="name")
     requests = await _db(state.store.requests, rollout=name, limit=state.cfg.rollouts.max_requests)
-    scores = {f.response_id: f.score for f in await _db(state.store.feedback, rollout=name)}
-    data = [
-        {
-            "id": r.id,
-            "created_at": r.created_at,
-            "variant": r.variant,
-            "status": r.status,
-            "request": r.request_body,
-            "response": r.response_text,
-            "score": scores.get(r.id),
-        }
-        for r in requests
-        if r.request_body is not None and r.response_text is not None
-    ]
-    return {"rollout": name, "capture": rollout.capture, "data": data}
+    scores = {f.response_id: f.score for f in await _db(state.store.feedback, rollout=name, source=source)}
+    data, opted_out = captures(requests, scores, opted_out_keys(state.cfg))
+    return {"rollout": name, "capture": rollout.capture, "label_source": source, "data": data, "opted_out": opted_out}

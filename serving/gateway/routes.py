@@ -57,6 +57,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             state.budgets.log,  # counts the answer's tokens against the key's budgets, then logs it
             key_name=principal.name,
             unit=unit_of(key),
+            grade=state.grading.offer,
         )
         lookup = await state.cache.lookup(request.headers, call)  # serving/gateway/cache.py
         if lookup.hit is not None:

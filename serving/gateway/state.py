@@ -17,6 +17,7 @@ from serving.gateway.budgets import Budgets
 from serving.gateway.cache import ResponseCache
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
+from serving.graders.queue import Grading
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.ratelimit import make_limiter
@@ -51,6 +52,8 @@ class GatewayState:
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
         self.budgets = Budgets(cfg, store, self.metrics, self.control.log)  # per-key daily token budgets
         self.cache = ResponseCache(cfg, self.metrics, self.base.weights_sha256)  # off unless cache.enabled
+        # Graders score captured answers off the request path (serving/graders/queue.py).
+        self.grading = Grading.from_config(cfg, self.metrics, self.control.writer.offer_score)
 
     @property
     def base_model(self) -> str:

@@ -4,7 +4,7 @@ admin API (`--url`, admin key from env LORAPLANE_ADMIN_KEY).
     loraplane rollout start bot-v2 --candidate bot@v2 [--control bot@v1] [--steps 10,50,100]
         [--min-samples 200] [--interval 30] [--guard error_rate:0 --guard feedback:0.02] [--capture bodies]
     loraplane rollout status bot-v2 [--json] [--plot bot-v2.png]
-    loraplane rollout export bot-v2 --out data/bot-v2/
+    loraplane rollout export bot-v2 --out data/bot-v2/ [--label-source grader:json_valid] [--kto-threshold 0.5]
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--min-samples", type=int, help="requests per variant at a step before it may advance")
     start.add_argument("--interval", type=float, help="seconds between evaluations")
     start.add_argument("--alpha", type=float, help="chance of any false rollback or promotion (default 0.05)")
-    start.add_argument("--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback); repeat")
+    start.add_argument(
+        "--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback, grader:NAME); repeat"
+    )
     start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
     start.add_argument("--reason")
@@ -87,12 +89,34 @@ def parser() -> argparse.ArgumentParser:
         a = add(action, f"{action} a rollout now (audited)")
         a.add_argument("name")
         a.add_argument("--reason")
-    export = add("export", "write sft.jsonl + preferences.jsonl from captured bodies")
+    export = add("export", "write sft.jsonl + preferences.jsonl + kto.jsonl from captured bodies")
     export.add_argument("name")
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--min-score", type=float, default=1.0, help="answers scored at least this go to sft.jsonl")
-    export.add_argument("--margin", type=float, default=0.5, help="chosen and rejected scores differ by this much")
+    add_export_options(export)
     return p
+
+
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """The options `rollout export` and `feedback export` share."""
+    p.add_argument("--out", type=Path, required=True, help="the folder to write the files into (created)")
+    p.add_argument("--min-score", type=float, default=1.0, help="answers scored at least this go to sft.jsonl")
+    p.add_argument("--margin", type=float, default=0.5, help="chosen and rejected scores differ by this much")
+    p.add_argument(
+        "--kto-threshold", type=float, default=0.5, help="kto.jsonl label: true when the mean score is at least this"
+    )
+    p.add_argument(
+        "--label-source",
+        default="user",
+        help="whose scores label the rows: user (POST /v1/feedback, default) or grader:NAME (docs/graders.md)",
+    )
+
+
+def print_export(out: Path, manifest: dict) -> None:
+    files = manifest["files"]
+    print(
+        f"wrote {out}: sft.jsonl {files['sft.jsonl']['rows']} rows, "
+        f"preferences.jsonl {files['preferences.jsonl']['rows']} rows, kto.jsonl {files['kto.jsonl']['rows']} rows "
+        f"(from {manifest['captures']} captures; {manifest['opted_out']} left out for train_opt_out keys)"
+    )
 
 
 def summary(report: dict) -> str:
@@ -114,6 +138,9 @@ def summary(report: dict) -> str:
             f"  {role:<9} {v['version']:<24} requests {v['requests']:<6} errors {rate:<8} TTFT over threshold {p95:<6} "
             f"feedback n={fb['n']} mean {mean}"
         )
+        for source, g in (v.get("graders") or {}).items():  # one per grader guard
+            shown = "-" if g["mean"] is None else f"{g['mean']:.3f} [{g['ci'][0]:.3f}, {g['ci'][1]:.3f}]"
+            lines.append(f"  {'':<9} {source} n={g['n']} users {g['users']} mean {shown}")
     for g in report["guards"]:
         lo, hi = g["worsening_lo"], g["worsening_hi"]
         span = "" if lo is None else f" worsening [{lo:+.4f}, {hi:+.4f}] margin {g['margin']}"
@@ -163,6 +190,24 @@ def _status(admin: Admin, args: argparse.Namespace) -> None:
         print(f"wrote {plot(audit, f'rollout {args.name}', args.plot)}")
 
 
+def _export(admin: Admin, args: argparse.Namespace) -> None:
+    from serving.rollouts.export import write
+
+    params = {"label_source": args.label_source}
+    answer = admin.call("GET", f"/admin/rollouts/{args.name}/captures", params=params)
+    manifest = write(
+        args.out,
+        {"rollout": args.name},
+        answer["data"],
+        args.min_score,
+        args.margin,
+        kto_threshold=args.kto_threshold,
+        label_source=args.label_source,
+        opted_out=int(answer.get("opted_out", 0)),
+    )
+    print_export(args.out, manifest)
+
+
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     admin = Admin(args.url)
@@ -175,15 +220,7 @@ def main(argv: list[str]) -> int:
             body = {"reason": args.reason} if args.reason else {}  # admin POSTs take JSON
             print(summary(admin.call("POST", f"/admin/rollouts/{args.name}/{args.action}", body)))
         else:
-            from serving.rollouts.export import write
-
-            captures = admin.call("GET", f"/admin/rollouts/{args.name}/captures")["data"]
-            manifest = write(args.out, args.name, captures, args.min_score, args.margin)
-            files = manifest["files"]
-            print(
-                f"wrote {args.out}: sft.jsonl {files['sft.jsonl']['rows']} rows, "
-                f"preferences.jsonl {files['preferences.jsonl']['rows']} rows (from {manifest['captures']} captures)"
-            )
+            _export(admin, args)
     except ServingError as exc:
         print(f"loraplane rollout: error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,19 @@
-"""Training data from a rollout's captured bodies (pure: captures in, files out).
+"""Training data from captured bodies and their ratings (pure: captures in, files out).
 
     sft.jsonl          {"messages": [...the request's messages..., {"role": "assistant", "content": answer}]}
                        for every answer scored >= min_score (trainer/data.py's chat format)
     preferences.jsonl  {"prompt": [...messages...], "chosen": [{"role": "assistant", ...}],
                        "rejected": [{"role": "assistant", ...}]} for each prompt answered at least twice
                        with scores at least `margin` apart (TRL's conversational preference format)
-    manifest.json      rollout, time window, counts, the sha256 of each file
+    kto.jsonl          {"prompt": [...messages...], "completion": [{"role": "assistant", "content": answer}],
+                       "label": mean score >= kto_threshold} for every rated answer (TRL's unpaired
+                       format, what trainer/preferences.py's rated reader takes for train.method kto)
+    manifest.json      where the data came from (rollout or adapter), time window, counts, label
+                       source, the sha256 of each file
+
+Deduplication (kto.jsonl): the same prompt answered with the same text is one row; its ratings
+are combined as their mean score (two thumbs-up and one thumbs-down: 0.67, desirable at the
+default threshold 0.5). `duplicates_merged` in the manifest counts the rows folded in.
 
 Only chat requests (`messages`) are exported; a completion request's `prompt` becomes one user message.
 Trainer and serving still share only files: nothing here imports trainer/.
@@ -20,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 Messages = list[dict[str, str]]
+CHAT_ROLES = ("system", "user", "assistant")  # what the trainer's readers accept
 
 
 def prompt_messages(request: Any) -> Messages | None:
@@ -28,24 +37,38 @@ def prompt_messages(request: Any) -> Messages | None:
         return None
     messages = request.get("messages")
     if isinstance(messages, list) and messages:
-        out = [{"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages if isinstance(m, dict)]
-        return out if out and out[-1]["role"] != "assistant" else None
+        out = [
+            {"role": str(m.get("role")), "content": m.get("content")}
+            for m in messages
+            if isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str)
+        ]
+        usable = out and len(out) == len(messages) and out[-1]["role"] != "assistant"
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in out] if usable else None
     prompt = request.get("prompt")
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else None
+
+
+def rated(captures: list[dict]) -> list[tuple[Messages, str, float]]:
+    """(prompt, answer, score) of every usable rated capture: a chat prompt, a 200 with a non-empty answer."""
+    out = []
+    for cap in captures:
+        messages, answer, score = prompt_messages(cap.get("request")), cap.get("response"), cap.get("score")
+        if messages is None or not isinstance(answer, str) or not answer.strip() or score is None:
+            continue
+        if cap.get("status") == 200:
+            out.append((messages, answer, float(score)))
+    return out
 
 
 def build(captures: list[dict], min_score: float, margin: float) -> tuple[list[dict], list[dict]]:
     """(sft rows, preference rows) from {"request", "response", "score", "status"} captures."""
     sft: list[dict] = []
     by_prompt: dict[str, tuple[Messages, list[tuple[float, str]]]] = {}
-    for cap in captures:
-        messages, answer, score = prompt_messages(cap.get("request")), cap.get("response"), cap.get("score")
-        if messages is None or not isinstance(answer, str) or not answer or score is None or cap.get("status") != 200:
-            continue
+    for messages, answer, score in rated(captures):
         if score >= min_score:
             sft.append({"messages": [*messages, {"role": "assistant", "content": answer}]})
         key = json.dumps(messages, sort_keys=True)
-        by_prompt.setdefault(key, (messages, []))[1].append((float(score), answer))
+        by_prompt.setdefault(key, (messages, []))[1].append((score, answer))
     preferences = []
     for messages, answers in by_prompt.values():
         best = max(answers, key=lambda a: a[0])
@@ -61,32 +84,66 @@ def build(captures: list[dict], min_score: float, margin: float) -> tuple[list[d
     return sft, preferences
 
 
+def build_kto(captures: list[dict], threshold: float) -> tuple[list[dict], int]:
+    """(kto rows, duplicates merged): one row per distinct (prompt, answer), labelled by its mean score."""
+    groups: dict[str, tuple[Messages, str, list[float]]] = {}
+    for messages, answer, score in rated(captures):
+        key = json.dumps([messages, answer], sort_keys=True)
+        groups.setdefault(key, (messages, answer, []))[2].append(score)
+    rows = [
+        {
+            "prompt": messages,
+            "completion": [{"role": "assistant", "content": answer}],
+            "label": sum(scores) / len(scores) >= threshold,
+        }
+        for messages, answer, scores in groups.values()
+    ]
+    merged = sum(len(scores) - 1 for _, _, scores in groups.values())
+    return rows, merged
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
     data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
 
-def write(out: Path, rollout: str, captures: list[dict], min_score: float, margin: float) -> dict:
-    """Write the three files into `out` (created); returns the manifest."""
+def write(
+    out: Path,
+    source: dict[str, Any],
+    captures: list[dict],
+    min_score: float,
+    margin: float,
+    *,
+    kto_threshold: float = 0.5,
+    label_source: str = "user",
+    opted_out: int = 0,
+) -> dict:
+    """Write the four files into `out` (created); returns the manifest. `source` says where the
+    captures came from ({"rollout": NAME} or {"adapter": NAME, "version": ...}); `opted_out` counts
+    the rows the gateway left out for keys with train_opt_out."""
     out.mkdir(parents=True, exist_ok=True)
     sft, preferences = build(captures, min_score, margin)
+    kto, merged = build_kto(captures, kto_threshold)
     times = [float(c["created_at"]) for c in captures if c.get("created_at") is not None]
+    files: dict[str, dict[str, Any]] = {}
+    for name, rows in (("sft.jsonl", sft), ("preferences.jsonl", preferences), ("kto.jsonl", kto)):
+        files[name] = {"rows": len(rows), "sha256": _write_jsonl(out / name, rows)}
+    files["kto.jsonl"]["desirable"] = sum(1 for row in kto if row["label"])
+    files["kto.jsonl"]["undesirable"] = len(kto) - files["kto.jsonl"]["desirable"]
     manifest = {
-        "rollout": rollout,
+        **source,
         "window": {"from": min(times) if times else None, "to": max(times) if times else None},
         "exported_at": time.time(),
         "captures": len(captures),
         "rated": sum(1 for c in captures if c.get("score") is not None),
+        "opted_out": opted_out,
+        "duplicates_merged": merged,
+        "label_source": label_source,
         "min_score": min_score,
         "margin": margin,
-        "files": {
-            "sft.jsonl": {"rows": len(sft), "sha256": _write_jsonl(out / "sft.jsonl", sft)},
-            "preferences.jsonl": {
-                "rows": len(preferences),
-                "sha256": _write_jsonl(out / "preferences.jsonl", preferences),
-            },
-        },
+        "kto_threshold": kto_threshold,
+        "files": files,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -30,13 +30,17 @@ false claim (a false rollback or a false promotion) over the whole rollout is <=
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from serving.rollouts.stats import Arm, Cells, Comparison, compare
 
-Metric = Literal["error_rate", "ttft_p95", "feedback"]
+Metric = str  # one of METRICS, or "grader:NAME" (a grader's mean score, docs/graders.md)
 METRICS: tuple[str, ...] = ("error_rate", "ttft_p95", "feedback")
+GRADER_PREFIX = "grader:"
+GRADER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")  # graders[].name (a metric label, a score source)
+HIGHER_IS_BETTER = "feedback"  # and every grader: scores in [0, 1]
 PromoteWhen = Literal["better", "not_worse", "no_regression"]
 Method = Literal["msprt"]
 Outcome = Literal["advance", "hold", "promote", "rollback", "pause"]
@@ -61,18 +65,31 @@ class GuardSpec:
     margin: float
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"guard metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.grader is not None:
+            if not GRADER_NAME_RE.match(self.grader):
+                raise ValueError(f"guard {self.metric!r}: grader name must match {GRADER_NAME_RE.pattern}")
+        elif self.metric not in METRICS:
+            raise ValueError(f"guard metric {self.metric!r} is not one of {', '.join(METRICS)} or grader:NAME")
         if not 0 <= self.margin < 1:
             raise ValueError(f"guard {self.metric} margin must be in [0, 1), got {self.margin}")
 
+    @property
+    def grader(self) -> str | None:
+        """The grader's name for a "grader:NAME" guard, else None."""
+        return self.metric[len(GRADER_PREFIX) :] if self.metric.startswith(GRADER_PREFIX) else None
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == HIGHER_IS_BETTER or self.grader is not None
+
     @classmethod
     def parse(cls, text: str) -> GuardSpec:
-        """'error_rate:0.01' -> GuardSpec('error_rate', 0.01)."""
-        metric, sep, margin = text.partition(":")
-        if not sep:
+        """'error_rate:0.01' -> GuardSpec('error_rate', 0.01); 'grader:json_valid:0' -> ('grader:json_valid', 0)."""
+        metric, sep, margin = text.rpartition(":")
+        if not sep or not metric:
             raise ValueError(
-                f"guard {text!r} must be METRIC:MARGIN, e.g. error_rate:0.01 (metrics: {', '.join(METRICS)})"
+                f"guard {text!r} must be METRIC:MARGIN, e.g. error_rate:0.01 or grader:json_valid:0 "
+                f"(metrics: {', '.join(METRICS)}, grader:NAME)"
             )
         try:
             value = float(margin)
@@ -173,8 +190,8 @@ def judge(guard: GuardSpec, cmp: Comparison, min_samples: int) -> GuardVerdict:
     arms = (cmp.candidate, cmp.control)
     if any(a.n < min_samples or a.units < MIN_UNITS for a in arms) or cmp.strata == 0:
         return GuardVerdict(guard.metric, "pending", guard.margin, None, None, cmp.candidate, cmp.control)
-    # Higher error rate / exceedance is worse; lower feedback is worse.
-    lo, hi = (-cmp.diff_hi, -cmp.diff_lo) if guard.metric == "feedback" else (cmp.diff_lo, cmp.diff_hi)
+    # Higher error rate / exceedance is worse; lower feedback or grader score is worse.
+    lo, hi = (-cmp.diff_hi, -cmp.diff_lo) if guard.higher_is_better else (cmp.diff_lo, cmp.diff_hi)
     if lo > guard.margin:
         verdict: Verdict = "fail"
     elif hi < 0:

@@ -8,7 +8,8 @@ returns the same dict. What each guard reads per unit (the user its variant is s
   the threshold frozen at the control's p95 over its first min_samples requests of the rollout; those
   requests are taken out of the control's cells, so the threshold is independent of the data it is
   tested on;
-- feedback: `score_sum` of `score_n` (scores in [0, 1]).
+- feedback: `score_sum` of `score_n` (scores in [0, 1]);
+- grader:NAME: the same fields of that grader's scores (Store.rollout_scores; docs/graders.md).
 
 Statistics (stats.py): capped-weight unit means, compared within each step, combined across steps,
 with a cluster-robust variance and an always-valid interval.
@@ -115,7 +116,6 @@ def variant_numbers(version: str, rows: list[UnitStats], feedback: Cells, arm: i
     requests = sum(r.requests for r in rows)
     errors = sum(r.errors for r in rows)
     over = sum(r.ttft_over for r in rows)
-    n, users, mean, lo, hi = (a.item() if a.ndim == 0 else a for a in arm_summaries(feedback, alpha)[arm])
     return {
         "version": version,
         "requests": requests,
@@ -123,23 +123,33 @@ def variant_numbers(version: str, rows: list[UnitStats], feedback: Cells, arm: i
         "errors": errors,
         "error_rate": errors / requests if requests else None,
         "ttft_over_threshold": over / requests if requests else None,
-        "feedback": {
-            "n": int(n),
-            "users": int(users),
-            "mean": float(mean),
-            "ci": [float(lo), float(hi)],
-            "ci_level": 1 - alpha,
-        },
+        "feedback": score_summary(feedback, arm, alpha),
     }
 
 
-def build_report(rollout: RolloutRecord, units: list[UnitStats], sample: list[Sample]) -> Evaluation:
+def score_summary(cells: Cells, arm: int, alpha: float) -> dict[str, Any]:
+    """A variant's unit-level mean score and its interval (feedback, or one grader's scores)."""
+    n, users, mean, lo, hi = (a.item() if a.ndim == 0 else a for a in arm_summaries(cells, alpha)[arm])
+    return {"n": int(n), "users": int(users), "mean": float(mean), "ci": [float(lo), float(hi)], "ci_level": 1 - alpha}
+
+
+def build_report(
+    rollout: RolloutRecord,
+    units: list[UnitStats],
+    sample: list[Sample],
+    graded: dict[str, list[UnitStats]] | None = None,
+) -> Evaluation:
     """The rollout's report and verdicts from its per-unit aggregates (units, computed with the
-    frozen TTFT threshold) and the control's first requests (sample, for the threshold)."""
+    frozen TTFT threshold), the control's first requests (sample, for the threshold) and, per
+    grader guard ("grader:NAME"), that grader's per-unit scores (graded)."""
     spec = RolloutSpec.from_json(rollout.config)
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
     held_out = held_out_of(sample, threshold, spec.min_samples)
     cells = {m: cells_of(units, rollout.candidate, m, held_out) for m in FIELDS}
+    for guard in spec.guards:  # a grader's scores are compared as feedback is, per user and step
+        if guard.grader is not None:
+            rows = (graded or {}).get(guard.metric, [])
+            cells[guard.metric] = cells_of(rows, rollout.candidate, "feedback", {})
     if threshold is None:  # ttft_p95 before the threshold is frozen: nothing to compare yet
         cells["ttft_p95"] = cells_of([], rollout.candidate, "ttft_p95", {})
     verdicts = guard_verdicts(spec, cells)
@@ -183,6 +193,11 @@ def build_report(rollout: RolloutRecord, units: list[UnitStats], sample: list[Sa
         },
         "guards": [v.to_json() for v in verdicts],
     }
+    for role, arm in (("candidate", 0), ("control", 1)):
+        graders = {g.metric: score_summary(cells[g.metric], arm, spec.alpha) for g in spec.guards if g.grader}
+        if graders:
+            variants: Any = report["variants"]
+            variants[role]["graders"] = graders
     return Evaluation(finite(report), verdicts, at_step, control_units, threshold)
 
 
@@ -195,4 +210,5 @@ def read_rollout(store: Store, rollout: RolloutRecord) -> Evaluation:
     sample = store.control_ttft_sample(rollout.name, rollout.control, spec.min_samples)
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
     units = store.rollout_units(rollout.name, ttft_threshold_s=threshold)
-    return build_report(rollout, units, sample)
+    graded = {g.metric: store.rollout_scores(rollout.name, g.metric) for g in spec.guards if g.grader is not None}
+    return build_report(rollout, units, sample, graded)

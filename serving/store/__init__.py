@@ -32,6 +32,10 @@ Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [Uni
 Usage (serving/store/usage.py): the writer upserts usage_daily (tokens in/out and requests per key,
     model, UTC day) in each request-log batch's transaction; store.usage(key=, model=, since=, until=)
     -> [UsageRecord]; store.key_tokens_on(key, day) -> {model: tokens}. Retention never deletes it.
+Scores have a source: "user" (POST /v1/feedback) or "grader:NAME" (serving/graders/), one per
+    response and source. rollout_units counts users' only; store.rollout_scores(rollout, source)
+    gives one grader's per-unit cells; store.captured_page / scores_of page an adapter's captured
+    traffic for `loraplane feedback export` (serving/store/scores.py).
 Retention: store.erase_bodies(older_than), store.delete_old_requests(older_than) (bounded batches;
     rows of active rollouts are kept), both run by the writer.
 

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from serving.store.models import FeedbackRow, RequestLogRow, RolloutRow
-from serving.store.records import ACTIVE_ROLLOUT_STATES, FeedbackRecord, RequestRecord, StepMoments, UnitStats
+from serving.store.records import (
+    ACTIVE_ROLLOUT_STATES,
+    USER_SOURCE,
+    FeedbackRecord,
+    RequestRecord,
+    StepMoments,
+    UnitStats,
+)
 from serving.store.usage import add_usage
 
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
@@ -39,9 +46,11 @@ def counted_requests(rollout: str) -> sa.ColumnElement[bool]:
     return sa.and_(r.rollout == rollout, r.excluded.is_(None), r.unit.is_not(None), r.step.is_not(None))
 
 
-def counted_feedback(rollout: str) -> sa.ColumnElement[bool]:
+def counted_feedback(rollout: str, source: str = USER_SOURCE) -> sa.ColumnElement[bool]:
+    """Scores of one source (users', or one grader's) that a rollout's statistics count."""
     f = FeedbackRow
-    return sa.and_(f.rollout == rollout, f.excluded.is_(None), f.unit.is_not(None), f.step.is_not(None))
+    counted = sa.and_(f.rollout == rollout, f.excluded.is_(None), f.unit.is_not(None), f.step.is_not(None))
+    return sa.and_(counted, f.source == source)
 
 
 def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Select, sa.Select]:
@@ -223,32 +232,36 @@ class RequestLog:
         return out
 
     def put_feedback(self, records: list[FeedbackRecord]) -> None:
-        """Upsert by response id: a repeat replaces the earlier score (created_at is kept)."""
+        """Upsert by (response id, source): a repeat replaces the earlier score (created_at is kept)."""
         if not records:
             return
         now = self.clock()
         with self._tx(translate=False) as s:
-            ids = [f.response_id for f in records]
-            existing = {
-                r.response_id: r for r in s.scalars(sa.select(FeedbackRow).where(FeedbackRow.response_id.in_(ids)))
-            }
+            ids = sorted({f.response_id for f in records})
+            query = sa.select(FeedbackRow).where(FeedbackRow.response_id.in_(ids))
+            existing = {(r.response_id, r.source): r for r in s.scalars(query)}
             for record in records:
-                row = existing.get(record.response_id)
+                row = existing.get((record.response_id, record.source))
                 if row is None:
-                    row = FeedbackRow(response_id=record.response_id, created_at=now)
+                    row = FeedbackRow(response_id=record.response_id, source=record.source, created_at=now)
                     s.add(row)
-                    existing[record.response_id] = row
+                    existing[record.response_id, record.source] = row
                 for key in _FEEDBACK_COPIED:
                     setattr(row, key, getattr(record, key))
                 row.updated_at = now
 
-    def get_feedback(self, response_id: str) -> FeedbackRecord | None:
+    def get_feedback(self, response_id: str, source: str = USER_SOURCE) -> FeedbackRecord | None:
         with self._tx() as s:
-            row = s.get(FeedbackRow, response_id)
+            row = s.get(FeedbackRow, (response_id, source))
             return _feedback(row) if row else None
 
-    def feedback(self, *, rollout: str | None = None, since: float | None = None) -> list[FeedbackRecord]:
+    def feedback(
+        self, *, rollout: str | None = None, since: float | None = None, source: str | None = USER_SOURCE
+    ) -> list[FeedbackRecord]:
+        """Scores of one source (None: every source), oldest first."""
         query = sa.select(FeedbackRow).order_by(FeedbackRow.created_at)
+        if source is not None:
+            query = query.where(FeedbackRow.source == source)
         if rollout is not None:
             query = query.where(FeedbackRow.rollout == rollout)
         if since is not None:

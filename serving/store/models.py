@@ -119,11 +119,13 @@ class RequestLogRow(Base):
 
 
 class FeedbackRow(Base):
-    """The score a caller gave one response (a repeat replaces it). model/variant/rollout are copied
-    from the request log so per-variant numbers need no join."""
+    """The score a caller (source "user") or a grader (source "grader:NAME") gave one response: one
+    per source, a repeat replaces it. model/variant/rollout are copied from the request log so
+    per-variant numbers need no join."""
 
     __tablename__ = "feedback"
     response_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    source: Mapped[str] = mapped_column(String(80), primary_key=True, default="user", server_default="user")
     score: Mapped[float] = mapped_column(Float, nullable=False)
     label: Mapped[str | None] = mapped_column(String(64), nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -141,6 +143,7 @@ class FeedbackRow(Base):
         Index(
             "ix_feedback_rollout_units",
             "rollout",
+            "source",
             "variant",
             "step",
             "unit",

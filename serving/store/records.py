@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 CAPTURE_MODES = ("none", "bodies")
+USER_SOURCE = "user"  # FeedbackRecord.source of POST /v1/feedback; graders write "grader:NAME"
 # What a request's outcome means for the variant that was chosen for it. Only "error" counts
 # against the variant; "client_closed" (logged as status 499) and "client_error" (the caller's own
 # bad request) do not.
@@ -113,6 +114,7 @@ class FeedbackRecord:
     unit: str | None = None
     step: int | None = None
     excluded: str | None = None
+    source: str = "user"  # who scored: "user" (POST /v1/feedback) or "grader:NAME" (serving/graders/)
 
 
 class UnitStats(NamedTuple):

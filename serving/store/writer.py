@@ -11,6 +11,9 @@
 - Retention, every ERASE_EVERY_S: captured bodies older than `body_retention_s` are erased, and
   request-log / feedback rows older than `request_log_retention_s` deleted in bounded batches
   (Store.delete_old_requests: rows of an active rollout stay until it ends).
+- `offer_score(record)` never blocks either: a grader's score (FeedbackRecord, source "grader:NAME")
+  is queued and upserted in batches after the request records queued before it; a full queue or
+  a failed write drops it, counted by `on_score_drop`.
 - `submit_feedback(job)` returns a Future the route awaits: the writer first writes every request
   record queued before it (so feedback for a response still in the queue works), then checks the
   job against the request log (unknown id -> NotFound, another key -> Forbidden) and upserts
@@ -71,6 +74,7 @@ class StoreWriter:
         on_drop: Callable[[int], None] = lambda n: None,
         on_reject: Callable[[int], None] = lambda n: None,
         on_body_skipped: Callable[[int], None] = lambda n: None,
+        on_score_drop: Callable[[int], None] = lambda n: None,
     ):
         self.store = store
         self.batch_size = batch_size
@@ -84,6 +88,8 @@ class StoreWriter:
         self.bodies_skipped = 0
         self._requests: queue.Queue[RequestRecord] = queue.Queue(maxsize=queue_size)
         self._feedback: queue.Queue[tuple[FeedbackJob | None, Future]] = queue.Queue(maxsize=queue_size)
+        self._scores: queue.Queue[FeedbackRecord] = queue.Queue(maxsize=queue_size)
+        self.on_score_drop = on_score_drop
         self._pending: dict[str, RequestRecord] = {}  # queued, not yet written (read by feedback)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -110,6 +116,14 @@ class StoreWriter:
             self._drop(1)
             return False
         self._pending[record.id] = record
+        return True
+
+    def offer_score(self, record: FeedbackRecord) -> bool:
+        try:
+            self._scores.put_nowait(record)
+        except queue.Full:
+            self.on_score_drop(1)
+            return False
         return True
 
     def pending(self, response_id: str) -> RequestRecord | None:
@@ -144,11 +158,12 @@ class StoreWriter:
             stopping = self._stop.is_set()
             try:
                 self._write_requests()
+                self._write_scores()
                 self._handle_feedback()
                 self._retention()
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("store writer: unexpected error")
-            if stopping and self._requests.empty() and self._feedback.empty():
+            if stopping and self._requests.empty() and self._feedback.empty() and self._scores.empty():
                 return
 
     def _write_requests(self) -> None:
@@ -168,6 +183,21 @@ class StoreWriter:
             finally:
                 for record in batch:
                     self._pending.pop(record.id, None)
+
+    def _write_scores(self) -> None:
+        while not self._scores.empty():
+            batch: dict[tuple[str, str], FeedbackRecord] = {}  # a repeat in one batch: the last wins
+            while len(batch) < self.batch_size:
+                try:
+                    record = self._scores.get_nowait()
+                except queue.Empty:
+                    break
+                batch[record.response_id, record.source] = record
+            try:
+                self.store.put_feedback(list(batch.values()))
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("grader scores: %d dropped, the database failed: %s", len(batch), exc)
+                self.on_score_drop(len(batch))
 
     def _bound_bodies(self, batch: list[RequestRecord]) -> None:
         """Drop captured bodies over body_max_bytes (the row is still logged), counting each."""

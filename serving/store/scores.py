@@ -1,0 +1,82 @@
+"""Reads of the Store for grader guards and training exports (mixed into Store like RequestLog).
+
+- rollout_scores(rollout, source): per (variant, step, unit) sum and count of one source's scores
+  (a grader's, "grader:NAME"), from the rollout-units index, which leads with (rollout, source):
+  the same cells the user-feedback guard reads, one grader at a time.
+- captured_page(...): one page of an adapter's captured answers outside rollouts and experiments,
+  ordered by (created_at, id) with a keyset cursor: a page costs at most `limit` rows however long
+  the window.
+- scores_of(ids, source): the scores one source gave some responses (a page's ids).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from serving.store.logs import _request, counted_feedback
+from serving.store.models import FeedbackRow, RequestLogRow
+from serving.store.records import RequestRecord, UnitStats
+
+MAX_PAGE = 1000  # rows one captured_page returns at most
+
+
+class ScoreReads:
+    def _tx(self, translate: bool = True) -> AbstractContextManager[Session]:  # provided by Store
+        raise NotImplementedError
+
+    def rollout_scores(self, rollout: str, source: str) -> list[UnitStats]:
+        """One source's scores per (variant, step, unit) of a rollout, as UnitStats with only
+        score_sum / score_n set (requests are the user-feedback query's business), sorted."""
+        f = FeedbackRow
+        query = (
+            sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score), sa.func.count())
+            .where(counted_feedback(rollout, source))
+            .group_by(f.variant, f.step, f.unit)
+            .order_by(f.variant, f.step, f.unit)
+        )
+        with self._tx() as s:
+            rows = s.execute(query).all()
+        return [UnitStats(str(v), int(st or 0), str(u), 0, 0, 0, float(t), int(n)) for v, st, u, t, n in rows]
+
+    def captured_page(
+        self,
+        adapter: str,
+        *,
+        version: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = MAX_PAGE,
+    ) -> list[RequestRecord]:
+        """Answered (200) requests of `adapter` (one version, or all) with captured bodies, outside
+        rollouts and experiments, in [since, until), after the cursor (created_at, id); at most limit."""
+        r = RequestLogRow
+        prefix = r.variant.startswith(f"{adapter}@", autoescape=True)
+        variant = r.variant == f"{adapter}@{version}" if version else prefix
+        query = sa.select(r).where(
+            variant,
+            r.rollout.is_(None),
+            r.experiment.is_(None),
+            r.status == 200,
+            r.request_body.is_not(None),
+        )
+        if since is not None:
+            query = query.where(r.created_at >= since)
+        if until is not None:
+            query = query.where(r.created_at < until)
+        if after is not None:
+            query = query.where(sa.or_(r.created_at > after[0], sa.and_(r.created_at == after[0], r.id > after[1])))
+        query = query.order_by(r.created_at, r.id).limit(max(1, min(limit, MAX_PAGE)))
+        with self._tx() as s:
+            return [_request(row) for row in s.scalars(query)]
+
+    def scores_of(self, ids: list[str], source: str) -> dict[str, float]:
+        if not ids:
+            return {}
+        f = FeedbackRow
+        query = sa.select(f.response_id, f.score).where(f.response_id.in_(ids), f.source == source)
+        with self._tx() as s:
+            return {rid: float(score) for rid, score in s.execute(query)}
