@@ -59,6 +59,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         )
         await lease.wait_upstream()
         response = await forward(state, call)
+        state.shadow.after(state, call)  # a rollout's shadow stage: maybe mirror to the candidate
     except BaseException:
         lease.release()
         raise

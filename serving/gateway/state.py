@@ -15,6 +15,7 @@ from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
+from serving.gateway.shadow import ShadowMirror
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
 from serving.ratelimit import make_limiter
@@ -47,6 +48,7 @@ class GatewayState:
         self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
+        self.shadow = ShadowMirror(cfg.rollouts.shadow_max_in_flight_share)  # rollouts' shadow stage
 
     @property
     def base_model(self) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 from serving.rollouts.policy import GuardVerdict, RolloutSpec, evaluate_guard
 from serving.rollouts.stats import Cells, arm_summaries
 from serving.store import RolloutRecord, Store, UnitStats
+from serving.store.shadow import SHADOW_STEP
 
 # One control request of the threshold sample: (unit, step, TTFT or latency in seconds).
 Sample = tuple[str, int, float]
@@ -133,6 +134,13 @@ def variant_numbers(version: str, rows: list[UnitStats], feedback: Cells, arm: i
     }
 
 
+def stage_of(rollout: RolloutRecord) -> str:
+    """shadow (mirrored only, step SHADOW_STEP), canary (a step's share of live traffic), or the end state."""
+    if not rollout.active:
+        return rollout.state
+    return "shadow" if rollout.step == SHADOW_STEP else "canary"
+
+
 def build_report(rollout: RolloutRecord, units: list[UnitStats], sample: list[Sample]) -> Evaluation:
     """The rollout's report and verdicts from its per-unit aggregates (units, computed with the
     frozen TTFT threshold) and the control's first requests (sample, for the threshold)."""
@@ -156,6 +164,8 @@ def build_report(rollout: RolloutRecord, units: list[UnitStats], sample: list[Sa
         "candidate": rollout.candidate,
         "control": rollout.control,
         "step": rollout.step,
+        "stage": stage_of(rollout),
+        "shadow_percent": rollout.config.get("shadow"),
         "step_percent": rollout.weights.get(rollout.candidate, 0),
         "steps": list(spec.steps),
         "weights": dict(rollout.weights),
@@ -190,9 +200,12 @@ def read_rollout(store: Store, rollout: RolloutRecord) -> Evaluation:
     """The evaluator's and the status page's read: aggregates in SQL, never request rows.
 
     Two bounded queries: the control's first min_samples TTFTs (the threshold's sample) and the
-    per-unit aggregates with the threshold."""
+    per-unit aggregates with the threshold (in the shadow stage: the shadow step's, mirrored rows included)."""
     spec = RolloutSpec.from_json(rollout.config)
     sample = store.control_ttft_sample(rollout.name, rollout.control, spec.min_samples)
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
-    units = store.rollout_units(rollout.name, ttft_threshold_s=threshold)
+    # The shadow stage compares the candidate's mirrored answers with the control's live ones
+    # (store/shadow.py); the canary steps count live rows only.
+    units_of = store.shadow_units if rollout.step == SHADOW_STEP else store.rollout_units
+    units = units_of(rollout.name, ttft_threshold_s=threshold)
     return build_report(rollout, units, sample)

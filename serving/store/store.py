@@ -51,6 +51,7 @@ from serving.store.records import (
     Lease,
     RolloutRecord,
 )
+from serving.store.shadow import ShadowLog
 
 REVISION_CHANGED = "revision_changed"  # Conflict codes: the compare-and-set found a newer revision,
 LEASE_LOST = "lease_lost"  # or the fencing lease lapsed / moved on
@@ -71,7 +72,7 @@ def _rollout(row: RolloutRow) -> RolloutRecord:
     return RolloutRecord(**{name: getattr(row, name) for name in _ROLLOUT_FIELDS})
 
 
-class Store(RequestLog):
+class Store(RequestLog, ShadowLog):
     def __init__(self, engine: Engine, clock: Any = time.time):
         self.engine = engine
         self.clock = clock  # audit and row timestamps; leases use the database's clock
