@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "adapters": ("serving.cli:adapters_main", "list/publish/load/unload registry adapters"),
     "store": ("serving.store.cli:main", "migrate the control-plane database (store migrate|status)"),
     "rollout": ("serving.rollouts.cli:main", "progressive rollouts: start|status|pause|resume|promote|rollback|export"),
+    "loop": (
+        "loraplane.loop.cli:main",
+        "feedback -> train -> gate -> rollout, one iteration a run (run|status)",
+    ),
     "loadtest": ("loadtest.cli:main", "run a Locust load test with SLO gates"),
     "demo": ("loraplane.demo:main", "train v1+v2 on the bundled model, serve, compare through the gateway"),
 }
