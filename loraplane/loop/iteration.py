@@ -173,6 +173,8 @@ class Loop:
             it = self.store.update_iteration(it.id, version=f"v{newest + 1}")
         elif it.version in versions:  # published before the crash (publish is atomic): train is done
             return self.store.update_iteration(it.id, stage="gate")
+        if not Path(it.details["export"]["file"]).is_file():  # a fresh pod (work dir gone): export again
+            return self.store.update_iteration(it.id, stage="export")
         attempts = list((it.details.get("train") or {}).get("attempts", []))
         out = self.dir(it, f"train-{len(attempts) + 1}")  # a fresh run dir for every attempt
         attempts.append({"out_dir": str(out), "started_at": self.clock()})
