@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from fakes.servers import wait_for
 from serving.gateway.abkey import unit_of
+from serving.rollouts.cli import summary
 from serving.store.models import FeedbackRow, RequestLogRow
 from serving.store.shadow import SHADOW_STEP
 from tests.conftest import GatewayThread, free_port
@@ -76,6 +77,7 @@ def test_users_get_only_stable_answers_and_shadow_rows_are_kept_apart(two_versio
     assert {u.variant for u in shadow_units} == {"bot@v1", "bot@v2"}
     assert rated.status_code == 200 and feedback is not None and feedback.excluded == "shadow"  # gradable by id
     assert report["stage"] == "shadow" and report["shadow_percent"] == 100
+    assert "running in shadow (100% of control's requests mirrored, none returned)" in summary(report)
     assert report["weights"] == {"bot@v2": 0, "bot@v1": 100}
     assert report["requests_at_step"] == {"candidate": 40, "control": 40}
     assert 'loraplane_shadow_requests_total{outcome="mirrored",rollout="r1"} 40.0' in metrics
@@ -137,3 +139,24 @@ def test_shadow_share_is_validated(two_versions) -> None:
         for bad in (0, 150, "half", True):
             resp = start(gw.url, "r1", **shadow_body(shadow=bad))
             assert resp.status_code == 400 and "shadow must be a percentage" in resp.json()["error"]["message"], bad
+
+
+def test_a_slow_streamed_mirror_never_holds_up_the_users_answer(two_versions) -> None:
+    overrides = {"rollouts.evaluator": False, "store.log_flush_interval_s": 0.05}
+    eng, gateway = serving(two_versions, overrides, slow_ms={"bot@v2": 1500.0})
+    with eng, gateway as gw:
+        assert start(gw.url, "slow", **shadow_body(min_samples=500)).status_code == 201
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "bot", "messages": faults.MSG, "stream": True, "user": "u1"},
+            timeout=30,
+        ) as resp:
+            events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        at_answer = rows(gw)  # the user has the whole stream; the mirror is still waiting on v2
+        log = logged(gw, 2)
+    assert resp.headers["x-loraplane-adapter"] == "bot@v1" and events[-1] == "data: [DONE]"
+    assert [r.excluded for r in at_answer] == [None]
+    (mirror,) = [r for r in log if r.excluded == "shadow"]
+    assert mirror.variant == "bot@v2" and mirror.outcome == "ok"
+    assert mirror.ttft_s is not None and mirror.ttft_s >= 1.5  # the mirrored stream was read to its end
