@@ -71,6 +71,8 @@ def write_spec(tmp_path: Path, served, **changes) -> Path:
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
+        if value is None:
+            del node[leaf]
     path = tmp_path / "bot.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -184,3 +186,37 @@ def test_unknown_adapter_and_missing_files_are_refused_before_anything_runs(serv
     err = capsys.readouterr().err
     assert "gate.golden" in err and "nope.jsonl" in err and "does not exist" in err and "train.config 'x.yaml'" in err
     assert iterations(url) == []  # nothing recorded, nothing trained
+
+
+def test_the_real_eval_gates_stable_and_new_through_the_gateway(served, tmp_path: Path) -> None:
+    gw, url, _ = served
+    spec = write_spec(tmp_path, served, **{"gate.command": None})  # `python -m loraplane eval`, the default
+    assert loop_main(["run", str(spec)]) == 3  # gated, rolled out, and waiting on the rollout
+    gate = iterations(url)[0].details["gate"]
+    replies = (Path(gate["dir"]) / "replies-bot@v2.jsonl").read_text().splitlines()
+    assert gate["passed"] and gate["metric"] == "exact_match" and len(replies) == 1  # the golden set's one row
+    assert gate["stable"] == gate["new"]  # the fake engine answers both versions alike
+    assert [r["name"] for r in rollouts(gw)] == ["bot-v2"]
+
+
+def test_the_train_command_the_loop_composes_is_what_loraplane_train_accepts(served, tmp_path: Path, capsys) -> None:
+    import json
+
+    from loraplane.loop.gateway import Gateway
+    from loraplane.loop.iteration import Loop
+    from loraplane.loop.spec import load_spec
+    from serving.store.loop import LoopIteration
+    from trainer.cli import main as train_main
+
+    changes = {"train.config": str(ROOT / "configs/train/demo-kto.yaml"), "train.command": None}
+    spec = load_spec(write_spec(tmp_path, served, **changes))
+    export = {"file": str(tmp_path / "kto.jsonl")}
+    it = LoopIteration(1, "bot", "train", 0.0, 0.0, stable="v1", version="v2", method="kto", details={"export": export})
+    argv = Loop(spec, None, Gateway(spec.gateway)).train_command(it, tmp_path / "run")  # type: ignore[arg-type]
+    assert argv[:4] == [sys.executable, "-m", "loraplane", "train"]
+    assert train_main([*argv[4:], "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["lora"]["init_from"] == "bot@v1" and cfg["train"]["method"] == "kto"
+    assert cfg["data"]["train"] == export["file"] and cfg["out_dir"] == str(tmp_path / "run")
+    assert cfg["publish"] == {**cfg["publish"], "enabled": True, "name": "bot", "version": "v2"}
+    assert cfg["train"]["max_steps"] == 2  # the spec's overrides
