@@ -220,3 +220,11 @@ def test_the_train_command_the_loop_composes_is_what_loraplane_train_accepts(ser
     assert cfg["data"]["train"] == export["file"] and cfg["out_dir"] == str(tmp_path / "run")
     assert cfg["publish"] == {**cfg["publish"], "enabled": True, "name": "bot", "version": "v2"}
     assert cfg["train"]["max_steps"] == 2  # the spec's overrides
+
+
+def test_the_shipped_loop_spec_loads() -> None:
+    from loraplane.loop import spec as loop_spec
+
+    spec = loop_spec.load_spec(ROOT / "configs/loop/demo-json.yaml")
+    assert spec.adapter == "demo-json" and spec.train.config.is_file() and spec.gate.golden.is_file()
+    assert spec.rollout.shadow == 20 and spec.data.method == "auto"
