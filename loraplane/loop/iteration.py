@@ -72,12 +72,16 @@ class Loop:
 
     # --- the iteration ---------------------------------------------------------------------------
 
-    def run_once(self) -> LoopIteration:
-        """Resume the adapter's unfinished iteration, or begin one; run its stages until it ends
-        (done / stopped) or a stage cannot finish now (LoopError: the next run retries)."""
+    def run_once(self) -> LoopIteration | None:
+        """Resume the adapter's unfinished iteration, or begin one when it is due (None: not due,
+        nothing recorded); run its stages until it ends (done / stopped) or a stage cannot finish
+        now (LoopError: the next run retries)."""
         adapter = self.spec.adapter
         versions, stable = self.gateway.versions(adapter)  # unknown adapter: an error before anything
         it = self.store.open_iteration(adapter)
+        if it is None and (due := self.next_due()) is not None and self.clock() < due:
+            self.say(f"loop {adapter}: not due (trigger.interval_s): the next iteration may begin at {due:.0f}")
+            return None
         if it is None:
             it = self.store.start_iteration(adapter, stable=stable)
             self.say(f"loop {adapter}: iteration {it.id} from {adapter}@{stable} (published: {', '.join(versions)})")
@@ -87,6 +91,12 @@ class Loop:
             it = self.stages[it.stage](it)
         self.say(f"loop {adapter}: iteration {it.id} {it.stage}: {it.outcome} ({it.reason})")
         return it
+
+    def next_due(self) -> float | None:
+        """When trigger.interval_s lets the next iteration begin (None: no interval, or none trained yet)."""
+        last = self.previous()
+        interval = self.spec.trigger.interval_s
+        return None if interval is None or last is None else last.started_at + interval
 
     def dir(self, it: LoopIteration, name: str) -> Path:
         return self.spec.work_dir / self.spec.adapter / f"iteration-{it.id}" / name
@@ -105,13 +115,6 @@ class Loop:
     def export(self, it: LoopIteration) -> LoopIteration:
         spec, out = self.spec, self.dir(it, "export")
         last = self.previous()
-        if (
-            spec.trigger.interval_s is not None
-            and last is not None
-            and self.clock() - last.started_at < spec.trigger.interval_s
-        ):
-            due = last.started_at + spec.trigger.interval_s
-            return self.stop(it, "not_due", f"trigger.interval_s: next iteration due at {due:.0f}")
         since = (last.details.get("export") or {}).get("until") if last else spec.data.since
         until = self.clock()
         code, err = self.run(self.export_command(out, since, until, last))

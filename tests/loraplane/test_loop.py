@@ -228,3 +228,12 @@ def test_the_shipped_loop_spec_loads() -> None:
     spec = loop_spec.load_spec(ROOT / "configs/loop/demo-json.yaml")
     assert spec.adapter == "demo-json" and spec.train.config.is_file() and spec.gate.golden.is_file()
     assert spec.rollout.shadow == 20 and spec.data.method == "auto"
+
+
+def test_an_interval_trigger_records_nothing_until_it_is_due(served, tmp_path: Path, capsys) -> None:
+    _, url, _ = served
+    failing_gate = {"gate.command": [*FAKE, "eval", "--scores", "0.60,0.40"], "trigger.interval_s": 3600}
+    assert loop_main(["run", str(write_spec(tmp_path, served, **failing_gate))]) == 0  # trained, gate stopped it
+    assert loop_main(["run", str(write_spec(tmp_path, served, **failing_gate))]) == 0
+    assert "not due (trigger.interval_s)" in capsys.readouterr().out
+    assert [it.outcome for it in iterations(url)] == ["gate_failed"]  # the second run recorded nothing
