@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "rollout": ("serving.rollouts.cli:main", "progressive rollouts: start|status|pause|resume|promote|rollback|export"),
     "usage": ("serving.usage_cli:main", "tokens per key, model and UTC day from a gateway (table, csv, json)"),
     "feedback": ("serving.rollouts.feedback_cli:main", "training data from rated traffic (feedback export)"),
+    "loop": (
+        "loraplane.loop.cli:main",
+        "feedback -> train -> gate -> rollout, one iteration a run (run|status)",
+    ),
     "loadtest": ("loadtest.cli:main", "run a Locust load test with SLO gates"),
     "demo": ("loraplane.demo:main", "train v1+v2 on the bundled model, serve, compare through the gateway"),
 }

@@ -275,6 +275,9 @@ class RolloutsConfig(Strict):
         default_factory=lambda: {"error_rate": 0.0, "ttft_p95": 0.0, "feedback": 0.0}
     )
     max_requests: int = Field(200_000, ge=1)  # request-log rows one evaluation reads per rollout
+    # Shadow stage: a request is mirrored to the candidate only while live requests plus mirrors in
+    # flight are below this share of gateway.max_in_flight (else the mirror is dropped and counted).
+    shadow_max_in_flight_share: float = Field(0.5, gt=0, le=1)
 
     @model_validator(mode="after")
     def _spec_is_valid(self) -> RolloutsConfig:

@@ -220,6 +220,14 @@ class GatewayMetrics:
             ["rollout", "outcome"],
             registry=r,
         )
+        # Shadow stage (serving/gateway/shadow.py): requests mirrored to a rollout's candidate, and
+        # mirrors skipped because the gateway was at its in-flight share (live requests come first).
+        self.shadow_requests = Counter(
+            "loraplane_shadow_requests_total",
+            "Requests mirrored to a shadow-stage candidate (outcome mirrored) or skipped under load (dropped)",
+            ["rollout", "outcome"],
+            registry=r,
+        )
 
 
 def status_class(status: int) -> str:

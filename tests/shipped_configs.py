@@ -1,7 +1,7 @@
 """A pytest plugin: fail the run when a shipped YAML under configs/ was loaded by no test.
 
-It records every file that `trainer.config.load_config` and `serving.config.load_config` load
-successfully in the test process; at the end of a whole-suite run (`pytest` or
+It records every file that `trainer.config.load_config`, `serving.config.load_config` and
+`loraplane.loop.spec.load_spec` load successfully in the test process; at the end of a whole-suite run (`pytest` or
 `pytest -m "not slow"` with no file or -k selection) every configs/**/*.yaml must be among them.
 LORAPLANE_CHECK_CONFIGS=1 enforces it on any run (to test the plugin itself).
 """
@@ -35,12 +35,27 @@ def _recording(load: Callable[..., Any]) -> Callable[..., Any]:
     return load_and_record
 
 
+def _recording_spec(load: Callable[[Path], Any]) -> Callable[[Path], Any]:
+    """The same for a loader of one file (loraplane.loop.spec.load_spec)."""
+
+    @functools.wraps(load)
+    def load_and_record(path: Path) -> Any:
+        spec = load(path)
+        LOADED.add(Path(path).resolve())
+        return spec
+
+    return load_and_record
+
+
 def pytest_configure(config: pytest.Config) -> None:
     import serving.config
     import trainer.config
 
     trainer.config.load_config = _recording(trainer.config.load_config)
     serving.config.load_config = _recording(serving.config.load_config)
+    import loraplane.loop.spec
+
+    loraplane.loop.spec.load_spec = _recording_spec(loraplane.loop.spec.load_spec)
 
 
 def _whole_suite(config: pytest.Config) -> bool:

@@ -78,6 +78,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
                     evaluator.cancel()
                     await asyncio.to_thread(state.evaluator.release)
                 await state.grading.stop()
+                await state.shadow.close()  # mirrors in flight are cancelled (their rows are not needed)
                 await state.control.stop()  # writes what the request log still holds
                 store.close()
                 await state.limiter.close()

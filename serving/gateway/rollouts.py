@@ -2,7 +2,9 @@
 
 POST /admin/rollouts/{name}                 start: {"candidate": "bot@v2", "control"?, "steps"?,
                                             "min_samples"?, "interval_s"?, "alpha"?, "guards"?,
-                                            "promote_when"?, "method"?, "capture"?}
+                                            "promote_when"?, "method"?, "capture"?, "shadow"?}
+                                            (shadow: % of the stable version's requests mirrored
+                                            to the candidate before the first step: rollouts/shadow.py)
 GET  /admin/rollouts                        every rollout (name, adapter, state, weights)
 GET  /admin/rollouts/{name}                 state, step, weights, per-variant numbers, guards
 POST /admin/rollouts/{name}/{action}        pause | resume | promote | rollback, {"reason"?}
@@ -29,6 +31,7 @@ from serving.registry import parse_model_name
 from serving.rollouts.actions import manual_action, new_rollout
 from serving.rollouts.policy import MANUAL, GuardSpec
 from serving.rollouts.report import finite, read_rollout
+from serving.rollouts.shadow import shadow_percent
 from serving.store import RolloutRecord
 from serving.store.records import USER_SOURCE
 
@@ -96,7 +99,12 @@ async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()
         spec = state.cfg.rollouts.spec(**overrides)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"rollout {name!r}: {exc}") from None
-    record = new_rollout(name, candidate, control, spec, capture, state.store.clock())
+    shadow = body.get("shadow")
+    try:
+        shadow = None if shadow is None else shadow_percent(shadow)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="shadow") from None
+    record = new_rollout(name, candidate, control, spec, capture, state.store.clock(), shadow)
     created = await _db(state.store.create_rollout, record, actor=ACTOR, reason=body.get("reason"))  # 409
     await state.control.refresh()
     return JSONResponse(await _report(state, created), status_code=201)

@@ -65,6 +65,7 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
         else:
             await lease.wait_upstream()
             response = await state.cache.keep(lookup, await forward(state, call))
+            state.shadow.after(state, call)  # a rollout's shadow stage: maybe mirror to the candidate
     except BaseException:
         lease.release()
         raise

@@ -17,6 +17,7 @@ from serving.gateway.budgets import Budgets
 from serving.gateway.cache import ResponseCache
 from serving.gateway.control import ControlPlane
 from serving.gateway.resolve import Resolver, Target
+from serving.gateway.shadow import ShadowMirror
 from serving.graders.queue import Grading
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
@@ -54,6 +55,7 @@ class GatewayState:
         self.cache = ResponseCache(cfg, self.metrics, self.base.weights_sha256)  # off unless cache.enabled
         # Graders score captured answers off the request path (serving/graders/queue.py).
         self.grading = Grading.from_config(cfg, self.metrics, self.control.writer.offer_score)
+        self.shadow = ShadowMirror(cfg.rollouts.shadow_max_in_flight_share)  # rollouts' shadow stage
 
     @property
     def base_model(self) -> str:

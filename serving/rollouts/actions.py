@@ -22,6 +22,7 @@ from typing import Any
 from serving.errors import BadRequest, Conflict, NotFound
 from serving.rollouts.policy import RolloutSpec, State, manual_transition
 from serving.store import REVISION_CHANGED, Lease, RolloutRecord, Store
+from serving.store.shadow import SHADOW_STEP
 
 MANUAL_RETRIES = 5  # a person's action re-reads this often when the evaluator keeps writing in between
 
@@ -30,14 +31,22 @@ def version_of(target: str) -> str:
     return target.partition("@")[2]
 
 
-def new_rollout(name: str, candidate: str, control: str, spec: RolloutSpec, capture: str, now: float) -> RolloutRecord:
+def new_rollout(
+    name: str, candidate: str, control: str, spec: RolloutSpec, capture: str, now: float, shadow: float | None = None
+) -> RolloutRecord:
+    """The record of a new rollout at its first step, or, with `shadow` (% of the control's requests
+    mirrored), in its shadow stage: step SHADOW_STEP, the candidate at 0% (rollouts/shadow.py)."""
     adapter, _, _ = candidate.partition("@")
     if control.partition("@")[0] != adapter:
         raise BadRequest(f"control {control!r} is not a version of {adapter!r}; give --control {adapter}@vM")
     if candidate == control:
         raise BadRequest(f"candidate and control are both {candidate!r}; roll out another version", param="candidate")
     candidate_pct, control_pct = spec.weights(0)
-    config = {**spec.to_json(), "capture": capture, "step_started_at": now, "ttft_threshold_s": None}
+    step, reason = 0, f"started at {candidate_pct}% for {candidate}"
+    if shadow is not None:
+        candidate_pct, control_pct, step = 0, 100, SHADOW_STEP
+        reason = f"started in shadow: {shadow:g}% of {control}'s requests mirrored to {candidate}, never returned"
+    config = {**spec.to_json(), "capture": capture, "step_started_at": now, "ttft_threshold_s": None, "shadow": shadow}
     return RolloutRecord(
         name=name,
         adapter=adapter,
@@ -46,8 +55,8 @@ def new_rollout(name: str, candidate: str, control: str, spec: RolloutSpec, capt
         state=State.RUNNING.value,
         weights={candidate: candidate_pct, control: control_pct},
         config=config,
-        step=0,
-        reason=f"started at {candidate_pct}% for {candidate}",
+        step=step,
+        reason=reason,
     )
 
 

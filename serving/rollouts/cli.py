@@ -3,6 +3,7 @@ admin API (`--url`, admin key from env LORAPLANE_ADMIN_KEY).
 
     loraplane rollout start bot-v2 --candidate bot@v2 [--control bot@v1] [--steps 10,50,100]
         [--min-samples 200] [--interval 30] [--guard error_rate:0 --guard feedback:0.02] [--capture bodies]
+        [--shadow 20]
     loraplane rollout status bot-v2 [--json] [--plot bot-v2.png]
     loraplane rollout export bot-v2 --out data/bot-v2/ [--label-source grader:json_valid] [--kto-threshold 0.5]
 """
@@ -80,6 +81,13 @@ def parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
+    start.add_argument(
+        "--shadow",
+        type=float,
+        metavar="P",
+        help="first mirror P%% of the stable version's requests to the candidate (answers logged, never "
+        "returned); the steps begin when this shadow stage passes its guards",
+    )
     start.add_argument("--reason")
     status = add("status", "state, weights, per-variant numbers and guard verdicts")
     status.add_argument("name", nargs="?", help="a rollout (default: list every rollout)")
@@ -122,9 +130,11 @@ def print_export(out: Path, manifest: dict) -> None:
 def summary(report: dict) -> str:
     if "variants" not in report:  # the database is down: the gateway answers what it last saw
         return _last_seen(report)
+    where = f"at {report['step_percent']}%"
+    if report.get("stage") == "shadow":
+        where = f"in shadow ({report.get('shadow_percent'):g}% of control's requests mirrored, none returned)"
     lines = [
-        f"rollout {report['name']}: {report['state']} at {report['step_percent']}% "
-        f"({report['candidate']} vs {report['control']})",
+        f"rollout {report['name']}: {report['state']} {where} ({report['candidate']} vs {report['control']})",
         f"  reason: {report.get('reason')}",
     ]
     for role in ("candidate", "control"):
@@ -171,6 +181,7 @@ def _start_body(args: argparse.Namespace) -> dict:
         "guards": args.guard,
         "promote_when": args.promote_when,
         "capture": args.capture,
+        "shadow": args.shadow,
         "reason": args.reason,
     }
     return {k: v for k, v in body.items() if v is not None}

@@ -35,6 +35,7 @@ from serving.metrics import GatewayMetrics
 from serving.rollouts.actions import apply
 from serving.rollouts.policy import Decision, RolloutSpec, State, decide
 from serving.rollouts.report import read_rollout
+from serving.rollouts.shadow import decide_shadow, in_shadow
 from serving.store import LEASE_LOST, REVISION_CHANGED, ControlSnapshot, Lease, RolloutRecord, Store
 
 log = logging.getLogger("loraplane.rollouts")
@@ -102,7 +103,10 @@ class Evaluator:
     def evaluate(self, rollout: RolloutRecord, now: float) -> Decision | None:
         spec = RolloutSpec.from_json(rollout.config)
         read = read_rollout(self.store, rollout)  # per-unit aggregates in SQL, never request rows
-        d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
+        if in_shadow(rollout):  # mirrored answers only: advance to the first canary step or roll back
+            d = decide_shadow(spec, read.step_counts, read.verdicts)
+        else:
+            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
         report, threshold = read.report, read.threshold
         return d if self._write(rollout, d, report, decision_fields(rollout, d, now, threshold)) else None
 

@@ -1,5 +1,6 @@
 """A rollout over time as a PNG: each variant's feedback score with its always-valid interval, and the
-candidate's traffic share, read from the rollout's audit log (each decision carries its report)."""
+candidate's traffic share (the shadow stage shaded), read from the rollout's audit log (each
+decision carries its report)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 def series(audit: list[dict]) -> dict[str, list[Any]]:
     """Per evaluation: time, candidate %, and each variant's feedback mean / interval."""
-    out: dict[str, list[Any]] = {"t": [], "percent": [], "outcome": []}
+    out: dict[str, list[Any]] = {"t": [], "percent": [], "outcome": [], "stage": []}
     for variant in ("candidate", "control"):
         for key in ("mean", "lo", "hi"):
             out[f"{variant}_{key}"] = []
@@ -22,6 +23,7 @@ def series(audit: list[dict]) -> dict[str, list[Any]]:
         out["t"].append(record["at"] - start)
         out["percent"].append(report["step_percent"])
         out["outcome"].append(record["numbers"].get("outcome"))
+        out["stage"].append(report.get("stage", "canary"))  # reports before shadow existed: canary
         for variant in ("candidate", "control"):
             fb = report["variants"][variant]["feedback"]
             out[f"{variant}_mean"].append(fb["mean"])
@@ -53,6 +55,10 @@ def plot(audit: list[dict], title: str, path: Path) -> Path:
     top.legend(loc="lower left", fontsize=8)
     top.set_title(title)
     bottom.step(s["t"], s["percent"], where="post", color="tab:orange")
+    shadow = [t for t, stage in zip(s["t"], s["stage"], strict=True) if stage == "shadow"]
+    if shadow:  # the shadow stage: mirrored only, 0% of live traffic
+        for ax in (top, bottom):
+            ax.axvspan(min(shadow), max(shadow), color="tab:gray", alpha=0.15, label="shadow stage")
     for t, pct, outcome in zip(s["t"], s["percent"], s["outcome"], strict=True):
         if outcome in ("advance", "promote", "rollback"):
             bottom.annotate(outcome, (t, pct), fontsize=8, xytext=(3, 3), textcoords="offset points")

@@ -26,6 +26,7 @@ import numpy as np
 from serving.rollouts.policy import GuardVerdict, RolloutSpec, evaluate_guard
 from serving.rollouts.stats import Cells, arm_summaries
 from serving.store import RolloutRecord, Store, UnitStats
+from serving.store.shadow import SHADOW_STEP
 
 # One control request of the threshold sample: (unit, step, TTFT or latency in seconds).
 Sample = tuple[str, int, float]
@@ -133,6 +134,13 @@ def score_summary(cells: Cells, arm: int, alpha: float) -> dict[str, Any]:
     return {"n": int(n), "users": int(users), "mean": float(mean), "ci": [float(lo), float(hi)], "ci_level": 1 - alpha}
 
 
+def stage_of(rollout: RolloutRecord) -> str:
+    """shadow (mirrored only, step SHADOW_STEP), canary (a step's share of live traffic), or the end state."""
+    if not rollout.active:
+        return rollout.state
+    return "shadow" if rollout.step == SHADOW_STEP else "canary"
+
+
 def build_report(
     rollout: RolloutRecord,
     units: list[UnitStats],
@@ -166,6 +174,8 @@ def build_report(
         "candidate": rollout.candidate,
         "control": rollout.control,
         "step": rollout.step,
+        "stage": stage_of(rollout),
+        "shadow_percent": rollout.config.get("shadow"),
         "step_percent": rollout.weights.get(rollout.candidate, 0),
         "steps": list(spec.steps),
         "weights": dict(rollout.weights),
@@ -205,10 +215,13 @@ def read_rollout(store: Store, rollout: RolloutRecord) -> Evaluation:
     """The evaluator's and the status page's read: aggregates in SQL, never request rows.
 
     Two bounded queries: the control's first min_samples TTFTs (the threshold's sample) and the
-    per-unit aggregates with the threshold."""
+    per-unit aggregates with the threshold (in the shadow stage: the shadow step's, mirrored rows included)."""
     spec = RolloutSpec.from_json(rollout.config)
     sample = store.control_ttft_sample(rollout.name, rollout.control, spec.min_samples)
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
-    units = store.rollout_units(rollout.name, ttft_threshold_s=threshold)
+    # The shadow stage compares the candidate's mirrored answers with the control's live ones
+    # (store/shadow.py); the canary steps count live rows only.
+    units_of = store.shadow_units if rollout.step == SHADOW_STEP else store.rollout_units
+    units = units_of(rollout.name, ttft_threshold_s=threshold)
     graded = {g.metric: store.rollout_scores(rollout.name, g.metric) for g in spec.guards if g.grader is not None}
     return build_report(rollout, units, sample, graded)

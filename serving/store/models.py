@@ -195,3 +195,24 @@ class UsageRow(Base):
     completion_tokens: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
     __table_args__ = (Index("ix_usage_daily_key_day", "key_name", "day"),)
+
+
+class LoopIterationRow(Base):
+    """One `loraplane loop` iteration of an adapter and the stage it reached (loraplane/loop/):
+    export -> train -> gate -> rollout -> done, or stopped with its reason. `details` holds each
+    stage's numbers (export counts, train attempts, gate scores, rollout report) as JSON."""
+
+    __tablename__ = "loop_iterations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    started_at: Mapped[float] = mapped_column(Float, nullable=False)
+    updated_at: Mapped[float] = mapped_column(Float, nullable=False)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stable: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the version trained from
+    version: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the version this iteration makes
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)  # kto | dpo | sft
+    rollout: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)  # promoted | rolled_back | stopped
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)

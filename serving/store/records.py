@@ -14,8 +14,10 @@ OUTCOMES = ("ok", "error", "client_closed", "client_error")
 ERROR_KINDS = ("load_failed", "upstream_status", "unavailable", "timeout", "stream_error", "truncated")
 # Why a logged request is left out of rollout statistics: it was pinned to a variant by the caller,
 # it was a control's answer given after the assigned candidate failed (the failure is counted on
-# the candidate's own row), or it was served from a cache.
-EXCLUSIONS = ("pinned", "fallback", "cached")
+# the candidate's own row), it was served from a cache, or it is a rollout candidate's answer to a
+# request mirrored in the shadow stage (never returned to anyone; counted only by that stage's
+# statistics: serving/rollouts/shadow.py).
+EXCLUSIONS = ("pinned", "fallback", "cached", "shadow")
 UNIT_LEN = 32
 ROLLOUT_STATES = ("running", "paused", "promoted", "rolled_back")
 ACTIVE_ROLLOUT_STATES = ("running", "paused")  # states in which a rollout splits traffic

@@ -42,6 +42,7 @@ from serving.config import ServingConfig
 from serving.errors import BadRequest, Conflict, NotFound, ServingError, StoreUnavailable
 from serving.store.connect import check_reachable, create_db_engine, migrate, store_url
 from serving.store.logs import RequestLog
+from serving.store.loop import LoopLog
 from serving.store.models import AuditRow, ControlVersion, ExperimentRow, LeaseRow, RolloutRow, StableRow
 from serving.store.records import (
     ACTIVE_ROLLOUT_STATES,
@@ -52,6 +53,7 @@ from serving.store.records import (
     RolloutRecord,
 )
 from serving.store.scores import ScoreReads
+from serving.store.shadow import ShadowLog
 from serving.store.usage import UsageLog
 
 REVISION_CHANGED = "revision_changed"  # Conflict codes: the compare-and-set found a newer revision,
@@ -73,7 +75,7 @@ def _rollout(row: RolloutRow) -> RolloutRecord:
     return RolloutRecord(**{name: getattr(row, name) for name in _ROLLOUT_FIELDS})
 
 
-class Store(RequestLog, UsageLog, ScoreReads):
+class Store(RequestLog, UsageLog, ScoreReads, ShadowLog, LoopLog):
     def __init__(self, engine: Engine, clock: Any = time.time):
         self.engine = engine
         self.clock = clock  # audit and row timestamps; leases use the database's clock

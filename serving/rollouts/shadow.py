@@ -1,0 +1,65 @@
+"""The shadow stage: before its first canary step, a rollout can mirror a share of the stable
+version's requests to the candidate (serving/gateway/shadow.py). Users get only the stable answer;
+the candidate's answers are logged as their own rows (excluded="shadow", at step SHADOW_STEP) and
+compared with the control's live answers at that step by the same per-user statistics as a canary
+step (report.read_rollout reads store.shadow_units for it), counted apart from live traffic.
+
+A rollout in its shadow stage has step == SHADOW_STEP and weights {candidate: 0, control: 100}.
+At each evaluation, `decide_shadow` returns:
+
+- rollback: some guard shows the candidate worse than the control by more than its margin
+  (error rate, TTFT, and feedback when mirrored answers are scored, e.g. by graders): no user has
+  seen the candidate;
+- hold: either side has fewer than min_samples requests, or an error-rate / TTFT guard has no
+  verdict yet (too few users); a feedback guard without scores does not hold the stage (users
+  never see shadow answers, so only graders can score them);
+- advance: enough samples and every error-rate / TTFT guard has a verdict and none failed ->
+  the first canary step (spec.steps[0]).
+"""
+
+from __future__ import annotations
+
+from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec
+from serving.store import RolloutRecord
+from serving.store.shadow import SHADOW_STEP
+
+__all__ = ["SHADOW_STEP", "decide_shadow", "in_shadow", "shadow_percent"]
+
+
+def in_shadow(rollout: RolloutRecord) -> bool:
+    return rollout.step == SHADOW_STEP
+
+
+def shadow_percent(value: object) -> float:
+    """The share of the control's requests mirrored, validated: (0, 100]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+        raise ValueError(f"shadow must be a percentage in (0, 100], e.g. 20, got {value!r}")
+    return float(value)
+
+
+def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
+    """One evaluation of a rollout in its shadow stage. step_counts: (mirrored candidate, control) requests."""
+    for v in verdicts:
+        if v.verdict == "fail":
+            return Decision(
+                "rollback",
+                f"shadow stage: guard {v.metric}: candidate worse by [{v.worsening_lo:.4f}, {v.worsening_hi:.4f}] "
+                f"(always-valid {1 - spec.guard_alpha:.1%} interval), above margin {v.margin}; no user saw it",
+                SHADOW_STEP,
+            )
+    candidate_n, control_n = step_counts
+    if min(candidate_n, control_n) < spec.min_samples:
+        return Decision(
+            "hold",
+            f"shadow stage: waiting for {spec.min_samples} requests per variant "
+            f"(candidate mirrored {candidate_n}, control {control_n})",
+            SHADOW_STEP,
+        )
+    pending = [v.metric for v in verdicts if v.verdict == "pending" and v.metric != "feedback"]
+    if pending:
+        return Decision("hold", f"shadow stage: no verdict yet (too few users): {', '.join(pending)}", SHADOW_STEP)
+    return Decision(
+        "advance",
+        f"shadow stage passed ({candidate_n} mirrored requests, no guard failed): canary at {spec.steps[0]}%",
+        0,
+    )

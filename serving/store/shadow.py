@@ -1,0 +1,88 @@
+"""The shadow stage's reads: a rollout's per-unit aggregates at the shadow step, where the candidate's
+rows are the mirrored answers (excluded="shadow") and the control's are its live answers.
+
+Live statistics (logs.py rollout_units) never see a shadow row: they count only rows whose
+`excluded` is NULL. These queries are the one place shadow rows are counted, and only at the
+shadow step, so the two never mix.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from serving.store.models import FeedbackRow, RequestLogRow
+from serving.store.records import UnitStats
+
+SHADOW_STEP = -1  # the step index logged while a rollout is in its shadow stage (before its first step)
+SHADOW = "shadow"  # records.EXCLUSIONS: a mirrored answer
+
+
+def _shadow_rows(table: type[RequestLogRow] | type[FeedbackRow], rollout: str) -> sa.ColumnElement[bool]:
+    """Rows of the shadow step: live ones (excluded NULL: the control's answers) and mirrored ones."""
+    return sa.and_(
+        table.rollout == rollout,
+        table.step == SHADOW_STEP,
+        table.unit.is_not(None),
+        sa.or_(table.excluded.is_(None), table.excluded == SHADOW),
+    )
+
+
+def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
+    """UnitStats rows of the shadow step, feedback (user ratings, grader scores) beside its requests."""
+    r = RequestLogRow
+    latency = sa.func.coalesce(r.ttft_s, r.latency_s)
+    over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
+    requests = (
+        sa.select(
+            r.variant,
+            r.step,
+            r.unit,
+            sa.func.count().label("n"),
+            sa.func.sum(sa.case((r.outcome == "error", 1), else_=0)).label("errors"),
+            sa.func.sum(over).label("over"),
+        )
+        .where(_shadow_rows(r, rollout))
+        .group_by(r.variant, r.step, r.unit)
+        .subquery()
+    )
+    f = FeedbackRow
+    scores = (
+        sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score).label("total"), sa.func.count().label("n"))
+        .where(_shadow_rows(f, rollout))
+        .group_by(f.variant, f.step, f.unit)
+        .subquery()
+    )
+    same = sa.and_(*(requests.c[k] == scores.c[k] for k in ("variant", "step", "unit")))
+    keys = (requests.c.variant, requests.c.step, requests.c.unit)
+    return (
+        sa.select(
+            *keys,
+            requests.c.n,
+            requests.c.errors,
+            requests.c.over,
+            sa.func.coalesce(scores.c.total, 0.0),
+            sa.func.coalesce(scores.c.n, 0),
+        )
+        .select_from(requests.outerjoin(scores, same))
+        .order_by(*keys)
+    )
+
+
+class ShadowLog:
+    """Mixed into Store: the shadow stage's statistics."""
+
+    def _tx(self, translate: bool = True) -> AbstractContextManager[Session]:  # provided by Store
+        raise NotImplementedError
+
+    def shadow_units(self, rollout: str, *, ttft_threshold_s: float | None) -> list[UnitStats]:
+        """Per (variant, step, unit) aggregates at the shadow step: the candidate's mirrored answers
+        and the control's live ones (and their feedback), sorted."""
+        with self._tx() as s:
+            rows = s.execute(shadow_units_query(rollout, ttft_threshold_s)).all()
+        return [
+            UnitStats(str(v), int(st), str(u), int(n), int(e or 0), int(o or 0), float(t), int(k))
+            for v, st, u, n, e, o, t, k in rows
+        ]
