@@ -19,6 +19,7 @@ from pathlib import Path
 
 from loraplane.loop.errors import LoopError
 from loraplane.loop.gateway import Gateway, LoopSpecAdapterError
+from loraplane.loop.lock import adapter_lock
 from loraplane.loop.spec import STORE_URL_ENV, LoopSpec, LoopSpecError, load_spec
 from serving.errors import ServingError
 from serving.store import Store
@@ -91,7 +92,8 @@ def run(spec: LoopSpec) -> int:
     try:
         from loraplane.loop.iteration import Loop
 
-        Loop(spec, store, Gateway(spec.gateway)).run_once()
+        with adapter_lock(store, spec.adapter, spec.lock_ttl_s):
+            Loop(spec, store, Gateway(spec.gateway)).run_once()
     finally:
         store.close()
     return 0

@@ -94,6 +94,9 @@ class LoopSpec(Strict):
     store_url: str | None = None
     adapters_dir: Path = Path("adapters")
     work_dir: Path = Path("loop-runs")  # exports, train runs and gate results, per iteration
+    # One run per adapter at a time (a lease in the store, renewed while the run lasts): a killed
+    # run's lease lapses after this many seconds, then the next run may resume its iteration.
+    lock_ttl_s: float = Field(60.0, gt=0)
     trigger: TriggerSpec = Field(default_factory=TriggerSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec

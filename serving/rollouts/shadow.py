@@ -11,8 +11,8 @@ At each evaluation, `decide_shadow` returns:
   (error rate, TTFT, and feedback when mirrored answers are scored, e.g. by graders): no user has
   seen the candidate;
 - hold: either side has fewer than min_samples requests, or an error-rate / TTFT guard has no
-  verdict yet (too few users); a feedback guard without scores does not hold the stage (users
-  never see shadow answers, so only graders can score them);
+  verdict yet (too few users); a score guard (feedback, graders) without enough scores does not
+  hold the stage (users never see shadow answers, so only graders can score them);
 - advance: enough samples and every error-rate / TTFT guard has a verdict and none failed ->
   the first canary step (spec.steps[0]).
 """
@@ -22,6 +22,9 @@ from __future__ import annotations
 from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec
 from serving.store import RolloutRecord
 from serving.store.shadow import SHADOW_STEP
+
+# Guards every mirrored answer gives a reading for; score guards (feedback, graders) may stay pending.
+SERVICE_GUARDS = ("error_rate", "ttft_p95")
 
 __all__ = ["SHADOW_STEP", "decide_shadow", "in_shadow", "shadow_percent"]
 
@@ -55,7 +58,7 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
             f"(candidate mirrored {candidate_n}, control {control_n})",
             SHADOW_STEP,
         )
-    pending = [v.metric for v in verdicts if v.verdict == "pending" and v.metric != "feedback"]
+    pending = [v.metric for v in verdicts if v.verdict == "pending" and v.metric in SERVICE_GUARDS]
     if pending:
         return Decision("hold", f"shadow stage: no verdict yet (too few users): {', '.join(pending)}", SHADOW_STEP)
     return Decision(

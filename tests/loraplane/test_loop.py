@@ -19,6 +19,7 @@ import yaml
 from fakes.servers import wait_for
 from loraplane.loop.cli import main as loop_main
 from loraplane.loop.cli import open_store
+from loraplane.loop.lock import lease_name
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
 from tests.serving.rollouts.test_rollout_gateway import FAST, QUICK, gateway_app, users
@@ -51,6 +52,7 @@ def write_spec(tmp_path: Path, served, **changes) -> Path:
         "store_url": url,
         "adapters_dir": str(adapters),
         "work_dir": str(tmp_path / "loop"),
+        "lock_ttl_s": 1.5,  # a killed run's lease lapses quickly
         "data": {"command": [*FAKE, "export", "--rows", "30"], "min_rows": 20},
         "train": {"config": str(config), "command": [*FAKE, "train"], "overrides": {"train.max_steps": 2}},
         "gate": {"golden": str(golden), "command": [*FAKE, "eval", "--scores", "0.50,0.52"], "margin": 0.02},
@@ -84,10 +86,16 @@ def loop_process(spec: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.PIPE, text=True)
 
 
-def kill(proc: subprocess.Popen) -> None:
-    """The loop and the command it is running (its own process group, started by this test)."""
+def kill(proc: subprocess.Popen, url: str) -> None:
+    """The loop and the command it is running (its own process group, started by this test); then
+    wait until its adapter lease lapses (spec lock_ttl_s), as the next scheduled run would."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    store = open_store(url)
+    try:
+        wait_for(lambda: store.lease_holder(lease_name("bot")) is None, timeout_s=10)
+    finally:
+        store.close()
 
 
 def iterations(url: str) -> list:
@@ -108,7 +116,7 @@ def test_killed_mid_train_the_next_run_trains_again_in_a_fresh_run_dir(served, t
     spec = write_spec(tmp_path, served, **{"train.command": [*FAKE, "train", "--hang-first", str(marker)]})
     first = loop_process(spec)
     wait_for(marker.exists, timeout_s=30)  # the first train attempt is running
-    kill(first)
+    kill(first, url)
     stopped = iterations(url)[0]
     assert stopped.stage == "train" and stopped.version == "v2"
     assert not (adapters / "bot" / "v2").exists()  # nothing half-written was published
@@ -127,7 +135,7 @@ def test_killed_mid_rollout_the_next_run_waits_on_it_and_never_starts_a_second(s
     gw, url, _ = served
     first = loop_process(write_spec(tmp_path, served, **{"rollout.wait_timeout_s": 600}))
     wait_for(lambda: any(r["name"] == "bot-v2" for r in rollouts(gw)), timeout_s=60)
-    kill(first)
+    kill(first, url)
     assert iterations(url)[0].stage == "rollout"
     spec = write_spec(tmp_path, served)  # the same spec, waiting 1 s on the rollout per run
     report = httpx.get(f"{gw.url}/admin/rollouts/bot-v2", timeout=10).json()
@@ -237,3 +245,18 @@ def test_an_interval_trigger_records_nothing_until_it_is_due(served, tmp_path: P
     assert loop_main(["run", str(write_spec(tmp_path, served, **failing_gate))]) == 0
     assert "not due (trigger.interval_s)" in capsys.readouterr().out
     assert [it.outcome for it in iterations(url)] == ["gate_failed"]  # the second run recorded nothing
+
+
+def test_a_second_run_for_the_adapter_is_refused_while_one_holds_it(served, tmp_path: Path, capsys) -> None:
+    _, url, _ = served
+    store = open_store(url)
+    try:
+        assert store.acquire_lease(lease_name("bot"), "other-host:1", 60) is not None
+        assert loop_main(["run", str(write_spec(tmp_path, served))]) == 3
+        assert "another `loraplane loop run` for 'bot' is running (other-host:1)" in capsys.readouterr().err
+        assert iterations(url) == []  # nothing begun
+        store.release_lease(lease_name("bot"), "other-host:1")
+        assert loop_main(["run", str(write_spec(tmp_path, served))]) == 3  # now it runs (and waits on its rollout)
+        assert store.lease_holder(lease_name("bot")) is None  # released when the run ended
+    finally:
+        store.close()

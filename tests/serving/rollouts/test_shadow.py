@@ -160,3 +160,25 @@ def test_a_slow_streamed_mirror_never_holds_up_the_users_answer(two_versions) ->
     (mirror,) = [r for r in log if r.excluded == "shadow"]
     assert mirror.variant == "bot@v2" and mirror.outcome == "ok"
     assert mirror.ttft_s is not None and mirror.ttft_s >= 1.5  # the mirrored stream was read to its end
+
+
+def test_decide_shadow_waits_for_service_guards_only_and_rolls_back_on_any_failure() -> None:
+    from serving.rollouts.policy import GuardSpec, GuardVerdict, RolloutSpec
+    from serving.rollouts.shadow import decide_shadow
+    from serving.rollouts.stats import Arm
+
+    guards = (GuardSpec("error_rate", 0.0), GuardSpec("feedback", 0.0))
+    spec = RolloutSpec((10, 50, 100), 20, 1.0, 0.05, guards, "no_regression")
+    arm = Arm(30, 25, 0.0, 0.0, 0.1)
+
+    def verdict(metric: str, v: str) -> GuardVerdict:
+        return GuardVerdict(metric, v, 0.0, 0.1 if v == "fail" else None, 0.2 if v == "fail" else None, arm, arm)
+
+    scored_by_nobody = [verdict("error_rate", "inconclusive"), verdict("feedback", "pending")]
+    assert decide_shadow(spec, (30, 30), scored_by_nobody).outcome == "advance"
+    assert decide_shadow(spec, (30, 30), scored_by_nobody).step_index == 0
+    assert decide_shadow(spec, (19, 30), scored_by_nobody).outcome == "hold"  # too few mirrored
+    too_few_users = [verdict("error_rate", "pending"), verdict("feedback", "pending")]
+    assert decide_shadow(spec, (30, 30), too_few_users).outcome == "hold"
+    graded_worse = [verdict("error_rate", "not_worse"), verdict("feedback", "fail")]
+    assert decide_shadow(spec, (5, 30), graded_worse).outcome == "rollback"  # a failure needs no more samples
