@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from serving.store.models import FeedbackRow, RequestLogRow
-from serving.store.records import UnitStats
+from serving.store.records import USER_SOURCE, UnitStats
 
 SHADOW_STEP = -1  # the step index logged while a rollout is in its shadow stage (before its first step)
 SHADOW = "shadow"  # records.EXCLUSIONS: a mirrored answer
@@ -31,7 +31,8 @@ def _shadow_rows(table: type[RequestLogRow] | type[FeedbackRow], rollout: str) -
 
 
 def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
-    """UnitStats rows of the shadow step, feedback (user ratings, grader scores) beside its requests."""
+    """UnitStats rows of the shadow step, users' feedback beside its requests (graders' scores are read
+    per grader, like a canary step's)."""
     r = RequestLogRow
     latency = sa.func.coalesce(r.ttft_s, r.latency_s)
     over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
@@ -51,7 +52,7 @@ def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Selec
     f = FeedbackRow
     scores = (
         sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score).label("total"), sa.func.count().label("n"))
-        .where(_shadow_rows(f, rollout))
+        .where(_shadow_rows(f, rollout), f.source == USER_SOURCE)  # users' ratings; graders' are read apart
         .group_by(f.variant, f.step, f.unit)
         .subquery()
     )
