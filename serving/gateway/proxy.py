@@ -166,7 +166,7 @@ async def open_upstream(state: GatewayState, call: Call) -> Upstream:
 
 def _answer_text(payload: dict, route: str) -> str:
     choices = payload.get("choices") or [{}]
-    if route == "chat":
+    if route != "completions":  # chat, and responses (a chat call upstream)
         return str((choices[0].get("message") or {}).get("content") or "")
     return str(choices[0].get("text") or "")
 
