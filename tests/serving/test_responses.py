@@ -61,8 +61,8 @@ def test_create_answers_a_response_object_that_is_logged_and_rateable(gw) -> Non
     assert (answer.usage.input_tokens, answer.usage.output_tokens, answer.usage.total_tokens) == (4, 4, 8)
     row = logged(gw, answer.id)[answer.id]
     assert (row.route, row.status, row.outcome, row.completion_tokens) == ("responses", 200, "ok", 4)
-    rated = httpx.post(f"{gw.url}/v1/feedback", json={"id": answer.id, "score": 1}, timeout=30)
-    assert rated.status_code == 200 and rated.json()["id"] == answer.id
+    rated = client.post("/feedback", cast_to=object, body={"id": answer.id, "score": 1})  # as docs/responses.md
+    assert isinstance(rated, dict) and rated["id"] == answer.id and rated["score"] == 1.0
     metrics = httpx.get(f"{gw.url}/metrics").text
     counted = f'loraplane_requests_total{{model="{BASE}",route="responses",status_class="2xx",variant="{row.variant}"}}'
     assert f"{counted} 1.0" in metrics
