@@ -116,6 +116,7 @@ def _add_item(messages: list[dict], item: Any, where: str) -> None:
         role = item.get("role")
         if role not in ROLES:
             raise BadRequest(f"{where}.role {role!r} is not one of {', '.join(ROLES)}", param=f"{where}.role")
+        role = "system" if role == "developer" else role  # chat templates know system, not developer
         messages.append({"role": role, "content": _text(item.get("content"), where)})
     elif kind == "function_call":
         call = _function_call(item, where)

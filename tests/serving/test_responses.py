@@ -201,3 +201,15 @@ def test_streamed_tool_calls_become_function_call_items() -> None:
         "weather",
         '{"city": "Oslo"}',
     )
+
+
+def test_an_engine_failure_mid_stream_raises_in_the_sdk_and_is_logged(dirs) -> None:  # noqa: F811
+    faulty = engine(tokens=4, ttft_ms=1, itl_ms=0, stream_faults={BASE: "error@2"})
+    with faulty as eng, GatewayThread(gateway_app(dirs, [eng.url]), free_port()) as server:
+        seen = []
+        with pytest.raises(openai.APIError, match="injected generation failure"):
+            for event in sdk(server).responses.create(model=BASE, input="hi", stream=True):
+                seen.append(event)
+        assert [e.type for e in seen][-2:] == ["response.output_text.delta"] * 2  # no completed event
+        row = logged(server, seen[0].response.id)[seen[0].response.id]
+        assert (row.route, row.status, row.outcome, row.error_kind) == ("responses", 500, "error", "stream_error")
