@@ -3,12 +3,15 @@ model answers through the Responses API, streamed and not, on the base and on a 
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 
 pytestmark = pytest.mark.slow
 
 QUESTION = "What is the capital of France?"
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +21,7 @@ def client(gateway) -> openai.OpenAI:
 
 def test_base_answers_through_responses(client, gateway) -> None:
     answer = client.responses.create(
-        model=gateway.base, instructions="Answer in one short sentence.", input=QUESTION, max_output_tokens=24
+        model=gateway.base, instructions=SYSTEM, input=QUESTION, max_output_tokens=24, temperature=0
     )
     assert answer.id.startswith("resp_") and "Paris" in answer.output_text
     assert answer.usage is not None and answer.usage.input_tokens > 10 and answer.usage.output_tokens > 0
@@ -27,7 +30,9 @@ def test_base_answers_through_responses(client, gateway) -> None:
 
 
 def test_base_streams_through_responses(client, gateway) -> None:
-    events = list(client.responses.create(model=gateway.base, input=QUESTION, max_output_tokens=24, stream=True))
+    events = list(client.responses.create(
+            model=gateway.base, input=QUESTION, max_output_tokens=24, temperature=0, stream=True
+        ))
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1]
     assert events[0].type == "response.created" and final.type in ("response.completed", "response.incomplete")
@@ -41,3 +46,21 @@ def test_an_adapter_answers_through_responses(client, gateway) -> None:
     )
     assert raw.headers["x-loraplane-adapter"] == f"{gateway.adapter}@v1"
     assert raw.parse().output_text
+
+
+def test_text_format_json_schema_constrains_the_answer(client, gateway) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    answer = client.responses.create(
+        model=gateway.base,
+        input=QUESTION,
+        max_output_tokens=64,
+        temperature=0,
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
+    )
+    assert answer.status == "completed", answer.output_text
+    assert isinstance(json.loads(answer.output_text)["city"], str)
