@@ -30,9 +30,9 @@ def test_base_answers_through_responses(client, gateway) -> None:
 
 
 def test_base_streams_through_responses(client, gateway) -> None:
-    events = list(client.responses.create(
-            model=gateway.base, input=QUESTION, max_output_tokens=24, temperature=0, stream=True
-        ))
+    events = list(
+        client.responses.create(model=gateway.base, input=QUESTION, max_output_tokens=24, temperature=0, stream=True)
+    )
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     final = events[-1]
     assert events[0].type == "response.created" and final.type in ("response.completed", "response.incomplete")
