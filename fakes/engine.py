@@ -164,7 +164,8 @@ class MockEngine:
         await asyncio.sleep((s.ttft_ms + s.slow_ms.get(body["model"], 0.0) + s.itl_ms * max(0, n_tokens - 1)) / 1000)
         self.completed += 1
         text = "".join(self.pieces(body["model"], n_tokens))
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+        finish = "length" if n_tokens == body.get("max_tokens") else "stop"  # as when streamed
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if kind == "chat":
             choice["message"] = {"role": "assistant", "content": text}
         else:

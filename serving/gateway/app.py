@@ -20,6 +20,7 @@ from serving.gateway.admin import admin, ops
 from serving.gateway.exports import exports
 from serving.gateway.feedback import router as feedback_router
 from serving.gateway.refusals import count_error
+from serving.gateway.responses import router as responses_router
 from serving.gateway.rollouts import rollouts
 from serving.gateway.routes import router
 from serving.gateway.state import GatewayState
@@ -113,6 +114,7 @@ def create_app(cfg: ServingConfig, engine_urls: list[str], health_interval_s: fl
         return JSONResponse(body, status_code=500)
 
     app.include_router(router)
+    app.include_router(responses_router)
     app.include_router(feedback_router)
     app.include_router(admin)
     app.include_router(rollouts)

@@ -1,4 +1,4 @@
-"""Request-body schemas for the OpenAPI document (/openapi.json) of the two completion routes.
+"""Request-body schemas for the OpenAPI document (/openapi.json) of the completion routes.
 
 The routes read their bodies themselves (serving/gateway/limits.py: bounded read, then the
 checks), so FastAPI cannot derive these; they document what the gateway accepts and give the
@@ -55,6 +55,41 @@ COMPLETION_BODY: dict[str, Any] = {
         },
         "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
         "echo": {"type": "boolean", "description": "refused together with logprobs (prompt log-probabilities)"},
+    },
+}
+
+RESPONSES_BODY: dict[str, Any] = {  # serving/gateway/responses.py: stateless, text and function tools only
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": _COMMON["model"],
+        "input": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["role", "content"],
+                        "properties": {
+                            "type": {"type": "string", "enum": ["message"]},
+                            "role": {"type": "string", "enum": ["user", "system", "developer", "assistant"]},
+                            "content": {"type": "string"},
+                        },
+                    },
+                    "description": "message items (string or input_text content), function_call and "
+                    "function_call_output items",
+                },
+            ]
+        },
+        "instructions": {"type": "string", "description": "the system message"},
+        "max_output_tokens": {"type": "integer", "minimum": 1, "description": "default gateway.default_max_tokens"},
+        "stream": _COMMON["stream"],
+        "temperature": _COMMON["temperature"],
+        "top_p": _COMMON["top_p"],
+        "user": _COMMON["user"],
+        "store": {"type": "boolean", "enum": [False], "description": "stateless: true is refused"},
     },
 }
 

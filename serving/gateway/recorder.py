@@ -3,10 +3,11 @@
 A `Call` owns what the gateway counts and logs for that try: its response id, its metrics
 (requests, latency, TTFT, tokens) and its request-log record, written exactly once by `finish`.
 
-Response ids are the gateway's: every call issues `chatcmpl-<uuid hex>` (chat) or
-`cmpl-<uuid hex>` (completions) before anything is forwarded, and the proxy puts that id into
-every response and stream chunk the client gets, whatever id the engine chose. Id fields in the
-client's body (`request_id`, from which vLLM would build the response id) are never forwarded.
+Response ids are the gateway's: every call issues `chatcmpl-<uuid hex>` (chat),
+`cmpl-<uuid hex>` (completions) or `resp_<uuid hex>` (responses) before anything is forwarded, and
+the proxy puts that id into every response and stream chunk the client gets, whatever id the
+engine chose. Id fields in the client's body (`request_id`, from which vLLM would build the
+response id) are never forwarded.
 
 The outcome says what the try means for the variant that was chosen (records.OUTCOMES): only an
 "error" counts against it; a client that hung up (logged as status 499) and the caller's own bad
@@ -33,8 +34,9 @@ from serving.pool import Engine
 from serving.store import RequestRecord
 from serving.store.records import ERROR_KINDS
 
-ID_PREFIX = {"chat": "chatcmpl", "completions": "cmpl"}  # OpenAI's (and vLLM's) response id prefixes
-UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# OpenAI's (and vLLM's) response id prefixes; a Responses call is a chat call upstream (gateway/responses.py)
+ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}
+UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/chat/completions"}
 # Body fields a client may not choose: vLLM builds the response id from `request_id`, and
 # `kv_transfer_params` names other requests' KV caches (disaggregated prefill).
 CLIENT_ID_FIELDS = ("request_id", "kv_transfer_params")
@@ -51,7 +53,7 @@ def upstream_body(body: dict, upstream_model: str) -> dict:
 def answer_text(payload: dict, route: str) -> str:
     """The first choice's text of a non-streamed answer (what a call captures with `capture: bodies`)."""
     choices = payload.get("choices") or [{}]
-    if route == "chat":
+    if route != "completions":  # chat, and responses (a chat call upstream)
         return str((choices[0].get("message") or {}).get("content") or "")
     return str(choices[0].get("text") or "")
 
@@ -90,7 +92,7 @@ def outcome_of(status: int, error_kind: str | None) -> str:
 
 @dataclass
 class Call:
-    route: str  # "chat" | "completions"
+    route: str  # "chat" | "completions" | "responses" (a chat call upstream)
     body: dict  # what is sent upstream (upstream_body)
     target: Target
     started: float  # perf_counter() when the request arrived (a fallback keeps its request's)
@@ -108,7 +110,7 @@ class Call:
     logged: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.response_id = f"{ID_PREFIX[self.route]}-{uuid.uuid4().hex}"
+        self.response_id = f"{ID_PREFIX[self.route]}{uuid.uuid4().hex}"
         if self.excluded is None and self.target.pinned:
             self.excluded = "pinned"
         if self.target.capture_bodies:
@@ -121,7 +123,7 @@ class Call:
     @property
     def engine_request_id(self) -> str:
         """Sent as X-Request-Id: vLLM then builds the very id the gateway issued."""
-        return self.response_id.split("-", 1)[1]
+        return self.response_id.removeprefix(ID_PREFIX[self.route])
 
     @property
     def labels(self) -> tuple[str, str]:

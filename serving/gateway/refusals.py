@@ -17,6 +17,7 @@ from serving.metrics import status_class
 ROUTES = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/responses": "responses",
     "/v1/models": "models",
     "/v1/feedback": "feedback",
     "/health": "health",

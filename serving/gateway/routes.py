@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -22,18 +23,31 @@ from serving.registry import check_model_field
 router = APIRouter()
 
 
-async def handle(request: Request, state: GatewayState, principal: Principal, route: str) -> Response:
+class Translation(Protocol):
+    """A route served as another route's call (serving/gateway/responses.py: Responses as chat)."""
+
+    def request(self, body: dict) -> dict: ...  # the client's body -> the upstream route's body
+
+    def response(self, response: Response) -> Response: ...  # the upstream route's answer -> the client's
+
+
+async def handle(
+    request: Request, state: GatewayState, principal: Principal, route: str, translation: Translation | None = None
+) -> Response:
     started = time.perf_counter()
     body = await read_body(request, state.cfg.gateway.max_body_bytes)
-    required = "messages" if route == "chat" else "prompt"
+    if translation is not None:
+        body = translation.request(body)
+    shape = "completions" if route == "completions" else "chat"  # what the body is upstream
+    required = "messages" if shape == "chat" else "prompt"
     model = check_model_field(body.get("model"))
     remember_labels(request, model_label(state, model))
     value = body.get(required)
-    if route == "chat" and (not isinstance(value, list) or not value):
+    if shape == "chat" and (not isinstance(value, list) or not value):
         raise BadRequest("`messages` is required: a non-empty list of {role, content} objects", param="messages")
-    if route == "completions" and not isinstance(value, (str, list)):
+    if shape == "completions" and not isinstance(value, (str, list)):
         raise BadRequest("`prompt` is required: a string or a list of strings", param="prompt")
-    apply_limits(body, route, state.cfg)
+    apply_limits(body, shape, state.cfg)
     state.keys.authorize(principal, model)
     await state.limiter.take(principal)
     await state.budgets.check(principal.name, model)  # 429 when the key's daily tokens are spent
@@ -66,6 +80,8 @@ async def handle(request: Request, state: GatewayState, principal: Principal, ro
             await lease.wait_upstream()
             response = await state.cache.keep(lookup, await forward(state, call))
             state.shadow.after(state, call)  # a rollout's shadow stage: maybe mirror to the candidate
+        if translation is not None:
+            response = translation.response(response)  # a cache hit is translated as a fresh answer
     except BaseException:
         lease.release()
         raise

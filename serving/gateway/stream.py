@@ -28,7 +28,7 @@ from serving.errors import EngineUnavailable, ServingError
 from serving.gateway.recorder import CLIENT_CLOSED, Call, FailedBeforeFirstByte, failure_kind
 from serving.metrics import GatewayMetrics
 
-CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",)}
+CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",), "responses": ("delta", "content")}
 READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueError: a malformed event
 
 

@@ -307,3 +307,16 @@ def test_hits_in_a_rollout_are_left_out_of_its_statistics_and_their_feedback_too
         units = gw.state.store.rollout_units("r1", ttft_threshold_s=None)
         assert sum(u.requests for u in units) == 2  # the two misses; no hit
         assert sum(u.score_n for u in units) == 0  # the ten ratings were all of hits
+
+
+def test_a_responses_api_request_is_cached_and_its_hit_is_a_responses_object(dirs) -> None:
+    """The Responses route goes through the same cache as chat: the stored chat answer is translated
+    again for the hit, which carries its own `resp_` id."""
+    with engine() as eng, GatewayThread(faults.gateway_app(dirs, [eng.url], **CACHED), free_port()) as gw:
+        sdk = client(gw.url).responses.with_raw_response
+        raws = [sdk.create(model="bot@v1", input="hi", temperature=0, max_output_tokens=8) for _ in range(2)]
+        assert [r.headers.get("x-loraplane-cache") for r in raws] == ["miss", "hit"]
+        first, second = (r.parse() for r in raws)
+        assert completed(eng) == 1
+        assert second.object == "response" and second.output_text == first.output_text != ""
+        assert second.id != first.id and second.id.startswith("resp_")

@@ -25,7 +25,7 @@ MODELS = [BASE, "bot", "bot@v1", "other@v1", "third", "ab", "no-such-model"]
 
 def served_schema(url: str) -> dict:
     schema = httpx.get(f"{url}/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/completions"):
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         body["properties"]["model"] = {"type": "string", "enum": MODELS}
     for ops in schema["paths"].values():
