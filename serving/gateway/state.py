@@ -1,26 +1,44 @@
-"""What one gateway app holds: config, registry, experiments, engines, keys, metrics."""
+"""What one gateway app holds: config, registry, experiments, engines, keys, metrics.
+
+`GatewayState` is the composition root: `create_app`'s lifespan builds it and routes never take it;
+they ask serving/gateway/deps.py for the part they use. `RequestPath` is the part an OpenAI route
+uses: the services one request passes through (admit -> resolve -> forward -> log)."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
-from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal
+from serving.auth import KeyStore
 from serving.config import ServingConfig
 from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
 from serving.gateway.control import ControlPlane
+from serving.gateway.proxy import Proxy
 from serving.gateway.resolve import Resolver, Target
 from serving.metrics import GatewayMetrics
 from serving.pool import EnginePool
-from serving.ratelimit import make_limiter
+from serving.ratelimit import Limiter, make_limiter
 from serving.registry import AdapterRegistry, read_base
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """The services an OpenAI request passes through, in order (serving/gateway/routes.handle)."""
+
+    cfg: ServingConfig
+    keys: KeyStore  # authorize the model, check a pin
+    limiter: Limiter  # the key's rate
+    admission: Admission  # in flight, upstream slots
+    resolver: Resolver  # model -> variant -> Target
+    control: ControlPlane  # experiments (A/B keys), the request log
+    proxy: Proxy  # engines, fallback, relay
+    metrics: GatewayMetrics
 
 
 class GatewayState:
@@ -47,6 +65,10 @@ class GatewayState:
         self.limiter = make_limiter(cfg.ratelimit, self.metrics)  # per process, or shared in Redis
         self.started_at = time.time()  # `created` of the models /v1/models lists
         self.admission = Admission(cfg.gateway)  # requests in flight, upstream connections
+        self.proxy = Proxy(self.resolver, self.control, self.pool, session, self.metrics)
+        self.path = RequestPath(
+            cfg, self.keys, self.limiter, self.admission, self.resolver, self.control, self.proxy, self.metrics
+        )
 
     @property
     def base_model(self) -> str:
@@ -58,17 +80,3 @@ class GatewayState:
 
     def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
         return self.resolver.resolve(model, request_key, pinned)
-
-
-# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, two thread hops per request.
-async def get_state(request: Request) -> GatewayState:
-    return request.app.state.gateway
-
-
-async def get_principal(request: Request) -> Principal:
-    state: GatewayState = request.app.state.gateway
-    return state.keys.authenticate(request.headers.get("authorization"))
-
-
-StateDep = Annotated[GatewayState, Depends(get_state)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
