@@ -10,19 +10,34 @@ request path instead of `route == "chat"` branches:
     proxy / stream   spec.answer_text(), spec.chunk_text() -> the answer captured for the log
 
 `routes.add_route(router, spec)` registers a spec as a POST route; `ROUTES` are the built-in ones.
-A route that speaks another protocol on the client side (e.g. a Responses request translated into
-a chat request) reuses an upstream spec through `routes.handle(..., spec, body=...)`.
+A route that speaks another protocol to its client (e.g. a Responses request served as a chat call)
+is a spec derived from the upstream one plus a per-request `Translation`:
+
+    RESPONSES = dataclasses.replace(CHAT, name="responses", path="/v1/responses", id_prefix="resp_")
+    return await routes.handle(request, RESPONSES, path, principal, ResponsesTranslation(path.cfg))
+
+The checks, limits and answer reading then apply to the translated (upstream) body and answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from fastapi.responses import Response
 
 from serving.errors import BadRequest
 from serving.gateway import limits
 from serving.gateway.openapi import CHAT_PROPERTIES, COMPLETION_PROPERTIES, object_schema
+
+
+class Translation(Protocol):
+    """One request of a route that speaks another protocol to its client than to the engine."""
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]: ...  # the client's body -> the upstream body
+
+    def response(self, response: Response) -> Response: ...  # the upstream answer -> the client's
 
 
 def _text_at(choice: Any, path: tuple[str, ...]) -> str:
@@ -37,7 +52,7 @@ class RouteSpec:
     name: str  # the route label: metrics, the request log's `route` column ("chat", "completions")
     path: str  # where the gateway serves it
     upstream_path: str  # where the engine serves it
-    id_prefix: str  # the response id's prefix, as OpenAI (and vLLM) spell it
+    id_prefix: str  # the response id's prefix, separator included, as OpenAI (and vLLM) spell it
     required: str  # the body field the route cannot do without (besides `model`)
     accepts: Callable[[Any], bool]  # whether the required field's value is usable
     required_error: str  # the 400's message when it is not
@@ -77,7 +92,7 @@ CHAT = RouteSpec(
     name="chat",
     path="/v1/chat/completions",
     upstream_path="/v1/chat/completions",
-    id_prefix="chatcmpl",
+    id_prefix="chatcmpl-",
     required="messages",
     accepts=lambda value: isinstance(value, list) and bool(value),
     required_error="`messages` is required: a non-empty list of {role, content} objects",
@@ -90,7 +105,7 @@ COMPLETIONS = RouteSpec(
     name="completions",
     path="/v1/completions",
     upstream_path="/v1/completions",
-    id_prefix="cmpl",
+    id_prefix="cmpl-",
     required="prompt",
     accepts=lambda value: isinstance(value, (str, list)),
     required_error="`prompt` is required: a string or a list of strings",

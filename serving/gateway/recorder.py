@@ -3,7 +3,7 @@
 A `Call` owns what the gateway counts and logs for that try: its response id, its metrics
 (requests, latency, TTFT, tokens) and its request-log record, written exactly once by `finish`.
 
-Response ids are the gateway's: every call issues `<spec.id_prefix>-<uuid hex>` (`chatcmpl-...`
+Response ids are the gateway's: every call issues `<spec.id_prefix><uuid hex>` (`chatcmpl-...`
 for chat, `cmpl-...` for completions: serving/gateway/protocol.py) before anything is forwarded,
 and the proxy puts that id into every response and stream chunk the client gets, whatever id
 the engine chose. Id fields in the client's body (`request_id`, from which vLLM would build the
@@ -99,7 +99,7 @@ class Call:
     logged: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.response_id = f"{self.spec.id_prefix}-{uuid.uuid4().hex}"
+        self.response_id = f"{self.spec.id_prefix}{uuid.uuid4().hex}"
         if self.excluded is None and self.target.pinned:
             self.excluded = "pinned"
         if self.target.capture_bodies:
@@ -116,7 +116,7 @@ class Call:
     @property
     def engine_request_id(self) -> str:
         """Sent as X-Request-Id: vLLM then builds the very id the gateway issued."""
-        return self.response_id.split("-", 1)[1]
+        return self.response_id.removeprefix(self.spec.id_prefix)
 
     @property
     def labels(self) -> tuple[str, str]:

@@ -1,14 +1,11 @@
 """OpenAI-compatible routes: the proxied ones (one per RouteSpec, serving/gateway/protocol.py) and /v1/models.
 
-    handle(request, spec, path, principal, body=None)
+    handle(request, spec, path, principal, translation=None)
 
-is the whole request path of a proxied route: read the body (bounded) unless one is given, check
-it against the spec (required field, limits), authorize, rate-limit, admit, resolve the variant,
-forward, log. `add_route(router, spec)` serves a spec; a route that speaks another protocol to its
-client translates the body itself and passes it with the upstream route's spec:
-
-    body = to_chat(await read_body(request, path.cfg.gateway.max_body_bytes))
-    response = await handle(request, CHAT, path, principal, body=body, started=started)
+is the whole request path of a proxied route: read the body (bounded), translate it (a route that
+speaks another protocol to its client: protocol.Translation), check it against the spec (required
+field, limits), authorize, rate-limit, admit, resolve the variant, forward, log, translate the
+answer back. `add_route(router, spec)` serves a spec without a translation.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from serving.gateway.admission import Leased
 from serving.gateway.deps import CallerDep, ControlDep, RegistryDep, RequestPathDep, StartedAtDep
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.openapi import request_body
-from serving.gateway.protocol import ROUTES, RouteSpec
+from serving.gateway.protocol import ROUTES, RouteSpec, Translation
 from serving.gateway.recorder import Call, upstream_body
 from serving.gateway.refusals import model_label, remember_labels
 from serving.gateway.state import RequestPath
@@ -39,15 +36,15 @@ async def handle(
     spec: RouteSpec,
     path: RequestPath,
     principal: Principal,
-    body: dict[str, Any] | None = None,
-    started: float | None = None,
+    translation: Translation | None = None,
 ) -> Response:
-    """Serve one request of `spec`'s protocol. `body`: already read (and translated) by the caller;
-    `started`: perf_counter() when the request arrived, if before this call."""
-    started = time.perf_counter() if started is None else started
+    """Serve one request of `spec`'s protocol; `translation`: this request's, when the client speaks
+    another protocol (its body is translated before any check, the answer after forwarding)."""
+    started = time.perf_counter()
     remember_labels(request, route=spec.name)
-    if body is None:
-        body = await read_body(request, path.cfg.gateway.max_body_bytes)
+    body = await read_body(request, path.cfg.gateway.max_body_bytes)
+    if translation is not None:
+        body = translation.request(body)
     model = check_model_field(body.get("model"))
     remember_labels(request, model_label(path.resolver.registry, path.control, model))
     spec.check_required(body)
@@ -59,6 +56,8 @@ async def handle(
         call = _call(request, spec, path, principal, body, model, started)
         await lease.wait_upstream()
         response = await path.proxy.forward(call)
+        if translation is not None:
+            response = translation.response(response)
     except BaseException:
         lease.release()
         raise

@@ -3,13 +3,18 @@ a spec registered in a test app is checked, bounded, documented, forwarded and c
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 
 from serving.errors import BadRequest
-from serving.gateway.protocol import ROUTES, RouteSpec
-from serving.gateway.routes import add_route
+from serving.gateway.deps import CallerDep, RequestPathDep
+from serving.gateway.protocol import COMPLETIONS, ROUTES, RouteSpec
+from serving.gateway.routes import add_route, handle
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, dirs, engine, gateway_app  # noqa: F401
 from tests.serving.test_gateway_refusals import request_counts
@@ -24,7 +29,7 @@ NOTES = RouteSpec(
     name="notes",
     path="/v1/notes",
     upstream_path="/v1/completions",  # the fake engine answers any body there
-    id_prefix="note",
+    id_prefix="note-",
     required="note",
     accepts=lambda value: isinstance(value, str) and bool(value.strip()),
     required_error="`note` is required: a non-empty string",
@@ -73,3 +78,43 @@ def test_built_in_routes_are_documented_from_their_specs(dirs) -> None:  # noqa:
         assert body_schema == spec.openapi_body()
         assert body_schema["required"] == ["model", spec.required]
         assert operation["operationId"] == f"{spec.operation}{spec.path.replace('/', '_')}_post"
+
+
+SHOUT = replace(COMPLETIONS, name="shout", path="/v1/shout", id_prefix="shout_")
+
+
+class Shouting:
+    """A client protocol of its own: {"model", "words": [...]} in, {"id", "loud"} out; completions upstream."""
+
+    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"model": body.get("model"), "prompt": body.get("words"), "max_tokens": 3}
+
+    def response(self, response: Response) -> Response:
+        answer = json.loads(bytes(response.body))
+        loud = {"id": answer["id"], "loud": answer["choices"][0]["text"].upper()}
+        return JSONResponse(loud, response.status_code, headers={"X-Loraplane-Adapter": "none"})
+
+
+def test_a_translated_route_is_checked_as_its_upstream_spec(dirs) -> None:  # noqa: F811
+    shout = APIRouter()
+
+    @shout.post("/v1/shout")
+    async def endpoint(request: Request, path: RequestPathDep, principal: CallerDep) -> Response:
+        return await handle(request, SHOUT, path, principal, Shouting())
+
+    with engine() as eng:
+        app = gateway_app(dirs, [eng.url])
+        app.include_router(shout)
+        with GatewayThread(app, free_port()) as gw:
+
+            def post(**body: Any) -> httpx.Response:
+                return httpx.post(f"{gw.url}/v1/shout", json={"model": BASE, **body}, timeout=30)
+
+            assert post(words=7).json()["error"]["param"] == "prompt"  # the upstream spec's check
+            too_many = post(words=["x"] * 65).json()["error"]  # and its limits, on the translated body
+            assert too_many["param"] == "prompt" and "65 prompts" in too_many["message"]
+            answer = post(words=["hello there"])
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["id"].startswith("shout_") and answer.json()["loud"].isupper()
+            counts = request_counts(gw.url)
+            assert counts[("shout", BASE, "none", "2xx")] == 1.0 and counts[("shout", BASE, "none", "4xx")] == 2.0
