@@ -20,7 +20,7 @@ from typing import Any
 
 from serving.config import ServingConfig
 from serving.errors import Conflict, StoreUnavailable
-from serving.experiments import Experiment, ExperimentTable
+from serving.gateway.experiments import Experiment, ExperimentTable
 from serving.metrics import GatewayMetrics
 from serving.registry import AdapterRegistry
 from serving.rollouts.actions import manual_action

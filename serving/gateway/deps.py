@@ -1,6 +1,7 @@
 """Narrow FastAPI dependencies: a route asks for what it uses (the registry snapshot's owner, the
 control plane, the engine pool, the caller; an OpenAI route the request path), never for the whole
-GatewayState (the composition root, serving/gateway/state.py), which only this module reads.
+GatewayState (the composition root, serving/gateway/state.py): only this module and the app's
+error counting (refusals.count_error) read it.
 
     async def load_adapter(name: str, registry: RegistryDep, resolver: ResolverDep, pool: PoolDep): ...
 
@@ -13,15 +14,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
 from serving.gateway.admission import Admission
+from serving.gateway.auth import KeyStore, Principal
 from serving.gateway.control import ControlPlane
+from serving.gateway.pool import EnginePool
+from serving.gateway.ratelimit import Limiter
 from serving.gateway.resolve import Resolver
 from serving.gateway.state import GatewayState, RequestPath
 from serving.metrics import GatewayMetrics
-from serving.pool import EnginePool
-from serving.ratelimit import Limiter
 from serving.registry import AdapterRegistry
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store

@@ -4,7 +4,7 @@
 
 Engines: a request moves to another engine only while nothing was sent to the client, and only
 after a connection failure or timeout (an engine's HTTP answer, a 500 included, is that request's
-answer). Each try holds a lease on its engine (serving/pool.py) from the pick until the answer was
+answer). Each try holds a lease on its engine (serving/gateway/pool.py) from the pick until the answer was
 read or the stream ended, so least-busy routing sees streamed and non-streamed load alike.
 
 Variants: every try's outcome is logged against the variant it ran on (serving/gateway/recorder.py):
@@ -24,7 +24,7 @@ engine is asked to use it too (X-Request-Id), so rewriting a chunk is the except
 
 The hot path uses aiohttp's client (Proxy.session): per proxied request it costs a fraction of
 httpx's CPU time (httpx's pool scans every connection and polls its socket on each request);
-engine control calls (adapter loads, health) keep using httpx (serving/pool.py).
+engine control calls (adapter loads, health) keep using httpx (serving/gateway/pool.py).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from dataclasses import dataclass, replace
 import aiohttp
 from fastapi.responses import JSONResponse, Response
 
-from serving.engine import ENGINE_KEY_ENV
+from serving.engines.process import ENGINE_KEY_ENV
 from serving.errors import AdapterRejected, EngineUnavailable, ServingError
 from serving.gateway.control import ControlPlane
+from serving.gateway.pool import Engine, EngineLease, EnginePool
 from serving.gateway.recorder import Call, FailedBeforeFirstByte, failure_kind
 from serving.gateway.resolve import Resolver, Target
 from serving.gateway.stream import StreamRelay, stream_response
 from serving.metrics import GatewayMetrics
-from serving.pool import Engine, EngineLease, EnginePool
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 

@@ -28,10 +28,10 @@ import httpx
 from fastapi.responses import Response
 
 from serving.errors import AdapterRejected
+from serving.gateway.pool import Engine
 from serving.gateway.protocol import RouteSpec
 from serving.gateway.resolve import Target
 from serving.metrics import GatewayMetrics, status_class
-from serving.pool import Engine
 from serving.store import RequestRecord
 from serving.store.records import ERROR_KINDS
 

@@ -16,9 +16,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from serving.auth import Principal
 from serving.gateway.abkey import random_key, request_key, unit_of
 from serving.gateway.admission import Leased
+from serving.gateway.auth import Principal
 from serving.gateway.deps import CallerDep, ControlDep, RegistryDep, RequestPathDep, StartedAtDep
 from serving.gateway.limits import apply_limits, read_body
 from serving.gateway.openapi import request_body

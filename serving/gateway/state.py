@@ -12,16 +12,15 @@ from dataclasses import dataclass
 import aiohttp
 import httpx
 
-from serving.auth import KeyStore
 from serving.config import ServingConfig
-from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
+from serving.gateway.auth import KeyStore
 from serving.gateway.control import ControlPlane
+from serving.gateway.pool import EnginePool
 from serving.gateway.proxy import Proxy
-from serving.gateway.resolve import Resolver, Target
+from serving.gateway.ratelimit import Limiter, make_limiter
+from serving.gateway.resolve import Resolver
 from serving.metrics import GatewayMetrics
-from serving.pool import EnginePool
-from serving.ratelimit import Limiter, make_limiter
 from serving.registry import AdapterRegistry, read_base
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
@@ -69,14 +68,3 @@ class GatewayState:
         self.path = RequestPath(
             cfg, self.keys, self.limiter, self.admission, self.resolver, self.control, self.proxy, self.metrics
         )
-
-    @property
-    def base_model(self) -> str:
-        return self.base.name
-
-    @property
-    def experiments(self) -> ExperimentTable:
-        return self.control.experiments
-
-    def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
-        return self.resolver.resolve(model, request_key, pinned)
