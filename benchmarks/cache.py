@@ -150,7 +150,7 @@ def start_engine(args: argparse.Namespace, tmp: Path, procs: list, stack: contex
         procs.append(engine)
         return engine_url
     from serving.config import load_config
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
 
     cfg = load_config(None, {"registry.models_dir": str(REPO / "models"), "engine.port": free_port()})
     engine = EngineProcess(cfg, REPO / "models" / REAL_BASE, REAL_BASE, 0, args.out)

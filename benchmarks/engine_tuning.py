@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import BASE_DIR, PROMPTS, REPO, exit_on_sigterm, free_port, stream_chat, write_result
 
 from serving.config import load_config
-from serving.engine import EngineProcess
+from serving.engines.process import EngineProcess
 
 BASE = "smollm2-135m-instruct"
 BIND, RESERVED = "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU"

@@ -45,7 +45,7 @@ from bench_common import (
 
 from fakes.servers import ServerThread
 from serving.config import load_config
-from serving.engine import EngineProcess, choose_dtype
+from serving.engines.process import EngineProcess, choose_dtype
 
 BASE = "smollm2-135m-instruct"
 

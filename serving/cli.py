@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from serving.config import ServingConfig, load_config
-from serving.engine import (
+from serving.engines.process import (
     ENGINE_KEY_ENV,
     EngineProcess,
     check_cpu_lora_plugin,
@@ -146,7 +146,7 @@ def check_servable(cfg: ServingConfig) -> None:
 
     Only where this process starts engines: a gateway-only pod has no vLLM and no GPU of its own.
     """
-    from serving.capabilities import check_base_servable
+    from serving.engines.capabilities import check_base_servable
 
     if cfg.engine.replicas == 0:
         return

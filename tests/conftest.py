@@ -33,7 +33,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The CPU kind at the top of the run: bf16 results depend on it (tests/cpu_kind.py)."""
-    from serving.engine import choose_dtype
+    from serving.engines.process import choose_dtype
     from tests.cpu_kind import cpu_kind
 
     return [f"cpu: {cpu_kind().describe()}; engine dtype auto -> {choose_dtype('auto')}"]
@@ -85,8 +85,8 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> Pa
 
 @pytest.fixture(scope="session")
 def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from serving.auth import hash_key
     from serving.config import load_config
+    from serving.gateway.auth import hash_key
 
     return load_config(
         None,
@@ -104,7 +104,7 @@ def serving_config(adapters_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def engine(serving_config, base_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
 
     proc = EngineProcess(serving_config, base_dir, BASE_NAME, 0, tmp_path_factory.mktemp("engine-logs"))
     with proc.running(600):

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving.capabilities import AVX512_FLAGS, read_cpu_flags
+from serving.engines.capabilities import AVX512_FLAGS, read_cpu_flags
 
 ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from fastapi import Request
 
-from serving.auth import Principal
+from serving.gateway.auth import Principal
 from serving.store.records import UNIT_LEN
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.config import ServingConfig
-from serving.engine import engine_auth_headers
+from serving.engines.process import engine_auth_headers
 from serving.errors import BadRequest, ServingError
 from serving.gateway.admin import admin, ops
 from serving.gateway.exports import exports

@@ -42,8 +42,8 @@ from redis.exceptions import RedisError
 from starlette.responses import AsyncContentStream, Content
 
 from serving.config import CacheConfig, ServingConfig
-from serving.gateway.recorder import Call, answer_text
-from serving.gateway.stream import chunk_text
+from serving.gateway.protocol import RouteSpec
+from serving.gateway.recorder import Call
 from serving.metrics import GatewayMetrics
 
 CACHE_HEADER = "X-Loraplane-Cache"
@@ -277,7 +277,7 @@ def replay(stored: bytes, call: Call) -> Response:
     streamed = bool(call.body.get("stream"))
     call.excluded = "cached"
     if call.answer is not None:  # the experiment or rollout captures bodies
-        call.add_text(_stream_text(body, call.route) if streamed else answer_text(json.loads(body), call.route))
+        call.add_text(_stream_text(body, call.spec) if streamed else call.spec.answer_text(json.loads(body)))
     call.finish(200)
     headers = {**call.headers(None), CACHE_HEADER: "hit"}
     if streamed:
@@ -289,6 +289,6 @@ async def _once(body: bytes) -> AsyncIterator[bytes]:
     yield body
 
 
-def _stream_text(events: bytes, route: str) -> str:
+def _stream_text(events: bytes, spec: RouteSpec) -> str:
     payloads = (line[6:] for line in events.decode().split("\n") if line.startswith("data: {"))
-    return "".join(chunk_text(json.loads(payload), route) for payload in payloads)
+    return "".join(spec.chunk_text(json.loads(payload)) for payload in payloads)

@@ -1,6 +1,10 @@
 """The gateway's view of the control-plane store: a snapshot it polls, the writes admins make,
 and the request log / feedback writer.
 
+Every control-plane write of the gateway's admin API (experiments, stable pointers, rollouts
+started or acted on by hand) goes through a ControlPlane method; the store translates database
+failures (StoreUnavailable, Conflict), and the method then reloads this replica's snapshot.
+
 Every replica polls the store's change counter every `store.poll_interval_s` and reloads the
 snapshot (experiments, stable versions, rollouts) when it moved, so a change made through any
 replica is served by all within 2 s. A replica whose database is down keeps serving from its
@@ -16,10 +20,19 @@ from typing import Any
 
 from serving.config import ServingConfig
 from serving.errors import Conflict, StoreUnavailable
-from serving.experiments import Experiment, ExperimentTable
+from serving.gateway.experiments import Experiment, ExperimentTable
 from serving.metrics import GatewayMetrics
 from serving.registry import AdapterRegistry
-from serving.store import ControlSnapshot, FeedbackJob, FeedbackRecord, RequestRecord, Store, StoreWriter
+from serving.rollouts.actions import manual_action
+from serving.store import (
+    ControlSnapshot,
+    FeedbackJob,
+    FeedbackRecord,
+    RequestRecord,
+    RolloutRecord,
+    Store,
+    StoreWriter,
+)
 
 log = logging.getLogger("loraplane.gateway")
 EMPTY = ControlSnapshot(-1, {}, {}, {})
@@ -142,6 +155,16 @@ class ControlPlane:
                 param="model",
             )
         return await self._write(self.store.set_stable, name, version, actor=actor, reason=reason)
+
+    async def start_rollout(self, record: RolloutRecord, actor: str, reason: str | None) -> RolloutRecord:
+        """Create `record` (audited); Conflict when the name exists or the adapter has an active rollout."""
+        created: RolloutRecord = await self._write(self.store.create_rollout, record, actor=actor, reason=reason)
+        return created
+
+    async def rollout_action(self, name: str, action: str, actor: str, reason: str | None) -> RolloutRecord:
+        """pause | resume | promote | rollback, by hand: one compare-and-set on the rollout (actions.py)."""
+        record: RolloutRecord = await self._write(manual_action, self.store, name, action, actor, reason)
+        return record
 
     async def _write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """A store write off the event loop (the store turns database failures into serving errors),

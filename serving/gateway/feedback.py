@@ -16,8 +16,8 @@ import math
 
 from fastapi import APIRouter, Request
 
-from serving.auth import KeyStore, Principal
 from serving.errors import BadRequest, ServingError
+from serving.gateway.auth import KeyStore, Principal
 from serving.gateway.deps import AdmissionDep, ConfigDep, ControlDep, KeysDep, LimiterDep
 from serving.gateway.limits import read_body
 from serving.store import FeedbackJob

@@ -10,18 +10,22 @@
   score every prompt token), `ignore_eos` a boolean (the output stays within max_tokens),
   `min_tokens` 0..max_tokens.
 
+The route-specific checks are listed by each route's spec (serving/gateway/protocol.py).
 Every refusal is a 400 (413 for the body) naming the parameter and the allowed range.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
 from serving.config import ServingConfig
 from serving.errors import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from serving.gateway.protocol import RouteSpec
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 MAX_N = 4
@@ -73,27 +77,21 @@ def token_cap(cfg: ServingConfig) -> int:
     return min(cfg.gateway.max_tokens_limit, cfg.engine.max_model_len - 1)
 
 
-def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
-    """Check `body` in place against the bounds above; fill in the default max_tokens."""
+def apply_limits(body: dict[str, Any], spec: RouteSpec, cfg: ServingConfig) -> None:
+    """Check `body` in place against the bounds above (the route's own: `spec.limits`);
+    fill in the default max_tokens."""
     cap = token_cap(cfg)
     asked = [_int_in(body, field, 1, cap) for field in ("max_tokens", "max_completion_tokens")]
     if asked == [None, None]:
         body["max_tokens"] = cfg.gateway.default_max_tokens
     max_tokens = min(v for v in [*asked, body.get("max_tokens")] if isinstance(v, int))
-    if route == "chat":
-        check_roles(body["messages"])
     n = _int_in(body, "n", 1, MAX_N) or 1
-    check_choices(prompt_count(body["prompt"]) if route == "completions" else 1, n, cfg)
+    check_choices(spec.prompt_count(body), n, cfg)
     for field, why in REFUSED.items():
         if body.get(field) is not None:
             raise BadRequest(f"`{field}` is refused: {why}", param=field)
-    if route == "chat":
-        if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
-            raise BadRequest(f"`logprobs` must be true or false, got {body['logprobs']!r}", param="logprobs")
-        _int_in(body, "top_logprobs", 0, MAX_LOGPROBS)
-    else:
-        _int_in(body, "logprobs", 0, MAX_LOGPROBS)
-        check_echo(body)
+    for check in spec.limits:
+        check(body)
     for flag in ("ignore_eos", "stream"):
         if body.get(flag) is not None and not isinstance(body[flag], bool):
             raise BadRequest(f"`{flag}` must be true or false, got {body[flag]!r}", param=flag)
@@ -108,14 +106,30 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
     _int_in(body, "min_tokens", 0, max_tokens)
 
 
-def prompt_count(prompt: Any) -> int:
+def one_prompt(body: dict[str, Any]) -> int:
+    """A chat request is one prompt (its `n` still counts)."""
+    return 1
+
+
+def prompt_count(body: dict[str, Any]) -> int:
     """Prompts in a completions `prompt`: a string or a list of token ids is one, a list of
     strings (or of token-id lists) is one per item."""
+    prompt = body["prompt"]
     if isinstance(prompt, str) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
         if not prompt:
             raise BadRequest("`prompt` is empty: send the text (or token ids) to complete", param="prompt")
         return 1
     return len(prompt)
+
+
+def check_chat_logprobs(body: dict[str, Any]) -> None:
+    if body.get("logprobs") is not None and not isinstance(body["logprobs"], bool):
+        raise BadRequest(f"`logprobs` must be true or false, got {body['logprobs']!r}", param="logprobs")
+    _int_in(body, "top_logprobs", 0, MAX_LOGPROBS)
+
+
+def check_completion_logprobs(body: dict[str, Any]) -> None:
+    _int_in(body, "logprobs", 0, MAX_LOGPROBS)
 
 
 def check_choices(prompts: int, n: int, cfg: ServingConfig) -> None:
@@ -140,8 +154,8 @@ def check_echo(body: dict[str, Any]) -> None:
         )
 
 
-def check_roles(messages: list[Any]) -> None:
-    for i, message in enumerate(messages):
+def check_roles(body: dict[str, Any]) -> None:
+    for i, message in enumerate(body["messages"]):
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object with `role` and `content`", param=f"messages[{i}]")
         role = message.get("role")

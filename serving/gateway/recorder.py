@@ -3,10 +3,10 @@
 A `Call` owns what the gateway counts and logs for that try: its response id, its metrics
 (requests, latency, TTFT, tokens) and its request-log record, written exactly once by `finish`.
 
-Response ids are the gateway's: every call issues `chatcmpl-<uuid hex>` (chat),
-`cmpl-<uuid hex>` (completions) or `resp_<uuid hex>` (responses) before anything is forwarded, and
-the proxy puts that id into every response and stream chunk the client gets, whatever id the
-engine chose. Id fields in the client's body (`request_id`, from which vLLM would build the
+Response ids are the gateway's: every call issues `<spec.id_prefix><uuid hex>` (`chatcmpl-...`
+for chat, `cmpl-...` for completions, `resp_...` for responses: serving/gateway/protocol.py) before
+anything is forwarded, and the proxy puts that id into every response and stream chunk the client
+gets, whatever id the engine chose. Id fields in the client's body (`request_id`, from which vLLM would build the
 response id) are never forwarded.
 
 The outcome says what the try means for the variant that was chosen (records.OUTCOMES): only an
@@ -28,15 +28,13 @@ import httpx
 from fastapi.responses import Response
 
 from serving.errors import AdapterRejected
+from serving.gateway.pool import Engine
+from serving.gateway.protocol import RouteSpec
 from serving.gateway.resolve import Target
 from serving.metrics import GatewayMetrics, status_class
-from serving.pool import Engine
 from serving.store import RequestRecord
 from serving.store.records import ERROR_KINDS
 
-# OpenAI's (and vLLM's) response id prefixes; a Responses call is a chat call upstream (gateway/responses.py)
-ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-", "responses": "resp_"}
-UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/chat/completions"}
 # Body fields a client may not choose: vLLM builds the response id from `request_id`, and
 # `kv_transfer_params` names other requests' KV caches (disaggregated prefill).
 CLIENT_ID_FIELDS = ("request_id", "kv_transfer_params")
@@ -48,14 +46,6 @@ def upstream_body(body: dict, upstream_model: str) -> dict:
     out = {k: v for k, v in body.items() if k not in CLIENT_ID_FIELDS}
     out["model"] = upstream_model
     return out
-
-
-def answer_text(payload: dict, route: str) -> str:
-    """The first choice's text of a non-streamed answer (what a call captures with `capture: bodies`)."""
-    choices = payload.get("choices") or [{}]
-    if route != "completions":  # chat, and responses (a chat call upstream)
-        return str((choices[0].get("message") or {}).get("content") or "")
-    return str(choices[0].get("text") or "")
 
 
 class FailedBeforeFirstByte(Exception):
@@ -92,7 +82,7 @@ def outcome_of(status: int, error_kind: str | None) -> str:
 
 @dataclass
 class Call:
-    route: str  # "chat" | "completions" | "responses" (a chat call upstream)
+    spec: RouteSpec  # the route's protocol: its label, id prefix, upstream path
     body: dict  # what is sent upstream (upstream_body)
     target: Target
     started: float  # perf_counter() when the request arrived (a fallback keeps its request's)
@@ -110,20 +100,24 @@ class Call:
     logged: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.response_id = f"{ID_PREFIX[self.route]}{uuid.uuid4().hex}"
+        self.response_id = f"{self.spec.id_prefix}{uuid.uuid4().hex}"
         if self.excluded is None and self.target.pinned:
             self.excluded = "pinned"
         if self.target.capture_bodies:
             self.answer = []
 
     @property
+    def route(self) -> str:
+        return self.spec.name
+
+    @property
     def path(self) -> str:
-        return UPSTREAM_PATH[self.route]
+        return self.spec.upstream_path
 
     @property
     def engine_request_id(self) -> str:
         """Sent as X-Request-Id: vLLM then builds the very id the gateway issued."""
-        return self.response_id.removeprefix(ID_PREFIX[self.route])
+        return self.response_id.removeprefix(self.spec.id_prefix)
 
     @property
     def labels(self) -> tuple[str, str]:

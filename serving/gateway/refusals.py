@@ -2,22 +2,23 @@
 (401/403/404/413/422/429/503...), so load shedding shows on the dashboard.
 
 The proxy counts the answers it relays; the app's exception handlers call `count_error` for
-everything else. Labels stay bounded: the route from a fixed table ("other" for any other
-path), the model only when it names the base, an adapter in the registry or an experiment
-("unknown" otherwise), the variant once one was chosen ("none" before).
+everything else. Labels stay bounded: the route a spec's name (remembered by routes.handle) or
+from a fixed table ("other" for any other path), the model only when it names the base, an
+adapter in the registry or an experiment ("unknown" otherwise), the variant once one was chosen ("none" before).
 """
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from serving.gateway.state import GatewayState
+from serving.gateway.control import ControlPlane
+from serving.gateway.protocol import ROUTES as PROXIED
 from serving.metrics import status_class
+from serving.registry import AdapterRegistry
 
 ROUTES = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/responses": "responses",
+    **{spec.path: spec.name for spec in PROXIED},
+    "/v1/responses": "responses",  # served as a chat call (serving/gateway/responses.py)
     "/v1/models": "models",
     "/v1/feedback": "feedback",
     "/health": "health",
@@ -26,20 +27,31 @@ ROUTES = {
 UNKNOWN = "unknown"
 
 
-def route_label(path: str) -> str:
+def route_label(request: Request) -> str:
+    """The label handle() remembered for its spec, else the path's from the table."""
+    remembered = getattr(request.state, "route_label", None)
+    if remembered is not None:
+        return remembered
+    path = request.url.path
     return ROUTES.get(path) or ("admin" if path.startswith("/admin/") else "other")
 
 
-def model_label(state: GatewayState, model: str) -> str:
+def model_label(registry: AdapterRegistry, control: ControlPlane, model: str) -> str:
     """`model`'s label if it names something this gateway serves, else "unknown"."""
     name = model.split("@")[0]
-    if name == state.base_model or name in state.experiments or state.registry.has(name):
+    if name == registry.base.name or name in control.experiments or registry.has(name):
         return name
     return UNKNOWN
 
 
-def remember_labels(request: Request, model: str, variant: str = "none") -> None:
-    request.state.metric_labels = (model, variant)
+def remember_labels(
+    request: Request, model: str | None = None, variant: str = "none", route: str | None = None
+) -> None:
+    """What count_error labels a refusal of this request with: its route (a spec's name), model, variant."""
+    if route is not None:
+        request.state.route_label = route
+    if model is not None:
+        request.state.metric_labels = (model, variant)
 
 
 def count_error(request: Request, status: int) -> None:
@@ -47,4 +59,4 @@ def count_error(request: Request, status: int) -> None:
     if state is None:  # not started (lifespan not run)
         return
     model, variant = getattr(request.state, "metric_labels", (UNKNOWN, "none"))
-    state.metrics.requests.labels(route_label(request.url.path), model, variant, status_class(status)).inc()
+    state.metrics.requests.labels(route_label(request), model, variant, status_class(status)).inc()

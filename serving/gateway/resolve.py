@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serving.errors import NotFound
-from serving.experiments import assign_variant
 from serving.gateway.control import ControlPlane
+from serving.gateway.experiments import assign_variant
 from serving.registry import AdapterRef, AdapterRegistry, RegistrySnapshot, parse_model_name
 
 

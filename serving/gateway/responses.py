@@ -21,6 +21,7 @@ serving/gateway/responses_stream.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -30,8 +31,10 @@ from fastapi.responses import Response, StreamingResponse
 
 from serving.config import ServingConfig
 from serving.errors import BadRequest
+from serving.gateway.deps import CallerDep, RequestPathDep
 from serving.gateway.limits import token_cap
 from serving.gateway.openapi import RESPONSES_BODY, request_body
+from serving.gateway.protocol import CHAT
 from serving.gateway.responses_stream import (
     ResponsesStream,
     function_call_item,
@@ -40,7 +43,6 @@ from serving.gateway.responses_stream import (
     usage_of,
 )
 from serving.gateway.routes import handle
-from serving.gateway.state import PrincipalDep, StateDep
 
 router = APIRouter()
 
@@ -270,8 +272,12 @@ class ResponsesTranslation:
         return response
 
 
+# A chat call upstream: the chat spec's checks, limits and answer reading apply to the translated body.
+RESPONSES = dataclasses.replace(CHAT, name="responses", path="/v1/responses", id_prefix="resp_")
+
+
 @router.post("/v1/responses", openapi_extra=request_body(RESPONSES_BODY))
-async def responses(request: Request, state: StateDep, principal: PrincipalDep) -> Response:
+async def responses(request: Request, path: RequestPathDep, principal: CallerDep) -> Response:
     """OpenAI's Responses API (stateless), served as a chat call: model resolution, A/B, rollouts,
     limits, the request log (route "responses") and feedback by the returned `resp_...` id."""
-    return await handle(request, state, principal, "responses", ResponsesTranslation(state.cfg))
+    return await handle(request, RESPONSES, path, principal, ResponsesTranslation(path.cfg))

@@ -12,6 +12,9 @@ POST /admin/rollouts/{name}/{action}        pause | resume | promote | rollback,
                                             again; 409 saying why when it cannot: actions.py)
 GET  /admin/rollouts/{name}/captures        captured bodies with their scores (for export;
                                             ?label_source=user|grader:NAME; train_opt_out keys left out)
+
+Writes (start, actions) go through the ControlPlane (serving/gateway/control.py), which reloads
+this replica's snapshot after each; reads go to the store directly.
 """
 
 from __future__ import annotations
@@ -22,17 +25,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
 
-from serving.config import ADAPTER_NAME_RE
+from serving.config import ADAPTER_NAME_RE, ServingConfig
 from serving.errors import BadRequest, NotFound, StoreUnavailable
 from serving.gateway.admin import require_admin
+from serving.gateway.deps import ConfigDep, ControlDep, EvaluatorDep, RegistryDep, StoreDep
 from serving.gateway.exports import captures, check_label_source, opted_out_keys
-from serving.gateway.state import GatewayState, StateDep
-from serving.registry import parse_model_name
-from serving.rollouts.actions import manual_action, new_rollout
+from serving.registry import AdapterRegistry, parse_model_name
+from serving.rollouts.actions import new_rollout
+from serving.rollouts.evaluator import Evaluator
 from serving.rollouts.policy import MANUAL, GuardSpec
 from serving.rollouts.report import finite, read_rollout
 from serving.rollouts.shadow import shadow_percent
-from serving.store import RolloutRecord
+from serving.store import RolloutRecord, Store
 from serving.store.records import USER_SOURCE
 
 rollouts = APIRouter(prefix="/admin/rollouts", dependencies=[Depends(require_admin)])
@@ -41,16 +45,17 @@ SPEC_FIELDS = ("steps", "min_samples", "interval_s", "alpha", "promote_when", "m
 
 
 async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """A store call off the event loop (the store raises StoreUnavailable / Conflict, never SQLAlchemy's errors)."""
+    """A store read off the event loop (the store raises StoreUnavailable / Conflict, never SQLAlchemy's
+    errors). Writes go through the ControlPlane, which also reloads this replica's snapshot."""
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
-def _target(state: GatewayState, value: Any, field: str) -> str:
+def _target(registry: AdapterRegistry, value: Any, field: str) -> str:
     if not isinstance(value, str) or "@" not in value:
         raise BadRequest(f"`{field}` must be ADAPTER@vN, got {value!r}", param=field)
     name, version = parse_model_name(value)
-    ref = state.registry.resolve_fresh(name, version)  # 404 naming the unknown adapter or version
-    state.registry.validate(ref)  # 422 for a version that cannot be served
+    ref = registry.resolve_fresh(name, version)  # 404 naming the unknown adapter or version
+    registry.validate(ref)  # 422 for a version that cannot be served
     return ref.key
 
 
@@ -67,9 +72,9 @@ def _guards(value: Any) -> tuple[GuardSpec, ...] | None:
     raise BadRequest(f"`guards` must be a list like ['error_rate:0.01'] or a mapping, got {value!r}", param="guards")
 
 
-def _check_graders(state: GatewayState, guards: tuple[GuardSpec, ...] | None) -> None:
+def _check_graders(cfg: ServingConfig, guards: tuple[GuardSpec, ...] | None) -> None:
     """A grader guard must name a configured grader: its scores would never come otherwise."""
-    known = {g.name for g in state.cfg.graders}
+    known = {g.name for g in cfg.graders}
     for guard in guards or ():
         if guard.grader is not None and guard.grader not in known:
             names = ", ".join(sorted(known)) or "none are configured"
@@ -80,23 +85,31 @@ def _check_graders(state: GatewayState, guards: tuple[GuardSpec, ...] | None) ->
 
 
 @rollouts.post("/{name}")
-async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()]) -> JSONResponse:
+async def start_rollout(
+    name: str,
+    cfg: ConfigDep,
+    registry: RegistryDep,
+    control_plane: ControlDep,
+    store: StoreDep,
+    evaluator: EvaluatorDep,
+    body: Annotated[dict, Body()],
+) -> JSONResponse:
     if not ADAPTER_NAME_RE.match(name):
         raise BadRequest(f"rollout name {name!r} must match {ADAPTER_NAME_RE.pattern}", param="name")
-    candidate = _target(state, body.get("candidate"), "candidate")
+    candidate = _target(registry, body.get("candidate"), "candidate")
     adapter = candidate.partition("@")[0]
-    control_value = body.get("control") or f"{adapter}@{state.control.stable_version(adapter)}"
-    control = _target(state, control_value, "control")
+    control_value = body.get("control") or f"{adapter}@{control_plane.stable_version(adapter)}"
+    control = _target(registry, control_value, "control")
     overrides: dict[str, Any] = {k: body.get(k) for k in SPEC_FIELDS}
     if overrides["steps"] is not None:
         overrides["steps"] = tuple(overrides["steps"])
     overrides["guards"] = _guards(body.get("guards"))
-    _check_graders(state, overrides["guards"])
+    _check_graders(cfg, overrides["guards"])
     capture = body.get("capture", "none")
     if capture not in ("none", "bodies"):
         raise BadRequest(f"`capture` must be 'none' or 'bodies', got {capture!r}", param="capture")
     try:
-        spec = state.cfg.rollouts.spec(**overrides)
+        spec = cfg.rollouts.spec(**overrides)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"rollout {name!r}: {exc}") from None
     shadow = body.get("shadow")
@@ -104,67 +117,72 @@ async def start_rollout(name: str, state: StateDep, body: Annotated[dict, Body()
         shadow = None if shadow is None else shadow_percent(shadow)
     except ValueError as exc:
         raise BadRequest(str(exc), param="shadow") from None
-    record = new_rollout(name, candidate, control, spec, capture, state.store.clock(), shadow)
-    created = await _db(state.store.create_rollout, record, actor=ACTOR, reason=body.get("reason"))  # 409
-    await state.control.refresh()
-    return JSONResponse(await _report(state, created), status_code=201)
+    record = new_rollout(name, candidate, control, spec, capture, store.clock(), shadow)
+    created = await control_plane.start_rollout(record, actor=ACTOR, reason=body.get("reason"))  # 409
+    return JSONResponse(await _report(store, evaluator, created), status_code=201)
 
 
 @rollouts.get("")
-async def list_rollouts(state: StateDep) -> dict:
-    records = await _db(state.store.list_rollouts)
+async def list_rollouts(store: StoreDep, evaluator: EvaluatorDep) -> dict:
+    records = await _db(store.list_rollouts)
     out = []
     for r in records:
-        shown, reason = state.evaluator.effective_state(r)
+        shown, reason = evaluator.effective_state(r)
         out.append({"name": r.name, "adapter": r.adapter, "state": shown, "reason": reason, "weights": r.weights})
     return {"data": out}
 
 
-async def _report(state: GatewayState, rollout: RolloutRecord) -> dict:
-    report = dict((await _db(read_rollout, state.store, rollout)).report)
-    report["state"], report["reason"] = state.evaluator.effective_state(rollout)
-    report["evaluator"] = {"leader": state.evaluator.leader, "holder": state.evaluator.holder}
+async def _report(store: Store, evaluator: Evaluator, rollout: RolloutRecord) -> dict:
+    report = dict((await _db(read_rollout, store, rollout)).report)
+    report["state"], report["reason"] = evaluator.effective_state(rollout)
+    report["evaluator"] = {"leader": evaluator.leader, "holder": evaluator.holder}
     return report
 
 
 @rollouts.get("/{name}")
-async def rollout_status(name: str, state: StateDep) -> dict:
+async def rollout_status(name: str, store: StoreDep, control: ControlDep, evaluator: EvaluatorDep) -> dict:
     try:
-        rollout = await _db(state.store.get_rollout, name)
+        rollout = await _db(store.get_rollout, name)
     except StoreUnavailable:  # the database is down: what this replica last saw, paused
-        rollout = state.control.snapshot.rollouts.get(name)
+        rollout = control.snapshot.rollouts.get(name)
         if rollout is None:
             raise
-        shown, reason = state.evaluator.effective_state(rollout)
+        shown, reason = evaluator.effective_state(rollout)
         last = {"name": name, "state": shown, "reason": reason, "step": rollout.step, "weights": rollout.weights}
         return finite(last)
     if rollout is None:
         raise NotFound(f"rollout {name!r} does not exist; GET /admin/rollouts lists them", param="name")
-    return await _report(state, rollout)
+    return await _report(store, evaluator, rollout)
 
 
 @rollouts.post("/{name}/{action}")
-async def rollout_action(name: str, action: str, state: StateDep, body: Annotated[dict | None, Body()] = None) -> dict:
+async def rollout_action(
+    name: str,
+    action: str,
+    store: StoreDep,
+    control: ControlDep,
+    evaluator: EvaluatorDep,
+    body: Annotated[dict | None, Body()] = None,
+) -> dict:
     if action not in MANUAL:
         raise NotFound(f"unknown rollout action {action!r}; actions: {', '.join(MANUAL)}", param="action")
     reason = (body or {}).get("reason")
     if reason is not None and not isinstance(reason, str):
         raise BadRequest(f"`reason` must be a string, got {reason!r}", param="reason")
-    record = await _db(manual_action, state.store, name, action, ACTOR, reason)
-    await state.control.refresh()
-    return await _report(state, record)
+    record = await control.rollout_action(name, action, actor=ACTOR, reason=reason)
+    return await _report(store, evaluator, record)
 
 
 @rollouts.get("/{name}/captures")
-async def rollout_captures(name: str, state: StateDep, label_source: str = USER_SOURCE) -> dict:
+async def rollout_captures(name: str, cfg: ConfigDep, store: StoreDep, label_source: str = USER_SOURCE) -> dict:
     """Captured request/response bodies of the rollout's requests, each with the score its label
     source (user feedback, or grader:NAME) gave it (or None); requests by train_opt_out keys are
     left out and counted (`opted_out`)."""
-    source = check_label_source(state.cfg, label_source)
-    rollout = await _db(state.store.get_rollout, name)
+    source = check_label_source(cfg, label_source)
+    rollout = await _db(store.get_rollout, name)
     if rollout is None:
         raise NotFound(f"rollout {name!r} does not exist", param="name")
-    requests = await _db(state.store.requests, rollout=name, limit=state.cfg.rollouts.max_requests)
-    scores = {f.response_id: f.score for f in await _db(state.store.feedback, rollout=name, source=source)}
-    data, opted_out = captures(requests, scores, opted_out_keys(state.cfg))
+    requests = await _db(store.requests, rollout=name, limit=cfg.rollouts.max_requests)
+    scores = {f.response_id: f.score for f in await _db(store.feedback, rollout=name, source=source)}
+    data, opted_out = captures(requests, scores, opted_out_keys(cfg))
     return {"rollout": name, "capture": rollout.capture, "label_source": source, "data": data, "opted_out": opted_out}

@@ -30,7 +30,7 @@ from serving.rollouts.shadow import SHADOW_STEP
 from serving.store.shadow import SHADOW
 
 if TYPE_CHECKING:
-    from serving.gateway.state import GatewayState
+    from serving.gateway.state import RequestPath
 
 log = logging.getLogger("loraplane.shadow")
 
@@ -44,42 +44,42 @@ class ShadowMirror:
         self.in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def after(self, state: GatewayState, call: Call) -> None:
+    def after(self, path: RequestPath, call: Call) -> None:
         """Called once the live request was forwarded: mirror it to the candidate when its rollout is
         in the shadow stage, the draw says so, and the gateway has room. Never raises, never waits."""
         target = call.target
         if target.rollout is None or target.step != SHADOW_STEP or call.excluded is not None:
             return
-        rollout = state.control.snapshot.rollouts.get(target.rollout)
+        rollout = path.control.snapshot.rollouts.get(target.rollout)
         if rollout is None or rollout.state != "running" or rollout.step != SHADOW_STEP:
             return
         if self.rng() * 100 >= float(rollout.config.get("shadow") or 0):
             return
-        counter = state.metrics.shadow_requests
-        limit = self.share * state.cfg.gateway.max_in_flight
-        if state.admission.in_flight + self.in_flight >= limit:
+        counter = path.metrics.shadow_requests
+        limit = self.share * path.cfg.gateway.max_in_flight
+        if path.admission.in_flight + self.in_flight >= limit:
             counter.labels(rollout.name, "dropped").inc()
             return
         try:  # in memory; the candidate was validated when the rollout started
-            ref = state.resolve(rollout.candidate, "", None).ref
+            ref = path.resolver.resolve(rollout.candidate, "", None).ref
         except ServingError as exc:
             counter.labels(rollout.name, "dropped").inc()
             log.warning("shadow: cannot mirror to %s: %s", rollout.candidate, exc)
             return
         counter.labels(rollout.name, "mirrored").inc()
         mirror = Call(
-            call.route,
+            call.spec,
             {**call.body, "model": rollout.candidate},
             replace(target, ref=ref, upstream_model=rollout.candidate, pinned=False),
             time.perf_counter(),  # its TTFT counts from when the mirror started
-            state.metrics,
+            path.metrics,
             call.log,
             key_name=call.key_name,
             unit=call.unit,
             excluded=SHADOW,
         )
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(state, mirror))
+        task = asyncio.get_running_loop().create_task(self._run(path, mirror))
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -87,12 +87,9 @@ class ShadowMirror:
         self._tasks.discard(task)
         self.in_flight -= 1
 
-    async def _run(self, state: GatewayState, call: Call) -> None:
-        # proxy imports the gateway state, which holds this mirror: imported when first used
-        from serving.gateway.proxy import _try as try_call
-
+    async def _run(self, path: RequestPath, call: Call) -> None:
         try:
-            response = await try_call(state, call)  # no fallback: the candidate's answer is what is measured
+            response = await path.proxy.try_once(call)  # no fallback: the candidate's answer is what is measured
             if isinstance(response, RelayResponse):  # read the stream to its end: that logs it
                 try:
                     async for _ in response.relay.events():

@@ -1,30 +1,51 @@
-"""What one gateway app holds: config, registry, experiments, engines, keys, metrics."""
+"""What one gateway app holds: config, registry, experiments, engines, keys, metrics.
+
+`GatewayState` is the composition root: `create_app`'s lifespan builds it and routes never take it;
+they ask serving/gateway/deps.py for the part they use. `RequestPath` is the part an OpenAI route
+uses: the services one request passes through (admit -> resolve -> forward -> log)."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from dataclasses import dataclass
 
 import aiohttp
 import httpx
-from fastapi import Depends, Request
 
-from serving.auth import KeyStore, Principal
 from serving.config import ServingConfig
-from serving.experiments import ExperimentTable
 from serving.gateway.admission import Admission
+from serving.gateway.auth import KeyStore
 from serving.gateway.budgets import Budgets
 from serving.gateway.cache import ResponseCache
 from serving.gateway.control import ControlPlane
-from serving.gateway.resolve import Resolver, Target
+from serving.gateway.pool import EnginePool
+from serving.gateway.proxy import Proxy
+from serving.gateway.ratelimit import Limiter, make_limiter
+from serving.gateway.resolve import Resolver
 from serving.gateway.shadow import ShadowMirror
 from serving.graders.queue import Grading
 from serving.metrics import GatewayMetrics
-from serving.pool import EnginePool
-from serving.ratelimit import make_limiter
 from serving.registry import AdapterRegistry, read_base
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """The services an OpenAI request passes through, in order (serving/gateway/routes.handle)."""
+
+    cfg: ServingConfig
+    keys: KeyStore  # authorize the model, check a pin
+    limiter: Limiter  # the key's rate
+    budgets: Budgets  # the key's daily tokens (checked before admission, counted from the log record)
+    admission: Admission  # in flight, upstream slots
+    resolver: Resolver  # model -> variant -> Target
+    control: ControlPlane  # experiments (A/B keys), the request log
+    cache: ResponseCache  # deterministic answers already given (off unless cache.enabled)
+    proxy: Proxy  # engines, fallback, relay
+    shadow: ShadowMirror  # a rollout's shadow stage: mirrors to the candidate after the answer
+    grading: Grading  # graders score captured answers off the request path
+    metrics: GatewayMetrics
 
 
 class GatewayState:
@@ -56,28 +77,18 @@ class GatewayState:
         # Graders score captured answers off the request path (serving/graders/queue.py).
         self.grading = Grading.from_config(cfg, self.metrics, self.control.writer.offer_score)
         self.shadow = ShadowMirror(cfg.rollouts.shadow_max_in_flight_share)  # rollouts' shadow stage
-
-    @property
-    def base_model(self) -> str:
-        return self.base.name
-
-    @property
-    def experiments(self) -> ExperimentTable:
-        return self.control.experiments
-
-    def resolve(self, model: str, request_key: str, pinned: str | None) -> Target:
-        return self.resolver.resolve(model, request_key, pinned)
-
-
-# Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, two thread hops per request.
-async def get_state(request: Request) -> GatewayState:
-    return request.app.state.gateway
-
-
-async def get_principal(request: Request) -> Principal:
-    state: GatewayState = request.app.state.gateway
-    return state.keys.authenticate(request.headers.get("authorization"))
-
-
-StateDep = Annotated[GatewayState, Depends(get_state)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+        self.proxy = Proxy(self.resolver, self.control, self.pool, session, self.metrics)
+        self.path = RequestPath(
+            cfg,
+            self.keys,
+            self.limiter,
+            self.budgets,
+            self.admission,
+            self.resolver,
+            self.control,
+            self.cache,
+            self.proxy,
+            self.shadow,
+            self.grading,
+            self.metrics,
+        )

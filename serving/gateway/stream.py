@@ -28,19 +28,7 @@ from serving.errors import EngineUnavailable, ServingError
 from serving.gateway.recorder import CLIENT_CLOSED, Call, FailedBeforeFirstByte, failure_kind
 from serving.metrics import GatewayMetrics
 
-CONTENT_FIELD = {"chat": ("delta", "content"), "completions": ("text",), "responses": ("delta", "content")}
 READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueError: a malformed event
-
-
-def chunk_text(chunk: dict, route: str) -> str:
-    """The text a chunk carries (first choice with content)."""
-    for choice in chunk.get("choices") or []:
-        node = choice
-        for key in CONTENT_FIELD[route]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if node:
-            return str(node)
-    return ""
 
 
 def _engine_error(chunk: dict) -> tuple[int, str] | None:
@@ -159,7 +147,7 @@ class StreamRelay:
                 if not chunk.get("choices"):
                     return None
                 chunk["usage"], dirty = None, True
-        text = chunk_text(chunk, call.route)
+        text = call.spec.chunk_text(chunk)
         call.add_text(text)
         if text and call.ttft_s is None:
             call.first_token()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serving.auth import KeyStore, RateLimiter, hash_key
 from serving.config import AuthConfig, KeyConfig, load_config
 from serving.errors import ConfigError, Forbidden, RateLimited, Unauthorized
+from serving.gateway.auth import KeyStore, RateLimiter, hash_key
 
 
 def store() -> KeyStore:

@@ -17,9 +17,9 @@ import openai
 import pytest
 import redis
 
-from serving.auth import hash_key
 from serving.config import load_config
 from serving.errors import StoreUnavailable
+from serving.gateway.auth import hash_key
 from serving.gateway.budgets import Budgets, next_midnight
 from serving.metrics import GatewayMetrics
 from serving.usage_cli import main as usage_main

@@ -16,8 +16,8 @@ import openai
 import pytest
 
 from fakes.servers import free_port, wait_for
-from serving.auth import hash_key
 from serving.config import CacheConfig
+from serving.gateway.auth import hash_key
 from serving.gateway.cache import LocalCache
 from serving.metrics import GatewayMetrics
 from tests.conftest import GatewayThread

@@ -1,4 +1,4 @@
-"""serving/capabilities.py: can this machine serve this base, decided from the machine at start."""
+"""serving/engines/capabilities.py: can this machine serve this base, decided from the machine at start."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.capabilities import (
+from serving.engines.capabilities import (
     AVX512_FLAGS,
     Machine,
     check_base_servable,
@@ -120,7 +120,7 @@ def test_real_machine_check_matches_its_flags(tmp_path: Path) -> None:
 def test_detection_imports_no_torch(tmp_path: Path) -> None:
     make_base(tmp_path / "q", W4A16, "gptq")
     probe = (
-        "import sys; from pathlib import Path; from serving import capabilities as c\n"
+        "import sys; from pathlib import Path; from serving.engines import capabilities as c\n"
         "try: c.check_base_servable(Path(sys.argv[1]), True)\n"
         "except c.ConfigError: pass\n"
         "print(','.join(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))"

@@ -11,7 +11,7 @@ import httpx
 import sqlalchemy as sa
 
 from fakes.servers import wait_for
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from serving.store import Store
 from serving.store.connect import create_db_engine
 from tests.conftest import GatewayThread, free_port

@@ -15,7 +15,7 @@ import pytest
 
 from fakes.servers import free_port
 from serving.cli import start_engines
-from serving.engine import ENGINE_KEY_ENV
+from serving.engines.process import ENGINE_KEY_ENV
 from serving.gateway.app import create_app
 from tests.conftest import ADAPTER, GatewayThread
 

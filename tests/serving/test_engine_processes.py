@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from fakes.servers import free_port
-from serving.engine import port_in_use
+from serving.engines.process import port_in_use
 from tests.conftest import BASE_NAME, REPO
 
 # A fake engine: listens on its port, spawns a child that ignores SIGTERM (so only SIGKILL ends
@@ -41,9 +41,9 @@ time.sleep(600)
 # `serve` stand-in: the real EngineProcess.start() with the fake engine's command line.
 SERVE = """
 import sys, time
-import serving.engine as engine_module
+import serving.engines.process as engine_module
 from serving.config import load_config
-from serving.engine import EngineProcess
+from serving.engines.process import EngineProcess
 from pathlib import Path
 engine_module.REAPER_GRACE_S = 1.0
 port, pids, logs = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -120,7 +120,7 @@ def test_sigkilled_serve_takes_its_fake_engine_tree_with_it(tmp_path: Path) -> N
 def test_engine_that_crashes_leaves_no_child_and_reports_its_code(tmp_path: Path) -> None:
     """The reaper exits with the engine's own code (the supervisor restarts it) and ends its child."""
     from serving.config import load_config
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
 
     core_pid = tmp_path / "core.pid"
     crash = (
@@ -140,7 +140,7 @@ def test_engine_that_crashes_leaves_no_child_and_reports_its_code(tmp_path: Path
 
 
 def test_stop_ends_the_engine_tree_even_a_child_that_ignores_sigterm(tmp_path: Path, monkeypatch) -> None:
-    import serving.engine as engine_module
+    import serving.engines.process as engine_module
     from serving.config import load_config
 
     monkeypatch.setattr(engine_module, "REAPER_GRACE_S", 1.0)

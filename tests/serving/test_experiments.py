@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import chisquare
 
 from serving.errors import NotFound
-from serving.experiments import Experiment, ExperimentTable, assign_variant
+from serving.gateway.experiments import Experiment, ExperimentTable, assign_variant
 
 VARIANTS = {"support-bot@v1": 90, "support-bot@v2": 10}
 

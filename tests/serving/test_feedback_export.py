@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from serving.rollouts import feedback_cli
 from tests.conftest import GatewayThread
 from tests.serving import test_gateway_faults as faults

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from tests.conftest import GatewayThread
 from tests.serving.test_gateway_faults import BASE, chat, dirs, engine, gateway_app  # noqa: F401
 

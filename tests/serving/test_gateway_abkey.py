@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_gateway_faults import chat, dirs, engine, gateway_app  # noqa: F401
 

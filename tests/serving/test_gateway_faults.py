@@ -18,10 +18,10 @@ from fastapi.responses import StreamingResponse
 
 from fakes.engine import MockSettings
 from fakes.engine import create_app as mock_engine_app
-from serving.auth import hash_key
 from serving.config import load_config
 from serving.gateway.app import create_app
-from serving.pool import Engine
+from serving.gateway.auth import hash_key
+from serving.gateway.pool import Engine
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_registry import make_adapter
 

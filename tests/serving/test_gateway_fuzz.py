@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, dirs, engine, gateway_app  # noqa: F401
 

@@ -8,6 +8,7 @@ import pytest
 from serving.config import load_config
 from serving.errors import BadRequest
 from serving.gateway.limits import apply_limits
+from serving.gateway.protocol import CHAT, COMPLETIONS
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, MSG, chat, dirs, engine, gateway_app  # noqa: F401
 
@@ -40,7 +41,7 @@ def body(**extra) -> dict:
 )
 def test_refused_parameters_name_themselves(extra: dict, param: str) -> None:
     with pytest.raises(BadRequest) as info:
-        apply_limits(body(**extra), "chat", load_config(None))
+        apply_limits(body(**extra), CHAT, load_config(None))
     assert info.value.param == param and param.split("[")[0] in info.value.message
 
 
@@ -61,7 +62,7 @@ def completion(**extra) -> dict:
 )
 def test_completions_bounds_name_the_value_and_the_limit(extra: dict, param: str, named: str) -> None:
     with pytest.raises(BadRequest) as info:
-        apply_limits(completion(**extra), "completions", load_config(None))
+        apply_limits(completion(**extra), COMPLETIONS, load_config(None))
     assert info.value.param == param and named in info.value.message
     if "choices" in named:
         assert "gateway.max_choices_per_request (64)" in info.value.message
@@ -69,12 +70,12 @@ def test_completions_bounds_name_the_value_and_the_limit(extra: dict, param: str
 
 def test_choice_cap_is_configured() -> None:
     cfg = load_config(None, {"gateway.max_choices_per_request": 200})
-    apply_limits(completion(prompt=["x"] * 50, n=4), "completions", cfg)  # 200 choices: allowed
-    apply_limits(completion(prompt=[1, 2, 3], n=4, echo=True), "completions", cfg)  # token ids: one prompt
+    apply_limits(completion(prompt=["x"] * 50, n=4), COMPLETIONS, cfg)  # 200 choices: allowed
+    apply_limits(completion(prompt=[1, 2, 3], n=4, echo=True), COMPLETIONS, cfg)  # token ids: one prompt
     with pytest.raises(BadRequest, match="201 choices"):
         apply_limits(
             completion(prompt=["x"] * 67, n=3),
-            "completions",
+            COMPLETIONS,
             load_config(None, {"gateway.max_choices_per_request": 200}),
         )
 
@@ -82,19 +83,19 @@ def test_choice_cap_is_configured() -> None:
 def test_defaults_and_allowed_values() -> None:
     cfg = load_config(None, {"gateway.default_max_tokens": 64})
     filled = body()
-    apply_limits(filled, "chat", cfg)
+    apply_limits(filled, CHAT, cfg)
     assert filled["max_tokens"] == 64
     ok = body(max_tokens=1024, n=4, logprobs=True, top_logprobs=5, ignore_eos=True, min_tokens=1024)
-    apply_limits(ok, "chat", cfg)
+    apply_limits(ok, CHAT, cfg)
     completion = {"model": BASE, "prompt": "hi", "logprobs": 5, "max_completion_tokens": 8}
-    apply_limits(completion, "completions", cfg)
+    apply_limits(completion, COMPLETIONS, cfg)
     assert "max_tokens" not in completion  # the client's own bound stays
 
 
 def test_token_cap_follows_the_model_context() -> None:
     cfg = load_config(None, {"engine.max_model_len": 512, "gateway.default_max_tokens": 100})
     with pytest.raises(BadRequest, match=r"1\.\.511"):
-        apply_limits(body(max_tokens=512), "chat", cfg)
+        apply_limits(body(max_tokens=512), CHAT, cfg)
 
 
 def test_over_the_wire(dirs) -> None:  # noqa: F811

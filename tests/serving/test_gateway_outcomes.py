@@ -19,9 +19,8 @@ from sqlalchemy.orm import Session
 
 from fakes.servers import wait_for
 from serving.gateway.abkey import unit_of
-from serving.gateway.proxy import fallback_target
+from serving.gateway.pool import Engine
 from serving.gateway.resolve import Target
-from serving.pool import Engine
 from serving.store.models import RequestLogRow
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
@@ -205,14 +204,14 @@ def test_the_callers_own_bad_request_is_a_client_error(dirs) -> None:
 
 def test_pinned_requests_and_the_base_never_fall_back(two_versions) -> None:
     with engine(**QUICK) as eng, gateway(two_versions, [eng.url]) as gw:
-        v1 = gw.state.resolve("bot@v1", "k", None).ref
+        v1 = gw.state.resolver.resolve("bot@v1", "k", None).ref
         assert v1 is not None
-        v2 = gw.state.resolve("bot@v2", "k", None).ref
-        assert fallback_target(gw.state, Target(BASE, None, upstream_model=BASE)) is None
-        assert fallback_target(gw.state, Target("bot", v2, upstream_model="bot@v2", rollout="gone")) is None
-        assert fallback_target(gw.state, Target("ab", v2, "ab", "bot@v2", pinned=True)) is None
-        assert fallback_target(gw.state, Target("ab", v1, "ab", "bot@v1")) is None  # it is the stable itself
-        control = fallback_target(gw.state, Target("ab", v2, "ab", "bot@v2"))
+        v2 = gw.state.resolver.resolve("bot@v2", "k", None).ref
+        assert gw.state.proxy.fallback_target(Target(BASE, None, upstream_model=BASE)) is None
+        assert gw.state.proxy.fallback_target(Target("bot", v2, upstream_model="bot@v2", rollout="gone")) is None
+        assert gw.state.proxy.fallback_target(Target("ab", v2, "ab", "bot@v2", pinned=True)) is None
+        assert gw.state.proxy.fallback_target(Target("ab", v1, "ab", "bot@v1")) is None  # it is the stable itself
+        control = gw.state.proxy.fallback_target(Target("ab", v2, "ab", "bot@v2"))
         assert control is not None and control.ref == v1 and control.experiment == "ab"
 
 

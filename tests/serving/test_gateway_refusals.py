@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from tests.conftest import GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, chat, dirs, engine, gateway_app  # noqa: F401
 

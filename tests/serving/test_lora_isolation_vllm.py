@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serving.engine import EngineProcess
+from serving.engines.process import EngineProcess
 from tests.conftest import BASE_NAME, REPO, free_port
 from tests.cpu_kind import cpu_kind
 

@@ -1,4 +1,4 @@
-"""Shared rate limits (serving/ratelimit.py): a real Valkey server, two gateway processes."""
+"""Shared rate limits (serving/gateway/ratelimit.py): a real Valkey server, two gateway processes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import httpx
 import pytest
 import yaml
 
-from serving.auth import Principal, hash_key
 from serving.config import RateLimitConfig
 from serving.errors import RateLimited
+from serving.gateway.auth import Principal, hash_key
+from serving.gateway.ratelimit import RedisLimiter
 from serving.metrics import GatewayMetrics
-from serving.ratelimit import RedisLimiter
 from tests.conftest import REPO, GatewayThread, free_port
 from tests.serving.test_gateway_faults import BASE, chat, dirs, engine, gateway_app  # noqa: F401
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from serving.cli import supervise
-from serving.engine import EngineProcess
+from serving.engines.process import EngineProcess
 from serving.gateway.app import create_app
 from tests.conftest import BASE_NAME, GatewayThread, free_port
 

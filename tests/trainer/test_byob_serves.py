@@ -46,10 +46,10 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def _serve(root: Path, models: Path, adapters: Path, base: str):
-    from serving.auth import hash_key
     from serving.config import load_config
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
     from serving.gateway.app import create_app
+    from serving.gateway.auth import hash_key
     from serving.registry import read_base
 
     cfg = load_config(None, {"base": base, "registry.models_dir": str(models), "registry.adapters_dir": str(adapters),

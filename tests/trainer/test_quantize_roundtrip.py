@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.capabilities import check_base_servable, detect_machine
+from serving.engines.capabilities import check_base_servable, detect_machine
 from serving.errors import ConfigError
 from serving.registry import check_adapter_base
 from trainer.base_models import weights_sha256

@@ -111,7 +111,7 @@ def test_vllm_serves_the_merged_checkpoint_as_base_plus_adapter(base_dir, tokeni
     import json
 
     from serving.config import load_config
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
     from trainer.base_models import read_manifest
     from trainer.merge import main as merge_main
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
 from tests.serving.test_gateway_faults import BASE, engine, gateway_app

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.auth import hash_key
+from serving.gateway.auth import hash_key
 from serving.rollouts import cli
 from serving.rollouts.export import build
 from tests.conftest import GatewayThread, free_port

@@ -69,7 +69,7 @@ def config(dirs, tmp_path: Path, postgres_server_url: str) -> Path:
     from tests.serving.conftest import new_postgres_database
 
     make_adapter(dirs[1], "bot", "v2")
-    # `serve` checks for a config.json even with no local engine (serving/engine.py local_engines)
+    # `serve` checks for a config.json even with no local engine (serving/engines/process.py local_engines)
     (dirs[0] / faults.BASE / "config.json").write_text("{}")
     cfg = {
         "registry": {"models_dir": str(dirs[0]), "adapters_dir": str(dirs[1])},

@@ -15,6 +15,7 @@ from fakes.servers import wait_for
 from serving.gateway.abkey import unit_of
 from serving.rollouts.cli import summary
 from serving.store.models import FeedbackRow, RequestLogRow
+from serving.store.records import USER_SOURCE
 from serving.store.shadow import SHADOW_STEP
 from tests.conftest import GatewayThread, free_port
 from tests.serving import test_gateway_faults as faults
@@ -63,7 +64,7 @@ def test_users_get_only_stable_answers_and_shadow_rows_are_kept_apart(two_versio
         rated = httpx.post(f"{gw.url}/v1/feedback", json={"id": mirrored[0].id, "score": 1.0}, timeout=10)
         gw.state.control.writer.flush().result(10)
         with Session(gw.state.store.engine) as s:
-            feedback = s.get(FeedbackRow, mirrored[0].id)
+            feedback = s.get(FeedbackRow, (mirrored[0].id, USER_SOURCE))
         report = status(gw.url, "r1")
         metrics = httpx.get(f"{gw.url}/metrics").text
     assert {r.status_code for r in answers} == {200}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from serving.config import RolloutsConfig
-from serving.experiments import assign_variant
+from serving.gateway.experiments import assign_variant
 from serving.rollouts.simulate import (
     AA_SCENARIOS,
     DRIFT,

@@ -1,6 +1,6 @@
 """Run one engine command and end its whole process tree when `loraplane serve` dies, by any signal.
 
-    python -m serving.engine_reaper PARENT_PID GRACE_S -- vllm-command ...
+    python -m serving.engines.reaper PARENT_PID GRACE_S -- vllm-command ...
 
 `loraplane serve` starts each engine through this small process (stdlib only, a few MiB) as the
 leader of a new session and process group; the engine command and every process vLLM spawns (engine
@@ -108,7 +108,7 @@ def run(parent: int, grace_s: float, command: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m serving.engine_reaper PARENT_PID GRACE_S -- COMMAND ...", file=sys.stderr)
+        print("usage: python -m serving.engines.reaper PARENT_PID GRACE_S -- COMMAND ...", file=sys.stderr)
         return 2
     return run(int(argv[0]), float(argv[1]), argv[3:])
 

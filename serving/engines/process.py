@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from serving.capabilities import Machine, detect_machine
 from serving.config import ServingConfig
+from serving.engines.capabilities import Machine, detect_machine
 from serving.errors import ConfigError, EngineUnavailable
 from serving.registry import register_hint
 
@@ -268,10 +268,10 @@ class EngineProcess:
         self.marker_path.unlink(missing_ok=True)  # only this start's engine may vouch for its ops
         check_engine_port(self.port, self.index)
         log = self.log_path.open("ab")
-        # Through serving.engine_reaper, in a session of its own: stop() ends the engine core and the
+        # Through serving.engines.reaper, in a session of its own: stop() ends the engine core and the
         # workers vLLM spawns (one process group), and the reaper ends them when this process dies by
         # any signal, SIGKILL included.
-        reaper = [sys.executable, "-m", "serving.engine_reaper", str(os.getpid()), str(REAPER_GRACE_S), "--"]
+        reaper = [sys.executable, "-m", "serving.engines.reaper", str(os.getpid()), str(REAPER_GRACE_S), "--"]
         self.proc = subprocess.Popen(
             [*reaper, *self.command()],
             env=self.environment(),

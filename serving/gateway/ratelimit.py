@@ -1,6 +1,6 @@
 """Per-key rate limits, counted in this process or shared by every gateway replica through Redis.
 
-`ratelimit.redis_url` unset: a token bucket per key in this process (serving.auth.RateLimiter);
+`ratelimit.redis_url` unset: a token bucket per key in this process (serving.gateway.auth.RateLimiter);
 N replicas then allow N times the rate. Set (or env LORAPLANE_REDIS_URL): one bucket per key in
 Redis/Valkey, refilled and taken by one Lua script, atomically, on Redis' own clock (replicas'
 clocks never disagree about a bucket). `rate_limit_per_minute` tokens, refilled continuously.
@@ -20,9 +20,9 @@ from typing import Protocol
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from serving.auth import Bucket, Principal, RateLimiter
 from serving.config import RateLimitConfig
 from serving.errors import Overloaded, RateLimited
+from serving.gateway.auth import Bucket, Principal, RateLimiter
 from serving.metrics import GatewayMetrics
 
 KEY_PREFIX = "loraplane:ratelimit:"
