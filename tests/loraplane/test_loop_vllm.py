@@ -4,7 +4,8 @@ trainer, users' ratings sent with the real `openai` client and POST /v1/feedback
 the reference, as loraplane/demo_users.py rates), then `loraplane loop run SPEC` as a process: real
 `feedback export`, real KTO training from v1, real `loraplane eval` gate, a real rollout with a
 shadow stage decided by the gateway's evaluator. The loop is SIGKILLed once its train stage is
-recorded (its trainer dies with it) and rerun: it trains again in a fresh run dir and finishes.
+recorded (its trainer dies with it) and rerun: it trains again in a fresh run dir; SIGKILLed again
+once its rollout runs and rerun: it waits on that rollout (never a second one) and finishes.
 
 About 4-6 min on an idle 2-core machine (vLLM start, two short trainings, the rollout's traffic).
 """
@@ -31,7 +32,7 @@ from tests.conftest import ADAPTER, ADMIN, ADMIN_KEY, BASE_NAME, REPO, GatewayTh
 
 RATED = 16  # rated answers before the loop runs: every one a kto row
 GOLDEN = 4  # held-out rows the gate scores stable and new on
-ENV = {**os.environ, "LORAPLANE_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": str(REPO)}
+ENV = {**os.environ, "LORAPLANE_ADMIN_KEY": ADMIN_KEY, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
 
 
 def rows(path: Path, n: int) -> list[dict]:
@@ -213,7 +214,7 @@ def test_a_command_the_loop_runs_dies_with_the_loop(die_with_parent: bool) -> No
 
 
 @pytest.mark.slow
-def test_one_loop_iteration_end_to_end_with_a_kill_mid_train(served) -> None:
+def test_one_loop_iteration_end_to_end_killed_mid_train_and_mid_rollout(served) -> None:
     url, root, store_url = served
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
     examples = rows(REPO / "data/demo/train.jsonl", RATED)
@@ -240,12 +241,24 @@ def test_one_loop_iteration_end_to_end_with_a_kill_mid_train(served) -> None:
     try:
         time.sleep(4)  # the killed run's lease (lock_ttl_s 3) lapses
         second = loop("run", str(spec), stdout=subprocess.PIPE)
-        out, _ = second.communicate(timeout=420)
+        try:  # resumed: trains, gates, starts the rollout; SIGKILLed once the rollout is running
+            name = wait(lambda: (i := newest()) and i["stage"] == "rollout" and i["rollout"], 420, "rollout stage")
+            wait(lambda: httpx.get(f"{url}/admin/rollouts/{name}", headers=ADMIN).status_code == 200, 60, name)
+            second.send_signal(signal.SIGKILL)
+            out, _ = second.communicate(timeout=10)
+        finally:
+            second.kill()
+        assert "resuming iteration 1 at stage train" in out and f"rollout {name} started" in out
+        time.sleep(4)
+        third = loop("run", str(spec), stdout=subprocess.PIPE)
+        out, _ = third.communicate(timeout=300)
     finally:
         stop.set()
         traffic.join(60)
-    assert second.returncode == 0, out
-    assert "resuming iteration" in out
+    assert third.returncode == 0, out
+    assert "resuming iteration 1 at stage rollout" in out and f"rollout {name} already started; waiting on it" in out
+    listed = httpx.get(f"{url}/admin/rollouts", headers=ADMIN, timeout=30).json()["data"]
+    assert [r["name"] for r in listed] == [name]  # the rerun never started a second rollout
 
     it = iteration(spec)
     assert it["stage"] == "done" and it["outcome"] in ("promoted", "rolled_back"), it
