@@ -6,7 +6,9 @@ a 90/10 A/B experiment between v1 and v2, per-variant numbers read back from /me
 a rollout of v2 (20% -> 50% -> 100%) that the gateway's evaluator promotes only on evidence (the
 default rule `better`: the feedback interval on v2 - v1 excludes 0) from simulated users ->
 a deliberately broken candidate that the evaluator must roll back by itself within 2 intervals ->
-table + PNG -> every process it started is stopped. Exit 1 when any of these did not happen.
+one `loraplane loop` iteration: users rate the stable version, KTO from it, gated on the golden set,
+shadowed and canaried (demo_loop.py) -> tables + PNGs -> every process it started is stopped.
+Exit 1 when any of these did not happen.
 
 Runs the other components as subprocesses (they share files, not imports), so this module
 imports neither torch nor the trainer nor the gateway.
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from loraplane import demo_rollout
+from loraplane import demo_loop, demo_rollout
 from loraplane.demo_report import ab_from_metrics, evaluate_model, print_tables, run_ab, write_plot
 
 BASE = "smollm2-135m-instruct"
@@ -120,34 +122,44 @@ def main(argv: list[str]) -> int:
     # 300 users in 80-100% of runs, median 320-450 requests (~2-3 min on 2 cores).
     parser.add_argument("--rollout-users", type=int, default=300, help="most users the v2 rollout sends")
     parser.add_argument("--rollout-budget-s", type=float, default=420, help="most seconds the v2 rollout runs")
+    # The loop's rollout (v3 vs v2) gets as many users and seconds as the v2 rollout; undecided after
+    # them, the iteration is reported as such (the evaluator needs evidence, not a deadline).
+    parser.add_argument("--loop-users", type=int, default=300, help="most users the loop's rollout sends")
+    parser.add_argument("--loop-budget-s", type=float, default=420, help="most seconds the loop's rollout runs")
     args = parser.parse_args(argv)
     started = time.monotonic()
     url = f"http://127.0.0.1:{args.port}"
 
-    step("1/7 base model")
+    step("1/8 base model")
     loraplane("base", "pull", BASE)
-    step("2/7 train demo-json v1 (a short first cut) and v2 (trained to the end); publish both to adapters/")
+    step("2/8 train demo-json v1 (a short first cut) and v2 (trained to the end); publish both to adapters/")
     train_versions(Path("adapters"), args.fresh)
-    step("3/7 start vLLM (CPU) + the gateway")
+    step("3/8 start vLLM (CPU) + the gateway")
     server = start_server(args.out / "serve.log", args.port)
     try:
         wait_ready(server, url, args.out / "serve.log")
-        step("4/7 held-out prompts through the gateway (openai client): base vs v1 vs v2")
+        step("4/8 held-out prompts through the gateway (openai client): base vs v1 vs v2")
         prompts = [json.loads(line) for line in Path("data/demo/heldout.jsonl").read_text().splitlines()]
         results = [evaluate_model(url, model, prompts) for model in (BASE, f"{ADAPTER}@v1", f"{ADAPTER}@v2")]
-        step(f"5/7 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
+        step(f"5/8 A/B experiment {EXPERIMENT} (v1 90% / v2 10%), {args.ab_requests} users, streamed")
         chosen = run_ab(url, EXPERIMENT, prompts, args.ab_requests)
         ab = ab_from_metrics(httpx.get(f"{url}/metrics", timeout=10).text, EXPERIMENT, chosen)
-        step("6/7 rollout v2 (v1 stable): simulated users rate answers; promoted only on evidence (rule `better`)")
+        step("6/8 rollout v2 (v1 stable): simulated users rate answers; promoted only on evidence (rule `better`)")
         rollout = demo_rollout.promote_on_evidence(url, prompts, args.out, args.rollout_users, args.rollout_budget_s)
-        step("7/7 a broken candidate (corrupted weights file) rolled out while users keep asking")
+        step("7/8 a broken candidate (corrupted weights file) rolled out while users keep asking")
         candidate = demo_rollout.publish_broken(SERVING_CONFIG, Path("adapters"), args.out)
         broken = demo_rollout.roll_back_broken(url, prompts, candidate)
+        step("8/8 the loop: users rate the stable version -> KTO from it -> golden-set gate -> shadow -> canary")
+        store_url = f"sqlite:///{(args.out / 'loraplane.db').resolve()}"  # start_server's store
+        loop = demo_loop.loop_step(url, args.out, store_url, prompts, args.loop_users, args.loop_budget_s)
     finally:
         stop_server(server)
     print_tables(results, ab)
     png = write_plot(results, ab, args.out / "demo.png")
-    summary = {"models": results, "ab": ab, "rollout": rollout, "broken_rollout": broken}
+    versions = results + ([loop["new_version"]] if loop["new_version"] else [])
+    print(f"\nheld-out exact match: {demo_loop.describe_versions(versions)}")
+    loop_png = demo_loop.write_loop_plot(versions, loop["loop"]["iteration"], args.out / "loop.png")
+    summary = {"models": results, "ab": ab, "rollout": rollout, "broken_rollout": broken, "loop": loop}
     (args.out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = rollout["report"]
     print(f"\nrollout {report['name']}: {report['state']} ({report['reason']}) after {rollout['requests']} requests")
@@ -155,8 +167,9 @@ def main(argv: list[str]) -> int:
     print(f"rollout {broken['report']['name']} ({broken['candidate']}): {broken['report']['state']} after "
           f"{broken['seconds']:.0f} s, interval {broken['interval_s']:g} s; {broken['answered']} of "
           f"{broken['requests']} requests answered")  # fmt: skip
-    print(f"\nwrote {png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
-    return 1 if report_failures(results, rollout, broken) else 0
+    print(demo_loop.describe_iteration(loop["loop"]["iteration"]))
+    print(f"\nwrote {png}, {loop_png} and {args.out / 'demo.json'}; total {time.monotonic() - started:.0f} s")
+    return 1 if report_failures(results, rollout, broken) + demo_loop.failures(loop) else 0
 
 
 def report_failures(results: list[dict], rollout: dict, broken: dict) -> list[str]:

@@ -17,7 +17,9 @@ stays at that stage and the next run retries it (a train attempt always in a new
 
 from __future__ import annotations
 
+import ctypes
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -34,12 +36,22 @@ from serving.store.loop import LoopIteration
 
 EXPORT_FILES = {"kto": "kto.jsonl", "dpo": "preferences.jsonl", "sft": "sft.jsonl"}
 TERMINAL_ROLLOUT = ("promoted", "rolled_back")
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 BAD_INPUT_EXIT = 2  # loraplane commands exit 2 on bad input (a one-line error on stderr)
 
 
+def die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the loop dies, so a killed `loop run` leaves
+    no orphan trainer behind to publish the version the next run trains again."""
+    if LIBC is not None:  # loaded before the fork: the child only calls it (threads: no imports there)
+        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def run_command(argv: list[str]) -> tuple[int, str]:
-    """Run a loraplane command as a process (its stdout passes through); (exit code, stderr tail)."""
-    proc = subprocess.run(argv, stderr=subprocess.PIPE, text=True, check=False)
+    """Run a loraplane command as a process (its stdout passes through); (exit code, stderr tail).
+    The command dies with the loop (die_with_parent): a crash never leaves it running on its own."""
+    proc = subprocess.run(argv, stderr=subprocess.PIPE, text=True, check=False, preexec_fn=die_with_parent)
     sys.stderr.write(proc.stderr[-4000:])
     return proc.returncode, proc.stderr.strip()[-500:]
 
