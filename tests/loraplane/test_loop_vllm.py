@@ -43,10 +43,10 @@ def rows(path: Path, n: int) -> list[dict]:
 def served(tmp_path_factory: pytest.TempPathFactory, base_dir: Path):
     """A registry with ADAPTER@v1 (3 trainer steps), a vLLM engine and the gateway with a SQLite store,
     the adapter's bodies captured and a fast rollout evaluator: (gateway url, registry, store url)."""
-    from serving.auth import hash_key
     from serving.config import load_config
-    from serving.engine import EngineProcess
+    from serving.engines.process import EngineProcess
     from serving.gateway.app import create_app
+    from serving.gateway.auth import hash_key
 
     root = tmp_path_factory.mktemp("loop-e2e")
     train_adapter(root / "adapters", root / "run-v1", "v1")
