@@ -83,6 +83,12 @@ class EngineConfig(Strict):
     # CPU engines: "loraplane" swaps vLLM's per-token-gather LoRA ops for dense all-adapter matmuls
     # (loraplane_vllm/cpu_lora.py, a vLLM plugin); "vllm" keeps vLLM's own.
     cpu_lora_ops: Literal["loraplane", "vllm"] = "loraplane"
+    # Tool calls (docs/tools.md): vLLM's --tool-call-parser with --enable-auto-tool-choice; None: the
+    # engines parse no tool calls. chat_template: vLLM's --chat-template, the .jinja file adapters were
+    # trained with (data.chat_template); it must name the same parser on its first line
+    # (`{#- loraplane-tool-call-parser: pythonic`). None: the base's own template.
+    tool_call_parser: str | None = None
+    chat_template: str | None = None
 
     @model_validator(mode="after")
     def _lora_cache(self) -> EngineConfig:

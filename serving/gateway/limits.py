@@ -22,6 +22,7 @@ from fastapi import Request
 
 from serving.config import ServingConfig
 from serving.errors import BadRequest, PayloadTooLarge
+from serving.gateway.tools import check_tool_fields
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer", "function"})
 MAX_N = 4
@@ -82,6 +83,7 @@ def apply_limits(body: dict[str, Any], route: str, cfg: ServingConfig) -> None:
     max_tokens = min(v for v in [*asked, body.get("max_tokens")] if isinstance(v, int))
     if route == "chat":
         check_roles(body["messages"])
+        check_tool_fields(body)  # serving/gateway/tools.py
     n = _int_in(body, "n", 1, MAX_N) or 1
     check_choices(prompt_count(body["prompt"]) if route == "completions" else 1, n, cfg)
     for field, why in REFUSED.items():

@@ -166,8 +166,9 @@ async def open_upstream(state: GatewayState, call: Call) -> Upstream:
 
 def _answer_text(payload: dict, route: str) -> str:
     choices = payload.get("choices") or [{}]
-    if route == "chat":
-        return str((choices[0].get("message") or {}).get("content") or "")
+    if route == "chat":  # a tool call (no content) is logged as its calls
+        message = choices[0].get("message") or {}
+        return str(message.get("content") or (json.dumps(message["tool_calls"]) if message.get("tool_calls") else ""))
     return str(choices[0].get("text") or "")
 
 

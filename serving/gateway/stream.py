@@ -33,14 +33,28 @@ READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueEr
 
 
 def _content(chunk: dict, route: str) -> str:
-    """The text a chunk carries (first choice with content)."""
+    """The text a chunk carries (first choice with content); a tool-call delta counts as its
+    function name and argument fragments, so a streamed call has a first token and logged text."""
     for choice in chunk.get("choices") or []:
         node = choice
         for key in CONTENT_FIELD[route]:
             node = node.get(key) if isinstance(node, dict) else None
         if node:
             return str(node)
+        if text := _tool_call_text(choice):
+            return text
     return ""
+
+
+def _tool_call_text(choice: dict) -> str:
+    delta = choice.get("delta") if isinstance(choice, dict) else None
+    calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+    parts = []
+    for call in calls if isinstance(calls, list) else []:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            parts += [str(fn[key]) for key in ("name", "arguments") if fn.get(key)]
+    return "".join(parts)
 
 
 def _engine_error(chunk: dict) -> tuple[int, str] | None:

@@ -1,0 +1,114 @@
+"""Tool fields of a chat request (serving/gateway/tools.py) and the engine's tool-call flags
+(serving/engine.py): bad tools are a 400 naming the field; a parser/template mismatch is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.config import load_config
+from serving.engine import EngineProcess, template_parser, tool_call_args
+from serving.errors import BadRequest, ConfigError
+from serving.gateway.limits import apply_limits
+from serving.gateway.stream import _content
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "configs" / "templates" / "tool-pythonic.jinja"
+TOOLS = json.loads((REPO / "data" / "tools" / "tools.json").read_text())
+
+
+def body(**extra) -> dict:
+    return {"model": "base", "messages": [{"role": "user", "content": "hi"}], "tools": TOOLS, **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "named"),
+    [
+        ({"tools": {"name": "x"}}, "tools", "non-empty list of function objects"),
+        ({"tools": []}, "tools", "non-empty list"),
+        ({"tools": ["get_weather"]}, "tools[0]", "'get_weather'"),
+        ({"tools": [{"type": "function", "function": {"parameters": {}}}]}, "tools[0].function.name", "no `name`"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]},
+            "tools[0].function.parameters",
+            "'x'",
+        ),
+        ({"tools": [TOOLS[0], TOOLS[0]]}, "tools[1].function.name", "'get_weather' twice"),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "send_email"}}},
+            "tool_choice.function.name",
+            "'send_email'",
+        ),
+        ({"tool_choice": "sometimes"}, "tool_choice", "'sometimes'"),
+        ({"tools": None, "tool_choice": "required"}, "tool_choice", "needs `tools`"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls", "'no'"),
+    ],
+)
+def test_bad_tool_fields_are_400_naming_the_field(extra: dict, param: str, named: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        apply_limits(body(**extra), "chat", load_config(None))
+    assert info.value.param == param and named in info.value.message
+
+
+def test_good_tool_fields_pass_unchanged() -> None:
+    for extra in (
+        {},
+        {"tool_choice": "auto", "parallel_tool_calls": False},
+        {"tool_choice": "none"},
+        {"tool_choice": {"type": "function", "function": {"name": "create_reminder"}}},
+        {"tools": None, "tool_choice": "none"},
+    ):
+        request = body(**extra)
+        apply_limits(request, "chat", load_config(None))
+        assert request["tools"] == extra.get("tools", TOOLS)
+
+
+def test_a_streamed_tool_call_delta_counts_as_text() -> None:
+    chunk = {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"name": "get_weather", "arguments": '{"city"'}}]},
+            }
+        ]
+    }
+    assert _content(chunk, "chat") == 'get_weather{"city"'
+    assert _content({"choices": [{"delta": {"tool_calls": None, "content": None}}]}, "chat") == ""
+
+
+def engine_cfg(**engine) -> object:
+    return load_config(None, {f"engine.{k}": v for k, v in engine.items()})
+
+
+def test_the_shipped_template_declares_its_parser() -> None:
+    assert template_parser(TEMPLATE) == "pythonic"
+
+
+def test_engine_gets_parser_and_template_flags(tmp_path: Path) -> None:
+    cfg = engine_cfg(tool_call_parser="pythonic", chat_template=str(TEMPLATE))
+    command = EngineProcess(cfg, tmp_path, "base", 0, tmp_path).command()
+    at = command.index("--tool-call-parser")
+    assert command[at + 1] == "pythonic" and "--enable-auto-tool-choice" in command
+    assert command[command.index("--chat-template") + 1] == str(TEMPLATE.resolve())
+    assert tool_call_args(engine_cfg()) == []  # nothing configured: no tool flags
+
+
+@pytest.mark.parametrize(
+    ("engine", "named"),
+    [
+        (
+            {"tool_call_parser": "hermes", "chat_template": str(TEMPLATE)},
+            ["'hermes'", "tool-pythonic.jinja", "'pythonic'"],
+        ),
+        ({"tool_call_parser": "pythonic"}, ["'pythonic'", "engine.chat_template", "got none"]),
+        ({"chat_template": str(TEMPLATE)}, ["None", "tool-pythonic.jinja", "'pythonic'"]),
+        ({"chat_template": "missing.jinja"}, ["missing.jinja", "not a file"]),
+    ],
+)
+def test_parser_and_template_that_disagree_are_refused_naming_both(engine: dict, named: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        tool_call_args(engine_cfg(**engine))
+    for word in named:
+        assert word in str(info.value)
