@@ -112,3 +112,60 @@ def test_parser_and_template_that_disagree_are_refused_naming_both(engine: dict,
         tool_call_args(engine_cfg(**engine))
     for word in named:
         assert word in str(info.value)
+
+
+def test_the_tool_template_renders_plain_chats_as_the_base_does() -> None:
+    """Why adapters trained with the base's own template may share an engine with tool adapters."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models" / "smollm2-135m-instruct")
+    chats = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+    ]
+    for chat in chats:
+        own = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert (
+            tokenizer.apply_chat_template(
+                chat, chat_template=TEMPLATE.read_text(), tokenize=False, add_generation_prompt=True
+            )
+            == own
+        )
+
+
+@pytest.mark.parametrize(
+    ("trained", "engine_file", "refused"),
+    [
+        ("shipped", TEMPLATE, False),
+        ("other", TEMPLATE, True),
+        ("shipped", None, True),
+        ("tokenizer", TEMPLATE, False),
+        ("tokenizer", None, False),
+    ],
+)
+def test_an_adapter_is_served_only_with_the_template_it_was_trained_with(
+    tmp_path: Path, trained: str, engine_file, refused: bool
+) -> None:  # noqa: ANN001
+    import hashlib
+
+    from serving.registry import AdapterRef, AdapterRegistry, BaseInfo, engine_template
+    from tests.test_registry_contract import BASE_MANIFEST, make_adapter_dir
+
+    src = make_adapter_dir(tmp_path, "tools", "v1", {}, BASE_MANIFEST["weights_sha256"])
+    record = {
+        "shipped": {"source": str(TEMPLATE), "sha256": hashlib.sha256(TEMPLATE.read_bytes()).hexdigest()},
+        "other": {"source": "configs/templates/other.jinja", "sha256": "f" * 64},
+        "tokenizer": {"source": "tokenizer", "sha256": "e" * 64},
+    }[trained]
+    manifest = json.loads((src / "loraplane-adapter.json").read_text())
+    (src / "loraplane-adapter.json").write_text(json.dumps(manifest | {"chat_template": record}))
+    base = BaseInfo(BASE_MANIFEST["name"], tmp_path, BASE_MANIFEST["weights_sha256"])
+    registry = AdapterRegistry(
+        tmp_path / "adapters", base, 16, engine_template(str(engine_file) if engine_file else None)
+    )
+    problems = [p for p in registry.problems(AdapterRef("tools", "v1"), path=src) if p.rule == "template"]
+    assert bool(problems) is refused
+    if refused:  # both templates named
+        assert record["source"] in problems[0].message and (
+            "tool-pythonic.jinja" in problems[0].message or "base's own" in problems[0].message
+        )
