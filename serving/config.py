@@ -84,6 +84,13 @@ class EngineConfig(Strict):
     # CPU engines: "loraplane" swaps vLLM's per-token-gather LoRA ops for dense all-adapter matmuls
     # (loraplane_vllm/cpu_lora.py, a vLLM plugin); "vllm" keeps vLLM's own.
     cpu_lora_ops: Literal["loraplane", "vllm"] = "loraplane"
+    # Tool calls (docs/tools.md): vLLM's --tool-call-parser, with --enable-auto-tool-choice (e.g.
+    # pythonic); None: the engines parse no tool calls. Needs chat_template naming the same parser.
+    tool_call_parser: str | None = None
+    # vLLM's --chat-template: the .jinja file the adapters were trained with (the trainer's
+    # data.chat_template); its first line names its parser (`{#- loraplane-tool-call-parser: NAME`),
+    # which must equal tool_call_parser. None: the base's own template.
+    chat_template: str | None = None
 
     @model_validator(mode="after")
     def _lora_cache(self) -> EngineConfig:

@@ -9,6 +9,7 @@ other); tests/test_registry_contract.py asserts both give the same verdicts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from serving.errors import AdapterRejected, BadRequest, NotFound
+from serving.errors import AdapterRejected, BadRequest, ConfigError, NotFound
 
 # --- the contract (trainer/registry_contract.py holds the same) ---
 ADAPTER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -32,7 +33,19 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_FILES = (PEFT_CONFIG, PEFT_WEIGHTS)
 ADAPTER_FILES = (*PEFT_FILES, ADAPTER_MANIFEST)  # what a published version directory holds
 # The trainer's rules plus what only the serving side reads: the manifest and the tensor file.
-RULES = ("name", "version", "files", "peft_type", "modules_to_save", "dora", "rank", "base", "manifest", "tensors")
+RULES = (
+    "name",
+    "version",
+    "files",
+    "peft_type",
+    "modules_to_save",
+    "dora",
+    "rank",
+    "base",
+    "manifest",
+    "tensors",
+    "template",
+)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -97,6 +110,36 @@ def base_problems(adapter_manifest: dict, base_manifest: dict) -> list[Problem]:
             f"trained on base weights_sha256 {adapter_sha or '<missing>'}, but base "
             f"{base_manifest.get('name', '?')!r} has weights_sha256 {base_manifest.get('weights_sha256')}{also}; "
             "retrain the adapter on this base (or its full-precision source) or serve the base it was trained on",
+        )
+    ]
+
+
+def engine_template(path: str | None) -> tuple[str, str] | None:
+    """(path, sha256 of its text) of engine.chat_template, as the trainer records a template; None: unset."""
+    if path is None:
+        return None
+    try:
+        return path, hashlib.sha256(Path(path).read_text().encode()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"engine.chat_template {path} cannot be read ({exc}); set it to the template file") from None
+
+
+def template_problems(adapter_manifest: dict, engine_template: tuple[str, str] | None) -> list[Problem]:
+    """An adapter trained with an explicit chat template (data.chat_template; its manifest's
+    `chat_template`) is served only by engines applying that same text (engine.chat_template,
+    given as (path, sha256)). One trained with the base's own template is served anywhere: a tool
+    template renders plain chats as the base's does (docs/tools.md)."""
+    trained = adapter_manifest.get("chat_template") or {}
+    if trained.get("source", "tokenizer") == "tokenizer":
+        return []
+    path, sha = engine_template or ("the base's own template", None)
+    if trained.get("sha256") == sha:
+        return []
+    return [
+        Problem(
+            "template",
+            f"trained with chat template {trained.get('source')} (sha256 {trained.get('sha256')}), but the engines "
+            f"apply {path} (sha256 {sha}); set engine.chat_template to the template it was trained with",
         )
     ]
 
@@ -246,10 +289,13 @@ class AdapterRegistry:
     # one scan per interval.
     MISS_RESCAN_S = 1.0
 
-    def __init__(self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int):
+    def __init__(
+        self, adapters_dir: Path, base: BaseInfo, max_lora_rank: int, engine_template: tuple[str, str] | None = None
+    ):
         self.adapters_dir = adapters_dir
         self.base = base
         self.max_lora_rank = max_lora_rank
+        self.engine_template = engine_template  # (path, sha256) of engine.chat_template; None: the base's own
         self._snapshot: RegistrySnapshot | None = None
         self._miss_scanned_at = float("-inf")
 
@@ -314,6 +360,7 @@ class AdapterRegistry:
         except (OSError, ValueError) as exc:
             return [*problems, Problem("manifest", f"cannot read {ADAPTER_MANIFEST} or {PEFT_CONFIG}: {exc}")]
         problems += base_problems(manifest, self.base_manifest())
+        problems += template_problems(manifest, self.engine_template)
         problems += peft_problems(peft_config, self.max_lora_rank)
         try:
             header = safetensors_header(path / PEFT_WEIGHTS)

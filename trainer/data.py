@@ -2,6 +2,8 @@
 
 Accepted record shapes (one per JSONL line, or one per row of a file `datasets` reads):
     chat (OpenAI):      {"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}]}
+                        with tools: + "tools": [...], assistant "tool_calls", "tool" results,
+                        "parallel_tool_calls"? (trainer/tool_calls.py; docs/tools.md)
     sharegpt:           {"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]}
     alpaca:             {"instruction": ..., "input": ... (optional), "output": ...}
     prompt_completion:  {"prompt": ..., "completion": ...}
@@ -20,10 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import DataError
+from trainer.tool_calls import check_tool_calls, check_tool_turns, check_tools
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-CHAT_ROLES = ("system", "user", "assistant")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+class Conversation(list):
+    """Chat messages plus the `tools` the conversation offers (None: none), which the chat template
+    renders; a slice keeps the tools, so a prompt (conversation[:-1]) renders as it was trained."""
+
+    def __init__(self, messages: Messages, tools: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(messages)
+        self.tools = tools
+
+    def __getitem__(self, index):  # type: ignore[override]
+        got = super().__getitem__(index)
+        return Conversation(got, self.tools) if isinstance(index, slice) else got
 
 
 @dataclass
@@ -67,22 +83,45 @@ def _text(record: dict[str, Any], key: str, required: bool = True) -> str:
     return value
 
 
-def _check_messages(messages: Any) -> Messages:
+def _check_message(i: int, msg: Any, declared: set[str]) -> dict[str, Any]:
+    """messages[i] normalised: role, content, and tool_calls / tool_call_id where they belong."""
+    if not isinstance(msg, dict) or msg.get("role") not in CHAT_ROLES:
+        raise ValueError(f"message {i} needs a role in {CHAT_ROLES}, got {msg!r:.80}")
+    role, content = msg["role"], msg.get("content")
+    if role == "assistant" and msg.get("tool_calls") is not None:
+        if content not in (None, ""):
+            raise ValueError(
+                f"messages[{i}] has both content and tool_calls; the pythonic tool parser reads a call only "
+                "when the answer is the call list alone: move the text to its own assistant message"
+            )
+        return {
+            "role": role,
+            "content": None,
+            "tool_calls": check_tool_calls(msg["tool_calls"], declared, f"messages[{i}]"),
+        }
+    if not isinstance(content, str):
+        raise ValueError(f"message {i} ({role}) needs string content")
+    out = {"role": role, "content": content}
+    if role == "tool" and isinstance(msg.get("tool_call_id"), str):
+        out["tool_call_id"] = msg["tool_call_id"]
+    return out
+
+
+def _check_messages(messages: Any, tools: Any = None, parallel: Any = None) -> Messages:
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or msg.get("role") not in CHAT_ROLES:
-            raise ValueError(f"message {i} needs a role in {CHAT_ROLES}, got {msg!r:.80}")
-        if not isinstance(msg.get("content"), str):
-            raise ValueError(f"message {i} ({msg['role']}) needs string content")
-    answers = [m for m in messages if m["role"] == "assistant"]
+    checked_tools = check_tools(tools) if tools is not None else None
+    declared = {t["function"]["name"] for t in checked_tools or []}
+    out = [_check_message(i, msg, declared) for i, msg in enumerate(messages)]
+    check_tool_turns(out, parallel)
+    answers = [m for m in out if m["role"] == "assistant"]
     if not answers:
         raise ValueError("no assistant message to train on")
-    if any(not m["content"].strip() for m in answers):
+    if any(not m.get("tool_calls") and not m["content"].strip() for m in answers):
         raise ValueError("empty assistant answer")
-    if messages[-1]["role"] != "assistant":
+    if out[-1]["role"] != "assistant":
         raise ValueError("the last message must be the assistant's answer")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return Conversation(out, checked_tools) if checked_tools is not None else out
 
 
 def to_messages(record: Any, fmt: str) -> Messages:
@@ -93,7 +132,7 @@ def to_messages(record: Any, fmt: str) -> Messages:
     if fmt == "chat":
         if "messages" not in record:
             raise ValueError("missing field 'messages'")
-        return _check_messages(record["messages"])
+        return _check_messages(record["messages"], record.get("tools"), record.get("parallel_tool_calls"))
     if fmt == "sharegpt":
         turns = record.get("conversations")
         if not isinstance(turns, list):

@@ -102,8 +102,13 @@ def build_manifest(
     dataset: dict[str, str],
     config: dict[str, Any],
     eval_result: dict[str, Any],
+    chat_template: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The loraplane-adapter.json body (created_at is added at publish time)."""
+    """The loraplane-adapter.json body (created_at is added at publish time).
+
+    `chat_template` ({"source", "sha256"}, trainer.tokens.template_record) names the template the
+    adapter was trained with; serving applies the same one (docs/tools.md).
+    """
     return {
         "format": 1,
         "name": name,
@@ -113,4 +118,5 @@ def build_manifest(
         "dataset": dataset,
         "config": config,
         "eval": eval_result,
+        "chat_template": chat_template,
     }

@@ -7,6 +7,7 @@ EOS token (`<|im_end|>` for ChatML templates) so the served model learns to stop
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -45,7 +46,29 @@ def apply_template_override(tokenizer, name_or_path: str | None) -> None:
 
 
 def render(tokenizer, messages: Messages, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation as the chat template renders it; a Conversation's `tools` go in as `tools`."""
+    tools = getattr(messages, "tools", None)
+    if tools is not None or any(m.get("tool_calls") for m in messages):
+        check_template_knows_tools(tokenizer.chat_template)
+    return tokenizer.apply_chat_template(
+        list(messages), tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def check_template_knows_tools(template: str | None) -> None:
+    """A template that never reads `tools` / `tool_calls` would silently drop them from training."""
+    missing = [word for word in ("tools", "tool_calls") if word not in (template or "")]
+    if missing:
+        raise DataError(
+            f"the chat template ignores {' and '.join(missing)}, but the data has tool calls; set "
+            "data.chat_template to a template that renders them (configs/templates/tool-pythonic.jinja)"
+        )
+
+
+def template_record(tokenizer, name_or_path: str | None) -> dict[str, str]:
+    """The manifest's `chat_template`: where it came from and the sha256 of the exact text trained with."""
+    text = tokenizer.chat_template or ""
+    return {"source": name_or_path or "tokenizer", "sha256": hashlib.sha256(text.encode()).hexdigest()}
 
 
 def render_segments(tokenizer, messages: Messages) -> list[tuple[str, bool]]:
@@ -65,7 +88,8 @@ def render_segments(tokenizer, messages: Messages) -> list[tuple[str, bool]]:
             )
         segments.append((prompt[len(done) :], False))
         answer = full[len(prompt) :]
-        start = len(msg["content"]) if answer.startswith(msg["content"]) else 0
+        content = msg.get("content") or ""  # None for a tool-call turn: the call text is the answer
+        start = len(content) if answer.startswith(content) else 0
         end = answer.find(eos, start)
         if end < 0:  # template does not close the turn with EOS: append one
             segments.append((answer + eos, True))

@@ -38,7 +38,7 @@ from trainer.objectives import Setting, objective_for
 from trainer.publish import check_servable
 from trainer.report import Reporter
 from trainer.run import Run
-from trainer.tokens import Batches, apply_template_override, encode_all
+from trainer.tokens import Batches, apply_template_override, encode_all, template_record
 
 
 def lr_lambda(step: int, max_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
@@ -294,6 +294,7 @@ def manifest_parts(run: Run) -> dict[str, Any]:
         },
         "dataset": {"train": run.cfg.data.train, "sha256": run.train_data.sha256},
         "config": run.cfg.to_dict(),
+        "chat_template": template_record(run.tokenizer, run.cfg.data.chat_template),
     }
 
 

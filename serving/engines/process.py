@@ -237,6 +237,7 @@ class EngineProcess:
             "--uvicorn-log-level",
             "warning",
             *(["--middleware", ENGINE_KEY_GUARD] if os.environ.get(ENGINE_KEY_ENV) else []),
+            *tool_call_args(self.cfg),
             *e.extra_args,
         ]
 
@@ -351,9 +352,49 @@ class EngineProcess:
             os.killpg(pgid, signal.SIGKILL)
 
 
+TEMPLATE_PARSER_TAG = "loraplane-tool-call-parser:"  # first line of a tool template: which parser reads it
+
+
+def template_parser(template: Path) -> str | None:
+    """The parser a chat template declares on its first line (`{#- loraplane-tool-call-parser: NAME`)."""
+    first = template.read_text().partition("\n")[0]
+    _, tag, rest = first.partition(TEMPLATE_PARSER_TAG)
+    return rest.split()[0] if tag and rest.split() else None
+
+
+def tool_call_args(cfg: ServingConfig) -> list[str]:
+    """vLLM flags for engine.chat_template / engine.tool_call_parser, refused when the two disagree."""
+    e = cfg.engine
+    args = []
+    if e.chat_template is not None:
+        template = Path(e.chat_template)
+        if not template.is_file():
+            raise ConfigError(
+                f"engine.chat_template {e.chat_template} is not a file; set the .jinja the adapters were trained with"
+            )
+        args += ["--chat-template", str(template.resolve())]
+        declared = template_parser(template)
+        if declared is not None and declared != e.tool_call_parser:
+            raise ConfigError(
+                f"engine.tool_call_parser {e.tool_call_parser!r} does not match engine.chat_template "
+                f"{e.chat_template}, which renders calls for the {declared!r} parser; "
+                f"set engine.tool_call_parser: {declared}"
+            )
+    if e.tool_call_parser is not None:
+        if e.chat_template is None or template_parser(Path(e.chat_template)) != e.tool_call_parser:
+            raise ConfigError(
+                f"engine.tool_call_parser {e.tool_call_parser!r} needs engine.chat_template: a template whose "
+                f"first line declares `{TEMPLATE_PARSER_TAG} {e.tool_call_parser}` (got {e.chat_template or 'none'}); "
+                "the model must be prompted with tools in the form that parser reads (docs/tools.md)"
+            )
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", e.tool_call_parser]
+    return args
+
+
 def local_engines(cfg: ServingConfig, base_dir: Path, served_name: str, log_dir: Path) -> list[EngineProcess]:
     if cfg.engine.replicas == 0:  # a gateway-only process needs no model weights
         return []
+    tool_call_args(cfg)  # refuse a parser/template mismatch before any engine starts
     if not (base_dir / "config.json").is_file():
         raise ConfigError(f"base model directory {base_dir} has no config.json; {register_hint(cfg.base)}")
     return [EngineProcess(cfg, base_dir, served_name, i, log_dir) for i in range(cfg.engine.replicas)]

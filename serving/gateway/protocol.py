@@ -21,6 +21,7 @@ The checks, limits and answer reading then apply to the translated (upstream) bo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -30,6 +31,7 @@ from fastapi.responses import Response
 from serving.errors import BadRequest
 from serving.gateway import limits
 from serving.gateway.openapi import CHAT_PROPERTIES, COMPLETION_PROPERTIES, object_schema
+from serving.gateway.tools import check_tool_fields
 
 
 class Translation(Protocol):
@@ -45,6 +47,23 @@ def _text_at(choice: Any, path: tuple[str, ...]) -> str:
     for key in path:
         node = node.get(key) if isinstance(node, dict) else None
     return str(node) if node else ""
+
+
+def _tool_call_text(message: Any, *, whole: bool) -> str:
+    """A tool call's text, where an answer has calls instead of content: a JSON answer's calls as
+    JSON (logged and captured like text); a stream delta's function name and argument fragments
+    (so a streamed call has a first token and logged text)."""
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return ""
+    if whole:
+        return json.dumps(calls)
+    parts = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict):
+            parts += [str(fn[key]) for key in ("name", "arguments") if fn.get(key)]
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -78,12 +97,13 @@ class RouteSpec:
     def answer_text(self, payload: dict[str, Any]) -> str:
         """The first choice's text in a JSON answer."""
         choices = payload.get("choices") or [{}]
-        return _text_at(choices[0], self.answer_path)
+        text = _text_at(choices[0], self.answer_path)
+        return text or _tool_call_text(choices[0].get("message"), whole=True)
 
     def chunk_text(self, chunk: dict[str, Any]) -> str:
         """The text a stream chunk carries (its first choice with content)."""
         for choice in chunk.get("choices") or []:
-            if text := _text_at(choice, self.chunk_path):
+            if text := _text_at(choice, self.chunk_path) or _tool_call_text(choice.get("delta"), whole=False):
                 return text
         return ""
 
@@ -99,7 +119,7 @@ CHAT = RouteSpec(
     properties=CHAT_PROPERTIES,
     answer_path=("message", "content"),
     chunk_path=("delta", "content"),
-    limits=(limits.check_roles, limits.check_chat_logprobs),
+    limits=(limits.check_roles, limits.check_chat_logprobs, check_tool_fields),  # tools: serving/gateway/tools.py
 )
 COMPLETIONS = RouteSpec(
     name="completions",

@@ -25,7 +25,7 @@ from serving.gateway.resolve import Resolver
 from serving.gateway.shadow import ShadowMirror
 from serving.graders.queue import Grading
 from serving.metrics import GatewayMetrics
-from serving.registry import AdapterRegistry, read_base
+from serving.registry import AdapterRegistry, engine_template, read_base
 from serving.rollouts.evaluator import Evaluator
 from serving.store import Store
 
@@ -59,7 +59,9 @@ class GatewayState:
     ):
         self.cfg = cfg
         self.base = read_base(cfg.registry.models_dir, cfg.base)
-        self.registry = AdapterRegistry(cfg.registry.adapters_dir, self.base, cfg.engine.max_lora_rank)
+        self.registry = AdapterRegistry(
+            cfg.registry.adapters_dir, self.base, cfg.engine.max_lora_rank, engine_template(cfg.engine.chat_template)
+        )
         self.metrics = GatewayMetrics()
         self.store = store
         self.control = ControlPlane(cfg, store, self.registry, self.metrics)
