@@ -30,6 +30,7 @@ import httpx
 
 from loraplane import demo_loop, demo_rollout
 from loraplane.demo_report import ab_from_metrics, evaluate_model, print_tables, run_ab, write_plot
+from loraplane.loop.iteration import die_with_parent
 
 BASE = "smollm2-135m-instruct"
 ADAPTER = "demo-json"
@@ -80,7 +81,14 @@ def start_server(log_path: Path, port: int) -> subprocess.Popen[bytes]:
         leftover.unlink(missing_ok=True)
     env = {**os.environ, "LORAPLANE_STORE_URL": f"sqlite:///{store.resolve()}"}
     with log_path.open("wb") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),  # a killed demo leaves no gateway behind
+        )
 
 
 def wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float = 900) -> None:
@@ -127,6 +135,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--loop-users", type=int, default=300, help="most users the loop's rollout sends")
     parser.add_argument("--loop-budget-s", type=float, default=420, help="most seconds the loop's rollout runs")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through `finally`: the gateway is stopped
     started = time.monotonic()
     url = f"http://127.0.0.1:{args.port}"
 

@@ -41,11 +41,12 @@ LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 BAD_INPUT_EXIT = 2  # loraplane commands exit 2 on bad input (a one-line error on stderr)
 
 
-def die_with_parent() -> None:
-    """In the child before exec (Linux): SIGKILL it when the loop dies, so a killed `loop run` leaves
-    no orphan trainer behind to publish the version the next run trains again."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """In the child before exec (Linux): send it `sig` when its parent dies, so a killed `loop run`
+    leaves no orphan trainer behind to publish the version the next run trains again (and a killed
+    demo no orphan gateway)."""
     if LIBC is not None:  # loaded before the fork: the child only calls it (threads: no imports there)
-        LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        LIBC.prctl(PR_SET_PDEATHSIG, int(sig))
 
 
 def run_command(argv: list[str]) -> tuple[int, str]:
