@@ -145,6 +145,13 @@ def test_the_report_line_plot_and_failures(tmp_path: Path) -> None:
     assert failures(0, stage="stopped", outcome="gate_failed") == []  # the gate stopped a worse version
     assert "too_little_data" in failures(0, stage="stopped", outcome="too_little_data")[0]
     assert "did not end (exit 3, stage rollout" in failures(3, stage="rollout", outcome=None)[0]
+    # out of users before the evaluator had evidence: it holds (printed as undecided), not a failure
+    undecided = {
+        "exit_code": 3,
+        "iteration": report_iteration(stage="rollout", outcome=None),
+        "rollout_state": "running",
+    }
+    assert demo_loop.failures({"loop": undecided, "spec": "s"}) == []
 
 
 @pytest.mark.parametrize("missing", ["gate", "export"])
