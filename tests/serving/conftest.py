@@ -15,6 +15,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from serving.store import Store
+from serving.store.connect import create_db_engine, migrate
+
 _db_numbers = itertools.count()
 
 
@@ -54,3 +57,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'loraplane.db'}"
     return new_postgres_database(request.getfixturevalue("postgres_server_url"))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A migrated store on each database (`db_url`); a test module may define its own."""
+    engine = create_db_engine(db_url)
+    migrate(engine)
+    s = Store(engine)
+    yield s
+    s.close()

@@ -11,19 +11,9 @@ from serving.metrics import GatewayMetrics
 from serving.rollouts.evaluator import Evaluator
 from serving.rollouts.policy import GuardSpec
 from serving.store import FeedbackRecord, Store
-from serving.store.connect import create_db_engine, migrate
 from tests.serving.rollouts.test_report import CAND, CTRL, log, rollout
 
 SOURCE = "grader:json_valid"
-
-
-@pytest.fixture
-def store(db_url: str):
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    s = Store(engine)
-    yield s
-    s.close()
 
 
 def grade(store: Store, name: str, users: int, variant: str, valid_every: int) -> None:

@@ -11,18 +11,8 @@ from serving.rollouts.actions import new_rollout
 from serving.rollouts.evaluator import Evaluator
 from serving.rollouts.report import build_report, cells_of, held_out_of, read_rollout
 from serving.store import FeedbackRecord, RequestRecord, RolloutRecord, Store, UnitStats
-from serving.store.connect import create_db_engine, migrate
 
 CAND, CTRL = "bot@v2", "bot@v1"
-
-
-@pytest.fixture
-def store(db_url: str):
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    s = Store(engine)
-    yield s
-    s.close()
 
 
 def rollout(name: str = "r", min_samples: int = 40, **config: object) -> RolloutRecord:

@@ -4,21 +4,10 @@ batches but never an active rollout's; captured bodies over the byte cap are not
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from serving.store import FeedbackRecord, RequestRecord, RolloutRecord, Store, StoreWriter
-from serving.store.connect import create_db_engine, migrate
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    s = Store(engine)
-    yield s
-    s.close()
 
 
 def row(rid: str, age_s: float, rollout: str | None = None) -> RequestRecord:

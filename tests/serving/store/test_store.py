@@ -16,15 +16,6 @@ from serving.store.connect import create_db_engine, current_revision, head_revis
 from serving.store.models import Base
 
 
-@pytest.fixture
-def store(db_url: str):
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    s = Store(engine)
-    yield s
-    s.close()
-
-
 def request(rid: str, key: str = "alice", rollout: str | None = None, variant: str = "bot@v1") -> RequestRecord:
     return RequestRecord(rid, time.time(), "chat", "bot", variant, key, 200, 0.05, rollout=rollout, ttft_s=0.01)
 

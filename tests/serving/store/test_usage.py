@@ -18,15 +18,6 @@ from serving.store.usage import group_usage, utc_day
 DAY = 86400.0
 
 
-@pytest.fixture
-def store(db_url: str):
-    engine = create_db_engine(db_url)
-    migrate(engine)
-    s = Store(engine)
-    yield s
-    s.close()
-
-
 def records(n: int, start: float, seed: int = 0) -> list[RequestRecord]:
     """n requests over three UTC days by three keys on three models; some without usage (failed)."""
     rng = random.Random(seed)
