@@ -53,9 +53,14 @@ def counted_feedback(rollout: str, source: str = USER_SOURCE) -> sa.ColumnElemen
     return sa.and_(counted, f.source == source)
 
 
-def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Select, sa.Select]:
+Rows = tuple[sa.ColumnElement[bool], sa.ColumnElement[bool]]  # which request rows, which feedback rows
+
+
+def unit_queries(rollout: str, ttft_threshold_s: float | None, rows: Rows | None = None) -> tuple[sa.Select, sa.Select]:
     """The two GROUP BYs behind rollout_units (requests, feedback), each an index-only scan of its
-    rollout-units index; public so a test and the scale benchmark can EXPLAIN them."""
+    rollout-units index; public so a test and the scale benchmark can EXPLAIN them. `rows`: other
+    predicates than the counted live rows (the shadow stage's, serving/store/shadow.py)."""
+    counted_rows, counted_scores = rows or (counted_requests(rollout), counted_feedback(rollout))
     r = RequestLogRow
     latency = sa.func.coalesce(r.ttft_s, r.latency_s)
     over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
@@ -68,13 +73,13 @@ def unit_queries(rollout: str, ttft_threshold_s: float | None) -> tuple[sa.Selec
             sa.func.sum(sa.case((r.outcome == "error", 1), else_=0)).label("errors"),
             sa.func.sum(over).label("over"),
         )
-        .where(counted_requests(rollout))
+        .where(counted_rows)
         .group_by(r.variant, r.step, r.unit)
     )
     f = FeedbackRow
     scores = (
         sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score).label("total"), sa.func.count().label("n"))
-        .where(counted_feedback(rollout))
+        .where(counted_scores)
         .group_by(f.variant, f.step, f.unit)
     )
     return requests, scores
@@ -108,12 +113,12 @@ def _cursor(session: Session, query: sa.Select) -> Iterator[Any]:
         cursor.close()
 
 
-def units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
+def units_query(rollout: str, ttft_threshold_s: float | None, rows: Rows | None = None) -> sa.Select:
     """Each (variant, step, unit) of the requests' GROUP BY with its feedback's beside it (a LEFT
     JOIN of the two sorted aggregates): rows in UnitStats' field order, sorted. Feedback is on a
     logged request (it copies the request's variant, step, unit and exclusion), so a cell with
     feedback always has requests."""
-    requests, scores = (q.subquery() for q in unit_queries(rollout, ttft_threshold_s))
+    requests, scores = (q.subquery() for q in unit_queries(rollout, ttft_threshold_s, rows))
     same = sa.and_(*(requests.c[k] == scores.c[k] for k in ("variant", "step", "unit")))
     keys = (requests.c.variant, requests.c.step, requests.c.unit)
     return (

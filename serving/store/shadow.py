@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from serving.store.logs import units_query
 from serving.store.models import FeedbackRow, RequestLogRow
 from serving.store.records import USER_SOURCE, UnitStats
 
@@ -31,45 +32,11 @@ def _shadow_rows(table: type[RequestLogRow] | type[FeedbackRow], rollout: str) -
 
 
 def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
-    """UnitStats rows of the shadow step, users' feedback beside its requests (graders' scores are read
-    per grader, like a canary step's)."""
-    r = RequestLogRow
-    latency = sa.func.coalesce(r.ttft_s, r.latency_s)
-    over = sa.case((latency > ttft_threshold_s, 1), else_=0) if ttft_threshold_s is not None else sa.literal(0)
-    requests = (
-        sa.select(
-            r.variant,
-            r.step,
-            r.unit,
-            sa.func.count().label("n"),
-            sa.func.sum(sa.case((r.outcome == "error", 1), else_=0)).label("errors"),
-            sa.func.sum(over).label("over"),
-        )
-        .where(_shadow_rows(r, rollout))
-        .group_by(r.variant, r.step, r.unit)
-        .subquery()
-    )
+    """UnitStats rows of the shadow step (logs.units_query over the shadow rows), users' feedback
+    beside its requests (graders' scores are read per grader, like a canary step's)."""
     f = FeedbackRow
-    scores = (
-        sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score).label("total"), sa.func.count().label("n"))
-        .where(_shadow_rows(f, rollout), f.source == USER_SOURCE)  # users' ratings; graders' are read apart
-        .group_by(f.variant, f.step, f.unit)
-        .subquery()
-    )
-    same = sa.and_(*(requests.c[k] == scores.c[k] for k in ("variant", "step", "unit")))
-    keys = (requests.c.variant, requests.c.step, requests.c.unit)
-    return (
-        sa.select(
-            *keys,
-            requests.c.n,
-            requests.c.errors,
-            requests.c.over,
-            sa.func.coalesce(scores.c.total, 0.0),
-            sa.func.coalesce(scores.c.n, 0),
-        )
-        .select_from(requests.outerjoin(scores, same))
-        .order_by(*keys)
-    )
+    rows = (_shadow_rows(RequestLogRow, rollout), sa.and_(_shadow_rows(f, rollout), f.source == USER_SOURCE))
+    return units_query(rollout, ttft_threshold_s, rows)
 
 
 class ShadowLog:
