@@ -88,8 +88,8 @@ def ab_from_metrics(metrics_text: str, experiment: str, chosen: list[dict]) -> d
     )
     for family in text_string_to_metric_families(metrics_text):
         for s in family.samples:
-            if s.labels.get("model") != experiment:
-                continue
+            if s.labels.get("model") != experiment or "variant" not in s.labels:
+                continue  # another model's, or a per-key/per-model series (usage, budgets)
             v = per[s.labels["variant"]]
             if s.name == "loraplane_requests_total" and s.labels.get("status_class") == "2xx":
                 v["requests"] += s.value

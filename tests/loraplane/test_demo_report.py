@@ -22,6 +22,7 @@ def test_ab_from_metrics_reads_shares_ttft_and_tokens() -> None:
             metrics.request_latency.labels("chat", "bot-ab", variant).observe(value + 1)
             metrics.completion_tokens.labels("bot-ab", variant).inc(5)
     metrics.requests.labels("chat", "other", "x@v1", "2xx").inc(7)  # another model: ignored
+    metrics.key_tokens.labels("anonymous", "bot-ab", "prompt").inc(3)  # the model's, but per key: ignored
     chosen = [{"variant": "bot@v1", "correct": i < 45} for i in range(90)] + [{"variant": "bot@v2", "correct": True}]
     out = ab_from_metrics(generate_latest(metrics.registry).decode(), "bot-ab", chosen)
     assert set(out) == {"bot@v1", "bot@v2"}
