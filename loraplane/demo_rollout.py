@@ -190,6 +190,13 @@ def publish_broken(config: Path, adapters_dir: Path, work_dir: Path) -> str:
     return model
 
 
+def decision_seconds(report: dict) -> float | None:
+    """Seconds from the rollout's start to its last evaluation, both on the database's clock: when
+    the evaluator decided (the users' waves, and so the client's clock, end a few seconds later)."""
+    created, evaluated = report.get("created_at"), report.get("evaluated_at")
+    return None if created is None or evaluated is None else float(evaluated) - float(created)
+
+
 def roll_back_broken(url: str, examples: list[dict], candidate: str, interval_s: float = BROKEN_INTERVAL_S) -> dict:
     """Rollout 2: a broken candidate against the stable version; users for 2 intervals (+ a tick)."""
     flags = [*BROKEN_FLAGS[:-1], str(interval_s)]
@@ -199,11 +206,12 @@ def roll_back_broken(url: str, examples: list[dict], candidate: str, interval_s:
     rows, report = send(url, BROKEN_ROLLOUT, examples, requests, started + 2 * interval_s + 2)
     elapsed = time.monotonic() - started
     answered = sum(r["status"] == 200 for r in rows)
-    on_time = report["state"] == "rolled_back" and elapsed <= 2 * interval_s + 2
+    decided_s = decision_seconds(report)
+    on_time = report["state"] == "rolled_back" and decided_s is not None and decided_s <= 2 * interval_s + 2
     verdict = (
-        f"rolled back by itself after {elapsed:.0f} s ({elapsed / interval_s:.1f} intervals of "
+        f"rolled back by itself {decided_s:.0f} s after it started ({decided_s / interval_s:.1f} intervals of "
         f"{interval_s:g} s): {report['reason']}"
-        if on_time
+        if on_time and decided_s is not None
         else f"NOT rolled back within 2 intervals ({2 * interval_s:g} s): {report['state']}, {report['reason']}"
     )
     print(f"rollout {BROKEN_ROLLOUT} ({candidate}): {verdict}")
@@ -212,7 +220,8 @@ def roll_back_broken(url: str, examples: list[dict], candidate: str, interval_s:
     return {
         "candidate": candidate,
         "rolled_back_in_time": on_time,
-        "seconds": elapsed,
+        "seconds": decided_s if decided_s is not None else elapsed,
+        "client_seconds": elapsed,
         "interval_s": interval_s,
         "requests": len(rows),
         "answered": answered,
