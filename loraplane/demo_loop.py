@@ -181,8 +181,13 @@ def describe_iteration(it: dict) -> str:
     return (
         f"iteration {it.get('id')}: {it.get('stable')} -> {it.get('version') or '-'} by {it.get('method') or '-'} "
         f"on {rows.get('kto.jsonl', 0)} rated answers; {gate_text}; rollout {it.get('rollout') or '-'}: "
-        f"{it.get('outcome') or it.get('stage')} ({it.get('reason') or ''})"
+        f"{it.get('outcome') or _pending(it)}" + (f" ({it['reason']})" if it.get("reason") else "")
     )
+
+
+def _pending(it: dict) -> str:
+    """An iteration without an outcome yet: its rollout still runs (undecided), or the stage it is in."""
+    return "undecided, still running" if it.get("stage") == "rollout" else f"at stage {it.get('stage')}"
 
 
 def write_loop_plot(results: list[dict], it: dict, path: Path) -> Path:
