@@ -251,6 +251,21 @@ def no_show(spec: RolloutSpec, step_index: int, step_counts: tuple[int, int], co
     )
 
 
+def guard_rollback(
+    spec: RolloutSpec, verdicts: list[GuardVerdict], step: int, prefix: str = "", suffix: str = ""
+) -> Decision | None:
+    """A rollback naming the first failed guard and its interval (None when no guard failed)."""
+    for v in verdicts:
+        if v.verdict == "fail":
+            return Decision(
+                "rollback",
+                f"{prefix}guard {v.metric}: candidate worse by [{v.worsening_lo:.4f}, {v.worsening_hi:.4f}] "
+                f"(always-valid {1 - spec.guard_alpha:.1%} interval), above margin {v.margin}{suffix}",
+                step,
+            )
+    return None
+
+
 def decide(
     spec: RolloutSpec,
     step_index: int,
@@ -263,14 +278,9 @@ def decide(
     missing = no_show(spec, step_index, step_counts, control_units)
     if missing is not None:
         return Decision("rollback", missing, step_index)
-    for v in verdicts:
-        if v.verdict == "fail":
-            return Decision(
-                "rollback",
-                f"guard {v.metric}: candidate worse by [{v.worsening_lo:.4f}, {v.worsening_hi:.4f}] "
-                f"(always-valid {1 - spec.guard_alpha:.1%} interval), above margin {v.margin}",
-                step_index,
-            )
+    failed = guard_rollback(spec, verdicts, step_index)
+    if failed is not None:
+        return failed
     candidate_n, control_n = step_counts
     if min(candidate_n, control_n) < spec.min_samples:
         return Decision(

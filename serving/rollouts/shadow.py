@@ -19,7 +19,7 @@ At each evaluation, `decide_shadow` returns:
 
 from __future__ import annotations
 
-from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec
+from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec, guard_rollback
 from serving.store import RolloutRecord
 from serving.store.shadow import SHADOW_STEP
 
@@ -42,14 +42,9 @@ def shadow_percent(value: object) -> float:
 
 def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
     """One evaluation of a rollout in its shadow stage. step_counts: (mirrored candidate, control) requests."""
-    for v in verdicts:
-        if v.verdict == "fail":
-            return Decision(
-                "rollback",
-                f"shadow stage: guard {v.metric}: candidate worse by [{v.worsening_lo:.4f}, {v.worsening_hi:.4f}] "
-                f"(always-valid {1 - spec.guard_alpha:.1%} interval), above margin {v.margin}; no user saw it",
-                SHADOW_STEP,
-            )
+    failed = guard_rollback(spec, verdicts, SHADOW_STEP, prefix="shadow stage: ", suffix="; no user saw it")
+    if failed is not None:
+        return failed
     candidate_n, control_n = step_counts
     if min(candidate_n, control_n) < spec.min_samples:
         return Decision(
