@@ -13,7 +13,9 @@ Faults to inject, per model name where it says so:
 - `fail_status`: model -> the HTTP status every completion for it answers (e.g. 503);
 - `slow_ms`: model -> extra time to first token (e.g. to make one A/B variant slower);
 - `stream_faults`: model -> "error@N" (vLLM's in-stream error event after N tokens, then
-  `[DONE]`) or "truncate@N" (the stream ends cleanly after N tokens, no finish, no `[DONE]`);
+  `[DONE]`), "truncate@N" (the stream ends cleanly after N tokens, no finish, no `[DONE]`) or
+  "die@N" (the connection breaks after N tokens, as when the engine process dies; die@0: after
+  the headers, before any event);
 - `fail_load`: adapter names whose load answers 500;
 - `replies`: model -> a fixed answer text (one token), e.g. JSON or a judge's score.
 With `api_key` set it guards /v1 like vLLM's `--api-key`
@@ -37,6 +39,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 
@@ -53,12 +56,12 @@ class MockSettings:
     fail_load: tuple[str, ...] = ()  # adapter names whose /v1/load_lora_adapter answers 500
     api_key: str | None = None  # like vLLM's --api-key: /v1 needs `Authorization: Bearer <key>`
     fail_status: dict[str, int] = field(default_factory=dict)  # model name -> status of every completion
-    stream_faults: dict[str, str] = field(default_factory=dict)  # model name -> "error@N" | "truncate@N"
+    stream_faults: dict[str, str] = field(default_factory=dict)  # model name -> "error@N" | "truncate@N" | "die@N"
     max_model_len: int = 2048  # prompt tokens + max_tokens beyond this: 400, like vLLM
     replies: dict[str, str] = field(default_factory=dict)  # model name -> the text its completions answer
 
 
-STREAM_FAULTS = ("error", "truncate")
+STREAM_FAULTS = ("error", "truncate", "die")
 
 
 def parse_stream_fault(fault: str) -> tuple[str, int]:
@@ -129,6 +132,8 @@ class MockEngine:
         fault, fault_after = parse_stream_fault(s.stream_faults[model]) if model in s.stream_faults else ("", -1)
         self.running += 1
         try:
+            if fault == "die" and fault_after == 0:
+                raise ConnectionAbortedError("injected engine death (mock stream_faults die@0)")
             if kind == "chat":  # vLLM's first chat chunk carries the role and no content
                 first = _chunk(kind, rid, model, None, None)
                 first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
@@ -139,6 +144,8 @@ class MockEngine:
                     break
                 await asyncio.sleep((ttft_ms if i == 0 else s.itl_ms) / 1000)
                 yield _sse(_chunk(kind, rid, model, piece, None))
+            if fault == "die" and fault_after <= n_tokens:  # uvicorn drops the connection mid-body
+                raise ConnectionAbortedError(f"injected engine death (mock stream_faults die@{fault_after})")
             if fault == "truncate" and fault_after <= n_tokens:
                 return  # the body ends cleanly: no finish chunk, no [DONE]
             if fault == "error" and fault_after <= n_tokens:
@@ -183,21 +190,34 @@ def _usage(body: dict[str, Any], n_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": n_tokens, "total_tokens": prompt + n_tokens}
 
 
+GUARDED = ("/v1", "/v2", "/inference", "/cohere")  # vLLM's GUARDED_PREFIX
+
+
+class ApiKeyGuard:
+    """With `api_key` set: 401 on GUARDED paths without `Bearer <key>`. Pure ASGI, as vLLM's is (a
+    function middleware would end a stream cleanly when the engine breaks off)."""
+
+    def __init__(self, app: ASGIApp, engine: MockEngine):
+        self.app, self.engine = app, engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = self.engine.settings.api_key
+        if scope["type"] == "http" and key and scope["path"].startswith(GUARDED):
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode(errors="replace")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token, key):
+                self.engine.refused += 1
+                await JSONResponse({"error": "Unauthorized"}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: MockSettings | None = None) -> FastAPI:
     engine = MockEngine(settings or MockSettings())
     app = FastAPI(title="loraplane mock upstream")
     app.state.engine = engine
-    guarded = ("/v1", "/v2", "/inference", "/cohere")  # vLLM's GUARDED_PREFIX
 
-    @app.middleware("http")
-    async def api_key(request: Request, call_next: Any) -> Response:
-        key = engine.settings.api_key
-        if key and request.url.path.startswith(guarded):
-            scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token, key):
-                engine.refused += 1
-                return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        return await call_next(request)
+    app.add_middleware(ApiKeyGuard, engine=engine)
 
     @app.get("/health")
     async def health() -> Response:
@@ -300,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow", action="append", default=[], metavar="MODEL=MS", help="extra TTFT for a model name")
     p.add_argument("--fail-load", action="append", default=[], metavar="ADAPTER", help="its load answers 500")
     p.add_argument("--fail-status", action="append", default=[], metavar="MODEL=STATUS", help="every completion")
-    p.add_argument("--stream-fault", action="append", default=[], metavar="MODEL=KIND@N", help="error@N or truncate@N")
+    p.add_argument("--stream-fault", action="append", default=[], metavar="MODEL=KIND@N", help="error|truncate|die@N")
     p.add_argument("--max-model-len", type=int, default=defaults.max_model_len, help="prompt + max_tokens limit")
     args = p.parse_args(argv)
     slow = {name: float(ms) for name, ms in _pairs(args.slow)}

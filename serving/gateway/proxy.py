@@ -3,9 +3,10 @@
     forward -> try the assigned variant -> (failed before the first byte) try the control once
 
 Engines: a request moves to another engine only while nothing was sent to the client, and only
-after a connection failure or timeout (an engine's HTTP answer, a 500 included, is that request's
-answer). Each try holds a lease on its engine (serving/gateway/pool.py) from the pick until the answer was
-read or the stream ended, so least-busy routing sees streamed and non-streamed load alike.
+after a connection failure or timeout, before or after the engine's headers (an engine's HTTP
+answer, a 500 included, is that request's answer); an engine that failed is taken out, so the
+next try goes elsewhere. Each try holds a lease on its engine (serving/gateway/pool.py) from the
+pick until the answer was read or the stream ended, so least-busy routing sees streamed and non-streamed load alike.
 
 Variants: every try's outcome is logged against the variant it ran on (serving/gateway/recorder.py):
 an adapter that fails to load, a 5xx, no engine, a timeout, an in-stream error event, a stream
@@ -42,7 +43,7 @@ from serving.gateway.control import ControlPlane
 from serving.gateway.pool import Engine, EngineLease, EnginePool
 from serving.gateway.recorder import Call, FailedBeforeFirstByte, failure_kind
 from serving.gateway.resolve import Resolver, Target
-from serving.gateway.stream import StreamRelay, stream_response
+from serving.gateway.stream import BrokeOff, StreamRelay, stream_response
 from serving.metrics import GatewayMetrics
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
@@ -116,28 +117,42 @@ class Proxy:
 
     async def try_once(self, call: Call) -> Response:
         """Run `call` on an engine, no fallback (each of forward's tries; a shadow mirror's only one).
+        An engine that breaks off before the client got anything is taken out and the request moves
+        to the next healthy engine (nothing was sent, nothing logged yet).
         Raises FailedBeforeFirstByte (logged) when it failed before the client got anything; anything
         else it returns is the client's answer (logged when it ends)."""
-        stream = bool(call.body.get("stream"))
-        wants_usage = bool((call.body.get("stream_options") or {}).get("include_usage"))
-        try:
-            upstream = await self.open_upstream(call)
-        except (EngineUnavailable, AdapterRejected) as exc:
-            call.finish(exc.status, failure_kind(exc))
-            raise FailedBeforeFirstByte(JSONResponse(exc.body(), exc.status, call.headers(None))) from exc
-        if not stream or upstream.resp.status != 200:
+        for attempt in range(len(self.pool.engines)):
+            try:
+                upstream = await self.open_upstream(call)
+            except (EngineUnavailable, AdapterRejected) as exc:
+                call.finish(exc.status, failure_kind(exc))
+                raise FailedBeforeFirstByte(JSONResponse(exc.body(), exc.status, call.headers(None))) from exc
+            try:
+                return await self._answer(call, upstream)
+            except BrokeOff as broke:
+                if attempt + 1 == len(self.pool.engines) or not any(e.healthy for e in self.pool.engines):
+                    call.finish(broke.error.status, broke.kind)
+                    raise FailedBeforeFirstByte(
+                        JSONResponse(broke.error.body(), broke.error.status, call.headers(None))
+                    ) from broke
+                self.metrics.retries.inc()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _answer(self, call: Call, upstream: Upstream) -> Response:
+        """The client's answer from one engine's response; BrokeOff before the first byte."""
+        if not call.body.get("stream") or upstream.resp.status != 200:
             return await self._relay_json(call, upstream)
         engine = upstream.engine
         relay = StreamRelay(
             call,
             upstream.resp,
             engine.label,
-            wants_usage,
+            bool((call.body.get("stream_options") or {}).get("include_usage")),
             self.metrics,
             on_end=upstream.done,
             on_broken=lambda: self.pool.mark_down(engine, "stream"),
         )
-        await relay.start()  # reads the first event; FailedBeforeFirstByte
+        await relay.start()  # reads the first event; BrokeOff, FailedBeforeFirstByte
         return stream_response(relay, call.headers(engine))
 
     async def _open(self, engine: Engine, call: Call) -> aiohttp.ClientResponse:
@@ -183,8 +198,7 @@ class Proxy:
             error = EngineUnavailable(
                 f"the engine is unavailable: engine {engine.index} broke off ({exc!r})", code="engine_unavailable"
             )
-            call.finish(error.status, failure_kind(exc))
-            raise FailedBeforeFirstByte(JSONResponse(error.body(), error.status, call.headers(engine))) from exc
+            raise BrokeOff(error, failure_kind(exc)) from exc
         finally:
             upstream.done(complete=True)
         status = resp.status

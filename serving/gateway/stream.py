@@ -1,7 +1,8 @@
 """Relay one engine's server-sent events to the client, and say how the stream ended.
 
-`start()` reads the engine's first event before the client gets anything: a stream that breaks,
-times out, ends or reports an error at once fails before the first byte (FailedBeforeFirstByte),
+`start()` reads the engine's first event before the client gets anything: a stream that breaks
+or stalls at once raises BrokeOff (nothing logged: the proxy moves the request to another engine);
+one that ends or reports an error at once fails before the first byte (FailedBeforeFirstByte),
 so the proxy may still answer from another variant and the client gets a plain HTTP error.
 After that every event is relayed with the gateway's response id, and the end is logged once:
 
@@ -29,6 +30,15 @@ from serving.gateway.recorder import CLIENT_CLOSED, Call, FailedBeforeFirstByte,
 from serving.metrics import GatewayMetrics
 
 READ_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ValueError)  # ValueError: a malformed event
+
+
+class BrokeOff(Exception):
+    """The engine's connection broke or stalled before the client got anything: nothing is logged
+    yet, so the proxy may move the request to another engine (or log `error` as its answer)."""
+
+    def __init__(self, error: ServingError, kind: str):
+        super().__init__(error.message)
+        self.error, self.kind = error, kind
 
 
 def _engine_error(chunk: dict) -> tuple[int, str] | None:
@@ -80,7 +90,9 @@ class StreamRelay:
             error = None if first in (None, "[DONE]") else _engine_error(json.loads(first or "{}"))
         except READ_ERRORS as exc:
             self.on_broken()
-            raise self._fail(503, self._broken(exc), failure_kind(exc)) from exc
+            self.closed = True  # closed without logging: the proxy decides what the call's answer is
+            self.on_end(complete=False)
+            raise BrokeOff(self._broken(exc), failure_kind(exc)) from exc
         except BaseException:  # cancelled: the client went away before its first byte
             self.close()
             raise

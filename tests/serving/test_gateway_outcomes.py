@@ -180,6 +180,34 @@ def test_a_stream_that_ends_before_its_first_event_is_a_plain_error(dirs) -> Non
     assert [(r.outcome, r.error_kind) for r in rows] == [("error", "truncated")]
 
 
+def test_an_engine_that_dies_before_the_first_event_moves_the_request_to_the_next_engine(dirs) -> None:
+    """Headers sent, then the engine process died: the client has nothing yet, so the request runs on
+    the next engine and is logged once, as that engine's success; the dead engine is taken out."""
+    with (
+        engine(**QUICK, stream_faults={"bot@v1": "die@0"}) as dying,
+        engine(**QUICK) as good,
+        gateway(dirs, []) as gw,
+    ):
+        gw.state.pool.engines = [Engine(0, dying.url), Engine(1, good.url)]
+        assert chat(gw.url, "bot@v1").headers["x-loraplane-engine"] == "0"  # loads it there: affinity
+        resp, events = sse(gw.url, "bot@v1")
+        rows = logged(gw, 2)[1:]
+        dead = gw.state.pool.engines[0].healthy
+        metrics = httpx.get(f"{gw.url}/metrics").text
+    assert (resp.status_code, resp.headers["x-loraplane-engine"], events[-1]) == (200, "1", "[DONE]")
+    assert not any('"error"' in e for e in events) and dead is False
+    assert [(r.status, r.outcome) for r in rows] == [(200, "ok")]
+    assert "loraplane_upstream_retries_total 1.0" in metrics
+
+
+def test_an_engine_dying_on_the_only_engine_is_a_logged_503(dirs) -> None:
+    with engine(**QUICK, stream_faults={"bot@v1": "die@0"}) as dying, gateway(dirs, [dying.url]) as gw:
+        resp, events = sse(gw.url, "bot@v1")
+        rows = logged(gw)
+    assert resp.status_code == 503 and events == []  # a plain HTTP error, not a 200 with an error event
+    assert [(r.status, r.outcome, r.error_kind) for r in rows] == [(503, "error", "unavailable")]
+
+
 def test_a_client_that_hangs_up_mid_stream_is_499_not_an_error(dirs) -> None:
     with engine(tokens=200, ttft_ms=1.0, itl_ms=20.0) as eng, gateway(dirs, [eng.url]) as gw:
         body = {"model": "bot", "messages": MSG, "stream": True, "max_tokens": 200}
