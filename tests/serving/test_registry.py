@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -136,3 +138,58 @@ def test_a_miss_rescans_at_most_once_per_interval(tmp_path: Path) -> None:
         reg.resolve("bot", "v3")  # a miss rescanned a moment ago: no listing now
     time.sleep(0.6)
     assert reg.resolve("bot", "v3") == AdapterRef("bot", "v3")
+
+
+def _scandir_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every os.scandir the registry makes from now on (the path it listed)."""
+    import serving.registry as reg
+
+    calls: list[str] = []
+    real = reg.os.scandir
+
+    def counting(path):  # type: ignore[no-untyped-def]
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(reg.os, "scandir", counting)
+    return calls
+
+
+def _age(folder: Path, seconds: float) -> None:
+    old = time.time() - seconds
+    os.utime(folder, (old, old))
+
+
+def test_a_rescan_lists_only_the_name_folders_that_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway polls every second: with 40 settled names a rescan is one listing plus one stat per
+    name; a publish, a removal and a new name are each seen at the next scan."""
+    for i in range(40):
+        make_adapter(tmp_path, f"a{i}", "v1")
+        _age(tmp_path / f"a{i}", 60)
+    reg = registry(tmp_path)
+    reg.refresh()
+    reg.refresh()  # a name whose mtime moved is listed twice, then it has settled
+    calls = _scandir_calls(monkeypatch)
+    assert len(reg.refresh().names) == 40 and calls == [str(tmp_path)]
+
+    make_adapter(tmp_path, "a7", "v2")  # a publish renames into a7/: its mtime moves
+    make_adapter(tmp_path, "new", "v1")
+    shutil.rmtree(tmp_path / "a3")
+    calls.clear()
+    snap = reg.refresh()
+    assert sorted(calls) == sorted([str(tmp_path), str(tmp_path / "a7"), str(tmp_path / "new")])
+    assert snap.versions["a7"] == ("v1", "v2") and "new" in snap.versions and "a3" not in snap.versions
+    assert reg.resolve("a7", None) == AdapterRef("a7", "v2")
+
+
+def test_a_publish_in_the_same_clock_tick_as_a_listing_is_not_missed(tmp_path: Path) -> None:
+    """File times tick coarsely: a version published in the tick of the previous listing leaves the
+    folder's mtime unchanged (simulated by setting it back). A folder that recent is listed anyway."""
+    make_adapter(tmp_path, "bot", "v1")
+    reg = registry(tmp_path)
+    reg.refresh()
+    reg.refresh()
+    before = (tmp_path / "bot").stat().st_mtime_ns
+    make_adapter(tmp_path, "bot", "v2")
+    os.utime(tmp_path / "bot", ns=(before, before))
+    assert reg.refresh().versions["bot"] == ("v1", "v2")
