@@ -10,7 +10,9 @@ it can never make a live request wait or be refused; it starts only while live r
 mirrors in flight are below `rollouts.shadow_max_in_flight_share` of `gateway.max_in_flight`, and
 is otherwise skipped and counted (loraplane_shadow_requests_total{outcome="dropped"}).
 A mirrored stream is read to its end so its TTFT, errors and (with `capture: bodies`) its text are
-logged exactly as a live answer's are (recorder.Call); its row is gradable by its id like any other.
+logged exactly as a live answer's are (recorder.Call); its row is gradable by its id like any other,
+and the configured graders score it like a live answer (their scores drive the shadow stage's
+grader guards: store/shadow.py).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class ShadowMirror:
             key_name=call.key_name,
             unit=call.unit,
             excluded=SHADOW,
+            grade=call.grade,  # graders score mirrored answers: the shadow stage's grader guards read them
         )
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(path, mirror))

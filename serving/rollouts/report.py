@@ -221,7 +221,9 @@ def read_rollout(store: Store, rollout: RolloutRecord) -> Evaluation:
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
     # The shadow stage compares the candidate's mirrored answers with the control's live ones
     # (store/shadow.py); the canary steps count live rows only.
-    units_of = store.shadow_units if rollout.step == SHADOW_STEP else store.rollout_units
+    shadow = rollout.step == SHADOW_STEP
+    units_of = store.shadow_units if shadow else store.rollout_units
     units = units_of(rollout.name, ttft_threshold_s=threshold)
-    graded = {g.metric: store.rollout_scores(rollout.name, g.metric) for g in spec.guards if g.grader is not None}
+    scores_of = store.shadow_scores if shadow else store.rollout_scores
+    graded = {g.metric: scores_of(rollout.name, g.metric) for g in spec.guards if g.grader is not None}
     return build_report(rollout, units, sample, graded)

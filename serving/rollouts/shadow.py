@@ -10,21 +10,28 @@ At each evaluation, `decide_shadow` returns:
 - rollback: some guard shows the candidate worse than the control by more than its margin
   (error rate, TTFT, and feedback when mirrored answers are scored, e.g. by graders): no user has
   seen the candidate;
-- hold: either side has fewer than min_samples requests, or an error-rate / TTFT guard has no
-  verdict yet (too few users); a score guard (feedback, graders) without enough scores does not
+- hold: either side has fewer than min_samples requests, or an error-rate / TTFT / grader guard
+  has no verdict yet (too few users, or the graders have not scored enough mirrored answers yet:
+  they score off the request path, after the row is logged); the users' feedback guard does not
   hold the stage (users never see shadow answers, so only graders can score them);
-- advance: enough samples and every error-rate / TTFT guard has a verdict and none failed ->
-  the first canary step (spec.steps[0]).
+- advance: enough samples and every error-rate / TTFT / grader guard has a verdict and none
+  failed -> the first canary step (spec.steps[0]).
 """
 
 from __future__ import annotations
 
-from serving.rollouts.policy import Decision, GuardVerdict, RolloutSpec, guard_rollback
+from serving.rollouts.policy import GRADER_PREFIX, Decision, GuardVerdict, RolloutSpec, guard_rollback
 from serving.store import RolloutRecord
 from serving.store.shadow import SHADOW_STEP
 
-# Guards every mirrored answer gives a reading for; score guards (feedback, graders) may stay pending.
+# Guards every mirrored answer gives a reading for (graders score mirrored answers too); only the
+# users' feedback guard may stay pending.
 SERVICE_GUARDS = ("error_rate", "ttft_p95")
+
+
+def _needs_verdict(metric: str) -> bool:
+    return metric in SERVICE_GUARDS or metric.startswith(GRADER_PREFIX)
+
 
 __all__ = ["SHADOW_STEP", "decide_shadow", "in_shadow", "shadow_percent"]
 
@@ -53,9 +60,10 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
             f"(candidate mirrored {candidate_n}, control {control_n})",
             SHADOW_STEP,
         )
-    pending = [v.metric for v in verdicts if v.verdict == "pending" and v.metric in SERVICE_GUARDS]
+    pending = [v.metric for v in verdicts if v.verdict == "pending" and _needs_verdict(v.metric)]
     if pending:
-        return Decision("hold", f"shadow stage: no verdict yet (too few users): {', '.join(pending)}", SHADOW_STEP)
+        reason = f"shadow stage: no verdict yet (too few users or grader scores): {', '.join(pending)}"
+        return Decision("hold", reason, SHADOW_STEP)
     return Decision(
         "advance",
         f"shadow stage passed ({candidate_n} mirrored requests, no guard failed): canary at {spec.steps[0]}%",

@@ -33,7 +33,7 @@ def _shadow_rows(table: type[RequestLogRow] | type[FeedbackRow], rollout: str) -
 
 def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
     """UnitStats rows of the shadow step (logs.units_query over the shadow rows), users' feedback
-    beside its requests (graders' scores are read per grader, like a canary step's)."""
+    beside its requests (graders' scores are read per grader: shadow_scores)."""
     f = FeedbackRow
     rows = (_shadow_rows(RequestLogRow, rollout), sa.and_(_shadow_rows(f, rollout), f.source == USER_SOURCE))
     return units_query(rollout, ttft_threshold_s, rows)
@@ -54,3 +54,17 @@ class ShadowLog:
             UnitStats(str(v), int(st), str(u), int(n), int(e or 0), int(o or 0), float(t), int(k))
             for v, st, u, n, e, o, t, k in rows
         ]
+
+    def shadow_scores(self, rollout: str, source: str) -> list[UnitStats]:
+        """One source's scores (a grader's) per (variant, step, unit) at the shadow step: the
+        candidate's mirrored answers and the control's live ones, like ScoreReads.rollout_scores."""
+        f = FeedbackRow
+        query = (
+            sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score), sa.func.count())
+            .where(_shadow_rows(f, rollout), f.source == source)
+            .group_by(f.variant, f.step, f.unit)
+            .order_by(f.variant, f.step, f.unit)
+        )
+        with self._tx() as s:
+            rows = s.execute(query).all()
+        return [UnitStats(str(v), int(st), str(u), 0, 0, 0, float(t), int(n)) for v, st, u, t, n in rows]

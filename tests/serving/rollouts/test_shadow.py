@@ -100,6 +100,32 @@ def test_a_failing_candidate_is_rolled_back_in_shadow_before_any_user_sees_it(tw
     assert served == {"bot@v1"} and {r.status_code for r in answers + after} == {200}
 
 
+def test_graders_score_mirrored_answers_and_a_failing_grader_guard_rolls_back_in_shadow(
+    two_versions, db_url: str
+) -> None:
+    """The candidate answers fine by every service metric but not in JSON: only a grader can see it.
+    Mirrored answers are graded like live ones, and the shadow stage's grader guard reads them."""
+    overrides = {
+        "store.url": db_url,
+        **FAST,
+        "adapters": [{"name": "bot", "capture": "bodies"}],
+        "graders": [{"name": "json_valid", "kind": "json_valid", "applies_to": ["bot"]}],
+    }
+    eng, gateway = serving(two_versions, overrides, replies={"bot@v1": '{"ok": 1}', "bot@v2": "not json"})
+    with eng, gateway as gw:
+        guards = ["error_rate:0.05", "grader:json_valid:0"]
+        body = shadow_body(min_samples=20, guards=guards, promote_when="no_regression")
+        assert start(gw.url, "judged", **body).status_code == 201
+        answers = users(gw.url, 60)
+        final = wait_for(lambda: (s := status(gw.url, "judged"))["state"] != "running" and s, timeout_s=30)
+        mirrored = [r.id for r in rows(gw) if r.excluded == "shadow"]
+        scores = gw.state.store.scores_of(mirrored, "grader:json_valid")
+    assert {r.headers["x-loraplane-adapter"] for r in answers} == {"bot@v1"}
+    assert scores and set(scores.values()) == {0.0}  # the mirrored answers were graded
+    assert final["state"] == "rolled_back", final
+    assert "shadow stage: guard grader:json_valid" in final["reason"] and "no user saw it" in final["reason"]
+
+
 def test_a_healthy_candidate_advances_from_shadow_to_the_first_canary_step(two_versions, db_url: str) -> None:
     overrides = {"store.url": db_url, **FAST}
     eng, gateway = serving(two_versions, overrides)
