@@ -67,4 +67,4 @@ class ShadowLog:
         )
         with self._tx() as s:
             rows = s.execute(query).all()
-        return [UnitStats(str(v), int(st), str(u), 0, 0, 0, float(t), int(n)) for v, st, u, t, n in rows]
+        return [UnitStats(str(v), SHADOW_STEP, str(u), 0, 0, 0, float(t), int(n)) for v, _, u, t, n in rows]
