@@ -15,7 +15,7 @@ Faults to inject, per model name where it says so:
 - `stream_faults`: model -> "error@N" (vLLM's in-stream error event after N tokens, then
   `[DONE]`), "truncate@N" (the stream ends cleanly after N tokens, no finish, no `[DONE]`) or
   "die@N" (the connection breaks after N tokens, as when the engine process dies; die@0: after
-  the headers, before any event);
+  the headers, before any event; a non-streamed request breaks after the headers);
 - `fail_load`: adapter names whose load answers 500;
 - `replies`: model -> a fixed answer text (one token), e.g. JSON or a judge's score.
 With `api_key` set it guards /v1 like vLLM's `--api-key`
@@ -287,6 +287,8 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{base_id}"
         if body.get("stream"):
             return StreamingResponse(engine.stream(kind, body, n_tokens, rid), media_type="text/event-stream")
+        if engine.settings.stream_faults.get(body["model"], "").startswith("die@"):
+            return StreamingResponse(_dies(), media_type="application/json")  # headers, then the break
         return JSONResponse(await engine.complete(kind, body, n_tokens, rid))
 
     @app.post("/v1/chat/completions")
@@ -298,6 +300,12 @@ def create_app(settings: MockSettings | None = None) -> FastAPI:
         return await completion("text", request)
 
     return app
+
+
+async def _dies() -> AsyncIterator[bytes]:
+    """A body that breaks before its first byte (a non-streamed answer under a die@N fault)."""
+    raise ConnectionAbortedError("injected engine death (mock stream_faults die@N, not streamed)")
+    yield b""  # pragma: no cover  (makes this an async generator)
 
 
 def _pairs(items: list[str]) -> list[tuple[str, str]]:

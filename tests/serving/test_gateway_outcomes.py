@@ -180,7 +180,8 @@ def test_a_stream_that_ends_before_its_first_event_is_a_plain_error(dirs) -> Non
     assert [(r.outcome, r.error_kind) for r in rows] == [("error", "truncated")]
 
 
-def test_an_engine_that_dies_before_the_first_event_moves_the_request_to_the_next_engine(dirs) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_engine_that_dies_before_the_first_event_moves_the_request_to_the_next_engine(dirs, stream) -> None:
     """Headers sent, then the engine process died: the client has nothing yet, so the request runs on
     the next engine and is logged once, as that engine's success; the dead engine is taken out."""
     with (
@@ -189,9 +190,15 @@ def test_an_engine_that_dies_before_the_first_event_moves_the_request_to_the_nex
         gateway(dirs, []) as gw,
     ):
         gw.state.pool.engines = [Engine(0, dying.url), Engine(1, good.url)]
-        assert chat(gw.url, "bot@v1").headers["x-loraplane-engine"] == "0"  # loads it there: affinity
-        resp, events = sse(gw.url, "bot@v1")
-        rows = logged(gw, 2)[1:]
+        # both engines hold bot@v1, equally idle: the request goes to engine 0 first
+        httpx.post(f"{gw.url}/admin/adapters/bot/v1/load", json={}, timeout=30).raise_for_status()
+        assert gw.state.pool.holders("bot@v1") == [0, 1]
+        if stream:
+            resp, events = sse(gw.url, "bot@v1")
+        else:
+            resp = chat(gw.url, "bot@v1")
+            events = ["[DONE]"] if resp.status_code == 200 and resp.json()["choices"] else []
+        rows = logged(gw)
         dead = gw.state.pool.engines[0].healthy
         metrics = httpx.get(f"{gw.url}/metrics").text
     assert (resp.status_code, resp.headers["x-loraplane-engine"], events[-1]) == (200, "1", "[DONE]")
