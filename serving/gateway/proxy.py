@@ -121,7 +121,8 @@ class Proxy:
         to the next healthy engine (nothing was sent, nothing logged yet).
         Raises FailedBeforeFirstByte (logged) when it failed before the client got anything; anything
         else it returns is the client's answer (logged when it ends)."""
-        for attempt in range(len(self.pool.engines)):
+        tries = max(1, len(self.pool.engines))  # each engine once at most; with none, one try (a logged 503)
+        for attempt in range(tries):
             try:
                 upstream = await self.open_upstream(call)
             except (EngineUnavailable, AdapterRejected) as exc:
@@ -130,7 +131,7 @@ class Proxy:
             try:
                 return await self._answer(call, upstream)
             except BrokeOff as broke:
-                if attempt + 1 == len(self.pool.engines) or not any(e.healthy for e in self.pool.engines):
+                if attempt + 1 == tries or not any(e.healthy for e in self.pool.engines):
                     call.finish(broke.error.status, broke.kind)
                     raise FailedBeforeFirstByte(
                         JSONResponse(broke.error.body(), broke.error.status, call.headers(None))

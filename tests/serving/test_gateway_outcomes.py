@@ -207,6 +207,14 @@ def test_an_engine_that_dies_before_the_first_event_moves_the_request_to_the_nex
     assert "loraplane_upstream_retries_total 1.0" in metrics
 
 
+def test_a_gateway_without_engines_answers_a_logged_503(dirs) -> None:
+    with gateway(dirs, []) as gw:
+        resp = chat(gw.url, "bot@v1")
+        rows = logged(gw)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "engine_unavailable"
+    assert [(r.status, r.outcome, r.error_kind) for r in rows] == [(503, "error", "unavailable")]
+
+
 def test_an_engine_dying_on_the_only_engine_is_a_logged_503(dirs) -> None:
     with engine(**QUICK, stream_faults={"bot@v1": "die@0"}) as dying, gateway(dirs, [dying.url]) as gw:
         resp, events = sse(gw.url, "bot@v1")
