@@ -30,10 +30,15 @@ class ScoreReads:
     def rollout_scores(self, rollout: str, source: str) -> list[UnitStats]:
         """One source's scores per (variant, step, unit) of a rollout, as UnitStats with only
         score_sum / score_n set (requests are the user-feedback query's business), sorted."""
+        return self.unit_scores(counted_feedback(rollout, source))
+
+    def unit_scores(self, which: sa.ColumnElement[bool]) -> list[UnitStats]:
+        """Scores of the feedback rows `which` selects, summed per (variant, step, unit), sorted
+        (rollout_scores; the shadow stage's: store/shadow.py)."""
         f = FeedbackRow
         query = (
             sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score), sa.func.count())
-            .where(counted_feedback(rollout, source))
+            .where(which)
             .group_by(f.variant, f.step, f.unit)
             .order_by(f.variant, f.step, f.unit)
         )

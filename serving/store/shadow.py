@@ -55,16 +55,11 @@ class ShadowLog:
             for v, st, u, n, e, o, t, k in rows
         ]
 
+    def unit_scores(self, which: sa.ColumnElement[bool]) -> list[UnitStats]:  # provided by ScoreReads
+        raise NotImplementedError
+
     def shadow_scores(self, rollout: str, source: str) -> list[UnitStats]:
         """One source's scores (a grader's) per (variant, step, unit) at the shadow step: the
         candidate's mirrored answers and the control's live ones, like ScoreReads.rollout_scores."""
         f = FeedbackRow
-        query = (
-            sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score), sa.func.count())
-            .where(_shadow_rows(f, rollout), f.source == source)
-            .group_by(f.variant, f.step, f.unit)
-            .order_by(f.variant, f.step, f.unit)
-        )
-        with self._tx() as s:
-            rows = s.execute(query).all()
-        return [UnitStats(str(v), SHADOW_STEP, str(u), 0, 0, 0, float(t), int(n)) for v, _, u, t, n in rows]
+        return self.unit_scores(sa.and_(_shadow_rows(f, rollout), f.source == source))
