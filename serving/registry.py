@@ -243,6 +243,7 @@ class RegistrySnapshot:
     mtimes: Mapping[str, int] = field(default_factory=dict, repr=False)
     changed: frozenset[str] = field(default_factory=frozenset, repr=False)
     scanned_at_ns: int = 0
+    listed_all_at_ns: int = 0  # the last scan that listed every folder
 
     def resolve(self, name: str, version: str | None) -> AdapterRef:
         """`name@version`, or `name`'s newest version when `version` is None; NotFound naming
@@ -269,6 +270,10 @@ class RegistrySnapshot:
 # the folder's mtime equal (git's "racily clean" entries). So a folder is listed again, whatever its
 # mtime, when its mtime moved at the previous scan or lies within RACY_NS of that scan's start.
 RACY_NS = 2_000_000_000
+# Whatever the mtimes say, every folder is listed again at least this often: a writer on a shared
+# volume whose clock lags and whose file times are coarse (1 s on some NFS servers) can still leave
+# an mtime that both rules above trust; this bounds that miss to FULL_RESCAN_NS.
+FULL_RESCAN_NS = 30_000_000_000
 
 
 def scan(adapters_dir: Path, previous: RegistrySnapshot | None = None) -> RegistrySnapshot:
@@ -286,13 +291,14 @@ def scan(adapters_dir: Path, previous: RegistrySnapshot | None = None) -> Regist
     except FileNotFoundError:
         return RegistrySnapshot()
     prev = previous or RegistrySnapshot()
+    full = began - prev.listed_all_at_ns >= FULL_RESCAN_NS  # list every folder this time
     for root in roots:
         name = root.name
         try:
             mtime = root.stat().st_mtime_ns
             if prev.mtimes.get(name) != mtime:
                 changed.add(name)
-            elif name not in prev.changed and mtime < prev.scanned_at_ns - RACY_NS:
+            elif not full and name not in prev.changed and mtime < prev.scanned_at_ns - RACY_NS:
                 mtimes[name] = mtime  # settled: the versions listed before still hold
                 if name in prev.versions:
                     found[name] = prev.versions[name]
@@ -304,7 +310,12 @@ def scan(adapters_dir: Path, previous: RegistrySnapshot | None = None) -> Regist
         if versions:
             found[name] = tuple(sorted(versions, key=version_number))
     return RegistrySnapshot(
-        MappingProxyType(found), tuple(sorted(found)), MappingProxyType(mtimes), frozenset(changed), began
+        MappingProxyType(found),
+        tuple(sorted(found)),
+        MappingProxyType(mtimes),
+        frozenset(changed),
+        began,
+        began if full else prev.listed_all_at_ns,
     )
 
 

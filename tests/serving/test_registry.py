@@ -193,3 +193,24 @@ def test_a_publish_in_the_same_clock_tick_as_a_listing_is_not_missed(tmp_path: P
     make_adapter(tmp_path, "bot", "v2")
     os.utime(tmp_path / "bot", ns=(before, before))
     assert reg.refresh().versions["bot"] == ("v1", "v2")
+
+
+def test_a_publish_no_mtime_rule_can_see_is_seen_at_the_next_full_listing(tmp_path: Path) -> None:
+    """A writer on a shared volume with a lagging clock and coarse file times can publish and leave
+    a settled folder's mtime as it was; every folder is listed again within FULL_RESCAN_NS anyway."""
+    import dataclasses
+
+    import serving.registry as reg_module
+
+    make_adapter(tmp_path, "bot", "v1")
+    _age(tmp_path / "bot", 60)
+    reg = registry(tmp_path)
+    reg.refresh()
+    reg.refresh()  # settled
+    before = (tmp_path / "bot").stat().st_mtime_ns
+    make_adapter(tmp_path, "bot", "v2")
+    os.utime(tmp_path / "bot", ns=(before, before))  # the mtime both rules trust
+    assert reg.refresh().versions["bot"] == ("v1",)  # the miss this bounds
+    snap = reg.snapshot
+    reg._snapshot = dataclasses.replace(snap, listed_all_at_ns=snap.listed_all_at_ns - reg_module.FULL_RESCAN_NS)
+    assert reg.refresh().versions["bot"] == ("v1", "v2")
