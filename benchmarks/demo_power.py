@@ -28,6 +28,7 @@ from serving.rollouts.policy import GuardSpec, RolloutSpec, decide, evaluate_gua
 from serving.rollouts.stats import Cells
 
 N_PROMPTS = 48
+TTFT_OVER = 0.05
 
 
 def bucket(user: str, salt: str) -> int:
@@ -48,35 +49,40 @@ def cells(per_unit: Cell) -> Cells:
     return Cells(total, count, np.array([s for s, _ in columns]), np.array([c for _, c in columns], dtype=bool))
 
 
-def one_rollout(seed: int, right: dict[str, set[int]], max_users: int, steps: tuple[int, ...]) -> tuple[str, int]:
+def one_rollout(seed: int, right: dict[str, set[int]], max_users: int, spec: RolloutSpec) -> tuple[str, int]:
     """(outcome, requests sent) of one simulated demo rollout."""
-    guards = tuple(GuardSpec(metric, 0.0) for metric in ("error_rate", "ttft_p95", "feedback"))  # the defaults
-    spec = RolloutSpec(steps, 20, 5.0, 0.05, guards, "better")
+    rng = random.Random(seed)
     requests = traffic(population(max_users, N_PROMPTS, seed=seed), seed=seed + 1)
     scores: Cell = defaultdict(lambda: [0.0, 0.0])
-    errors: Cell = defaultdict(lambda: [0.0, 0.0])  # no errors, no TTFT exceedances: one engine serves both
-    step, at_step = 0, {True: 0, False: 0}
+    errors: Cell = defaultdict(lambda: [0.0, 0.0])  # no errors: one engine serves both
+    # TTFT above the control's p95: 5% of either version's requests (one engine, one base serve both).
+    slow: Cell = defaultdict(lambda: [0.0, 0.0])
+    step, at_step, control_users = 0, {True: 0, False: 0}, set()
     for sent, request in enumerate(requests, start=1):
         cand = bucket(request.user.id, str(seed)) < spec.steps[step]
         at_step[cand] += 1
+        if not cand:
+            control_users.add(request.user.id)
         errors[(request.user.id, step, cand)][1] += 1
+        slow_cell = slow[(request.user.id, step, cand)]
+        slow_cell[0] += float(rng.random() < TTFT_OVER)
+        slow_cell[1] += 1
         if request.rates:
             cell = scores[(request.user.id, step, cand)]
             cell[0] += float(request.example in right["candidate" if cand else "control"])
             cell[1] += 1
         if sent % WAVE:
             continue
-        error_cells = cells(errors)
         verdicts = [
-            evaluate_guard(spec, spec.guards[0], error_cells),
-            evaluate_guard(spec, spec.guards[1], error_cells),
+            evaluate_guard(spec, spec.guards[0], cells(errors)),
+            evaluate_guard(spec, spec.guards[1], cells(slow)),
             evaluate_guard(spec, spec.guards[2], cells(scores)),
         ]
-        d = decide(spec, step, (at_step[True], at_step[False]), verdicts)
+        d = decide(spec, step, (at_step[True], at_step[False]), verdicts, len(control_users))
         if d.outcome in ("promote", "rollback"):
             return d.outcome, sent
         if d.outcome == "advance":
-            step, at_step = d.step_index, {True: 0, False: 0}
+            step, at_step, control_users = d.step_index, {True: 0, False: 0}, set()
     return "undecided", len(requests)
 
 
@@ -87,17 +93,27 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=250, help="the demo's --rollout-users")
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--steps", default="20,50,100", help="the rollout's steps (the demo's V2_FLAGS)")
+    parser.add_argument("--promote-when", default="better", choices=["better", "not_worse", "no_regression"])
+    parser.add_argument(
+        "--guards", default="error_rate:0,ttft_p95:0,feedback:0", help="METRIC:MARGIN,... in this order (the defaults)"
+    )
     args = parser.parse_args()
     order = random.Random(0).sample(range(N_PROMPTS), N_PROMPTS)  # v1's right answers are a subset of v2's
     right = {"candidate": set(order[: args.v2_correct]), "control": set(order[: args.v1_correct])}
+    guards = tuple(GuardSpec(m, float(margin)) for m, margin in (g.split(":") for g in args.guards.split(",")))
+    if [g.metric for g in guards] != ["error_rate", "ttft_p95", "feedback"]:
+        parser.error(f"--guards {args.guards!r}: give error_rate, ttft_p95 and feedback, in this order")
     steps = tuple(int(x) for x in args.steps.split(","))
-    results = [one_rollout(seed, right, args.users, steps) for seed in range(args.runs)]
+    spec = RolloutSpec(steps, 20, 5.0, 0.05, guards, args.promote_when)
+    results = [one_rollout(seed, right, args.users, spec) for seed in range(args.runs)]
     promoted = sorted(n for outcome, n in results if outcome == "promote")
     summary = {
         "v1_correct": args.v1_correct,
         "v2_correct": args.v2_correct,
         "users": args.users,
         "steps": args.steps,
+        "promote_when": args.promote_when,
+        "guards": args.guards,
         "runs": args.runs,
         "promoted": len(promoted) / args.runs,
         "rolled_back": sum(o == "rollback" for o, _ in results) / args.runs,

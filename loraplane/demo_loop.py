@@ -1,10 +1,11 @@
 """The demo's loop step (docs/loop.md): the next version of demo-json from its users' ratings.
 
-1. `rate_stable`: users ask the stable version (v2 after the rollout) about TRAIN prompts and rate
-   what they get (exact match against the reference, as loraplane/demo_users.py rates): the ratings
-   the loop trains on. Train prompts, not held-out ones: the rollouts' users asked held-out prompts,
-   and the loop's window begins after them (`data.since`), so the golden set (the held-out set) stays
-   unseen by the version it gates.
+1. `rate_stable`: users ask the stable version (v2 after the rollout) about the live traffic
+   (data/demo/live.jsonl: the golden set's distribution, names v1 and v2 never trained on, none of
+   them a golden prompt) and rate what they get (exact match against the reference, as
+   loraplane/demo_users.py rates): the ratings the loop trains on. The rollouts' users asked the
+   golden (held-out) prompts themselves, and the loop's window begins after them (`data.since`), so
+   no golden prompt is trained on.
 2. `run_loop`: `loraplane loop run` (configs/loop/demo-json.yaml: KTO from the stable version, gated
    on the held-out set, a 20% shadow stage, then 10% -> 50% -> 100% under the rule `better`) as a
    process; while its rollout runs, new users ask held-out prompts and rate the answers, so the
@@ -34,10 +35,10 @@ from loraplane.demo_report import evaluate_model
 from loraplane.demo_users import population, traffic
 
 LOOP_SPEC = Path("configs/loop/demo-json.yaml")
-# Users asked about train prompts: ~3 requests each (demo_users: Pareto), about half of them rated
-# (Beta(1.2, 1.2)): ~150 ratings over the 96 prompts, above the spec's trigger and data.min_rows (50).
+# Users asking about the live prompts: ~3 requests each (demo_users: Pareto), about half of them rated
+# (Beta(1.2, 1.2)): ~140 ratings of ~54 distinct answers, above the spec's trigger and data.min_rows (50).
 RATERS = 100
-RATING_PROMPTS = 96  # the first train prompts, like the KTO proof (benchmarks/kto_proof.py)
+LIVE = Path("data/demo/live.jsonl")
 # The loop's rollout sized like the v2 rollout (demo_rollout.V2_FLAGS: benchmarks/demo_power.py).
 ROLLOUT = {"min_samples": 20, "interval_s": 5}
 
@@ -113,10 +114,10 @@ def run_loop(url: str, spec: Path, examples: list[dict], max_users: int, budget_
 
 
 def loop_step(url: str, out_dir: Path, store_url: str, prompts: list[dict], max_users: int, budget_s: float) -> dict:
-    """Ratings of the stable version on train prompts -> one loop iteration -> v3 on the held-out set."""
-    train = [json.loads(line) for line in Path("data/demo/train.jsonl").read_text().splitlines()]
-    since = time.time()  # the loop trains on these ratings only (not the rollouts' held-out prompts)
-    ratings = rate_stable(url, train[:RATING_PROMPTS])
+    """Ratings of the stable version on live prompts -> one loop iteration -> its version on the held-out set."""
+    live = [json.loads(line) for line in LIVE.read_text().splitlines()]
+    since = time.time()  # the loop trains on these ratings only (not the rollouts' golden prompts)
+    ratings = rate_stable(url, live)
     spec = write_spec(out_dir, url, store_url, since, budget_s)
     loop = run_loop(url, spec, prompts, max_users, budget_s)
     it = loop["iteration"]

@@ -1,11 +1,16 @@
 """Generate the demo task: strict-JSON extraction of a person's details from one sentence.
 
-    python data/demo/generate.py            # rewrites train.jsonl and heldout.jsonl here
+    python data/demo/generate.py            # rewrites train.jsonl, heldout.jsonl and live.jsonl here
 
 Deterministic (fixed seed); a test checks the committed files match. Held-out examples use
 first names, surnames and cities that never occur in training, so a model can only score by
 learning the task (copy fields into the exact format), not by memorising answers.
 Scoring is exact match of the assistant's whole reply against the reference string.
+
+live.jsonl is the users' traffic after the rollouts, which the demo's loop step has them rate: drawn
+from the held-out vocabulary, like the golden set (heldout.jsonl is a frozen sample of that traffic),
+but never one of the golden prompts. v1 and v2 never trained on those names; the version the loop
+trains from the ratings does, which is what a loop is for.
 """
 
 from __future__ import annotations
@@ -136,11 +141,18 @@ def make_example(rng: random.Random, firsts: list[str], lasts: list[str], cities
     }
 
 
-def generate(n_train: int = 480, n_heldout: int = 48) -> tuple[list[dict], list[dict]]:
+def generate(n_train: int = 480, n_heldout: int = 48, n_live: int = 96) -> dict[str, list[dict]]:
+    """{file name: rows}: train, held-out (the golden set) and live (the traffic the loop's users rate)."""
     rng = random.Random(SEED)
     train = [make_example(rng, FIRST, LAST, CITY) for _ in range(n_train)]
     heldout = [make_example(rng, HELDOUT_FIRST, HELDOUT_LAST, HELDOUT_CITY) for _ in range(n_heldout)]
-    return train, heldout
+    golden = {row["messages"][0]["content"] for row in heldout}
+    live: list[dict] = []
+    while len(live) < n_live:
+        row = make_example(rng, HELDOUT_FIRST, HELDOUT_LAST, HELDOUT_CITY)
+        if row["messages"][0]["content"] not in golden:
+            live.append(row)
+    return {"train.jsonl": train, "heldout.jsonl": heldout, "live.jsonl": live}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -149,7 +161,6 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 if __name__ == "__main__":
     here = Path(__file__).parent
-    train_rows, heldout_rows = generate()
-    write_jsonl(here / "train.jsonl", train_rows)
-    write_jsonl(here / "heldout.jsonl", heldout_rows)
-    print(f"wrote {len(train_rows)} train and {len(heldout_rows)} held-out examples to {here}")
+    for name, rows in generate().items():
+        write_jsonl(here / name, rows)
+        print(f"wrote {len(rows)} examples to {here / name}")
