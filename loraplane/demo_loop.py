@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -31,7 +30,7 @@ import openai
 import yaml
 
 from loraplane import demo_rollout
-from loraplane.demo_report import evaluate_model
+from loraplane.demo_report import evaluate_model, user_pool
 from loraplane.demo_users import population, traffic
 
 LOOP_SPEC = Path("configs/loop/demo-json.yaml")
@@ -47,7 +46,7 @@ def rate_stable(url: str, examples: list[dict], n_users: int = RATERS, seed: int
     """Users ask the stable version (the bare adapter name) and rate the answers; returns counts."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
     requests = traffic(population(n_users, len(examples), seed=seed, prefix="rater"), seed=seed + 1)
-    with ThreadPoolExecutor(demo_rollout.CONCURRENCY) as pool:
+    with user_pool() as pool:
         rows = list(pool.map(lambda r: demo_rollout.ask(client, url, examples, r), requests))
     rated = [r for r in rows if r["score"] is not None]
     summary = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
@@ -15,6 +17,19 @@ from tqdm import tqdm
 from loraplane.quantiles import histogram_quantile, percentile
 
 CONCURRENCY = 8
+
+
+@contextmanager
+def user_pool(workers: int = CONCURRENCY) -> Iterator[ThreadPoolExecutor]:
+    """Simulated users' thread pool. Stopped (Ctrl-C, SIGTERM, an error), it drops the requests not
+    yet sent, so the demo stops after the requests in flight rather than after every queued one."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _client(url: str) -> openai.OpenAI:
@@ -49,7 +64,7 @@ def _stream_one(client: openai.OpenAI, model: str, example: dict, user: str | No
 
 def evaluate_model(url: str, model: str, examples: list[dict]) -> dict:
     client = _client(url)
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with user_pool() as pool:
         futures = [pool.submit(_stream_one, client, model, ex) for ex in examples]
         rows = [f.result() for f in tqdm(futures, desc=f"{model:<24}", unit="req", leave=True)]
     latencies = [r["latency_s"] for r in rows]
@@ -67,7 +82,7 @@ def evaluate_model(url: str, model: str, examples: list[dict]) -> dict:
 
 def run_ab(url: str, experiment: str, examples: list[dict], n_users: int) -> list[dict]:
     client = _client(url)
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with user_pool() as pool:
         futures = [
             pool.submit(_stream_one, client, experiment, examples[i % len(examples)], f"user-{i}")
             for i in range(n_users)

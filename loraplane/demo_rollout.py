@@ -20,17 +20,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 
+from loraplane.demo_report import user_pool
 from loraplane.demo_users import Request, population, traffic
 
 ADAPTER, BASE = "demo-json", "smollm2-135m-instruct"
 V2_ROLLOUT, BROKEN_ROLLOUT = "demo-json-v2", "demo-json-broken"
-CONCURRENCY, WAVE = 8, 16  # requests in flight; requests between two looks at the status
+WAVE = 16  # requests between two looks at the status (demo_report.CONCURRENCY of them in flight)
 # Default rule (`better`) and default guards; sizes for a 135M model on 2 CPU cores: 20 requests per
 # variant per step, an evaluation every 5 s. v2's gain over the short v1 (configs/train/demo*.yaml)
 # is shown after a median of 320-450 requests from the demo's users (benchmarks/demo_power.py); a
@@ -93,7 +93,7 @@ def send(url: str, name: str, examples: list[dict], requests: list[Request], dea
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
     rows: list[dict] = []
     report = status(url, name)
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
+    with user_pool() as pool:
         for start in range(0, len(requests), WAVE):
             rows += pool.map(lambda r: ask(client, url, examples, r), requests[start : start + WAVE])
             report = status(url, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from prometheus_client import generate_latest
@@ -32,3 +34,23 @@ def test_ab_from_metrics_reads_shares_ttft_and_tokens() -> None:
     assert 0.2 <= v1["ttft_p50_s"] <= 0.3 and 0.5 <= v2["ttft_p50_s"] <= 0.75  # within their TTFT buckets
     assert abs(v1["ttft_p50_s"] - percentile(ttft["bot@v1"], 50)) <= 0.1  # the (0.2, 0.3] bucket's width
     assert v1["latency_mean_s"] == pytest.approx(float(np.mean(ttft["bot@v1"])) + 1)
+
+
+def test_a_stopped_user_pool_drops_the_requests_not_yet_sent() -> None:
+    import threading
+
+    from loraplane.demo_report import user_pool
+
+    sent, release = [], threading.Event()
+
+    def request(i: int) -> None:
+        sent.append(i)
+        release.wait(5)
+
+    with pytest.raises(KeyboardInterrupt), user_pool(2) as pool:
+        for i in range(50):
+            pool.submit(request, i)
+        raise KeyboardInterrupt  # Ctrl-C while 2 requests are in flight and 48 queued
+    release.set()
+    time.sleep(0.2)
+    assert len(sent) <= 3, sent  # the in-flight ones (a third may start before the queue is cancelled)
