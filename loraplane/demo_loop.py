@@ -11,8 +11,9 @@
    process; while its rollout runs, new users ask held-out prompts and rate the answers, so the
    gateway's evaluator decides on evidence (or runs out of users: then the iteration is undecided).
 3. `write_loop_plot` / `describe_versions`: base -> v1 -> v2 -> the loop's version, held-out exact
-   match, and the iteration. The loop's version is the next free number: v4 in the demo, since the
-   broken candidate of step 7 was published as v3.
+   match (the loop's version as its gate measured it: the golden set through the gateway, not
+   evaluated a second time), and the iteration. The loop's version is the next free number: v4 in
+   the demo, since the broken candidate of step 7 was published as v3.
 
 Like the rest of the demo, this drives the public surface only (CLI processes and HTTP).
 """
@@ -30,7 +31,7 @@ import openai
 import yaml
 
 from loraplane import demo_rollout
-from loraplane.demo_report import evaluate_model, user_pool
+from loraplane.demo_report import user_pool
 from loraplane.demo_users import population, traffic
 
 LOOP_SPEC = Path("configs/loop/demo-json.yaml")
@@ -120,10 +121,17 @@ def loop_step(url: str, out_dir: Path, store_url: str, prompts: list[dict], max_
     spec = write_spec(out_dir, url, store_url, since, budget_s)
     loop = run_loop(url, spec, prompts, max_users, budget_s)
     it = loop["iteration"]
-    published = it.get("version") and (Path("adapters") / demo_rollout.ADAPTER / it["version"]).is_dir()
-    v3 = evaluate_model(url, f"{demo_rollout.ADAPTER}@{it['version']}", prompts) if published else None
     print(describe_iteration(it))
-    return {"ratings": ratings, "loop": loop, "new_version": v3, "spec": str(spec)}
+    return {"ratings": ratings, "loop": loop, "new_version": gated_version(it), "spec": str(spec)}
+
+
+def gated_version(it: dict) -> dict | None:
+    """The loop's version with the held-out exact match its gate measured (the golden set through the
+    gateway, beside the stable version's); None when the iteration stopped before its gate."""
+    gate = (it.get("details") or {}).get("gate")
+    if not it.get("version") or not gate:
+        return None
+    return {"model": f"{demo_rollout.ADAPTER}@{it['version']}", "exact_match": gate["new"], "source": "gate"}
 
 
 def failures(step: dict) -> list[str]:

@@ -20,17 +20,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, wait
+from itertools import islice
 from pathlib import Path
 
 import httpx
 import openai
 
-from loraplane.demo_report import user_pool
+from loraplane.demo_report import CONCURRENCY, user_pool
 from loraplane.demo_users import Request, population, traffic
 
 ADAPTER, BASE = "demo-json", "smollm2-135m-instruct"
 V2_ROLLOUT, BROKEN_ROLLOUT = "demo-json-v2", "demo-json-broken"
-WAVE = 16  # requests between two looks at the status (demo_report.CONCURRENCY of them in flight)
+WAVE = 16  # answers between two looks at the rollout's status (CONCURRENCY requests stay in flight)
 # Default rule (`better`) and default guards; sizes for a 135M model on 2 CPU cores: 20 requests per
 # variant per step, an evaluation every 5 s. v2's gain over the short v1 (configs/train/demo*.yaml)
 # is shown after a median of 320-450 requests from the demo's users (benchmarks/demo_power.py); a
@@ -89,18 +91,31 @@ def ask(client: openai.OpenAI, url: str, examples: list[dict], request: Request)
 
 
 def send(url: str, name: str, examples: list[dict], requests: list[Request], deadline_s: float) -> tuple[list, dict]:
-    """Send `requests` in waves until the rollout ends, the requests run out or the deadline passes."""
+    """Send `requests` until the rollout ends, the requests run out or the deadline passes.
+
+    Users do not wait for each other: CONCURRENCY requests stay in flight, and the rollout's status is
+    read after every WAVE answers. Once it is decided (or the deadline passed) nothing new is sent, and
+    the requests already sent are waited for and counted."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="demo", max_retries=0, timeout=300)
     rows: list[dict] = []
     report = status(url, name)
+    queue = iter(requests)
     with user_pool() as pool:
-        for start in range(0, len(requests), WAVE):
-            rows += pool.map(lambda r: ask(client, url, examples, r), requests[start : start + WAVE])
-            report = status(url, name)
-            print(f"  {progress(rows)}: {report['state']} at {report['step_percent']}% ({report['reason']})")
-            if report["state"] in TERMINAL or time.monotonic() > deadline_s:
-                break
-    return rows, report
+        in_flight = {pool.submit(ask, client, url, examples, r) for r in islice(queue, CONCURRENCY)}
+        answered_since_look = 0
+        while in_flight:
+            done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+            rows += [f.result() for f in done]
+            answered_since_look += len(done)
+            if answered_since_look >= WAVE:
+                answered_since_look = 0
+                report = status(url, name)
+                print(f"  {progress(rows)}: {report['state']} at {report['step_percent']}% ({report['reason']})")
+                if report["state"] in TERMINAL or time.monotonic() > deadline_s:
+                    rows += [f.result() for f in in_flight]  # sent: wait for their answers, send nothing new
+                    return rows, status(url, name)
+            in_flight |= {pool.submit(ask, client, url, examples, r) for r in islice(queue, len(done))}
+    return rows, status(url, name)
 
 
 def progress(rows: list[dict]) -> str:

@@ -107,6 +107,7 @@ def test_the_loop_runs_with_users_during_its_rollout_and_reports(tmp_path: Path,
     line = demo_loop.describe_iteration(it)
     assert "v1 -> v3 by kto on 60 rated answers" in line and "0.500 -> 0.520 (pass" in line and "promoted" in line
     assert demo_loop.failures({"loop": step, "spec": str(path)}) == []
+    assert demo_loop.gated_version(it) == {"model": "demo-json@v3", "exact_match": 0.52, "source": "gate"}
 
 
 def report_iteration(**changes) -> dict:
@@ -125,6 +126,12 @@ def report_iteration(**changes) -> dict:
         },
     }
     return {**it, **changes}
+
+
+def test_a_version_stopped_before_its_gate_has_no_held_out_number() -> None:
+    assert demo_loop.gated_version(report_iteration(details={"export": {"rows": {}}})) is None
+    assert demo_loop.gated_version(report_iteration(version=None)) is None
+    assert demo_loop.gated_version(report_iteration())["exact_match"] == 0.604
 
 
 def test_the_report_line_plot_and_failures(tmp_path: Path) -> None:
