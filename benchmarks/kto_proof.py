@@ -31,29 +31,36 @@ from benchmarks.train_methods import machine, train  # noqa: E402
 HELDOUT, TRAIN = "data/demo/heldout.jsonl", "data/demo/train.jsonl"
 
 
-def rate_answers(v1: Path, n_prompts: int) -> list[dict]:
-    """v1's greedy answers to the first n TRAIN prompts as KTO rows, label = exact match."""
+def greedy_answers(adapter: Path, conversations: list[list[dict]]) -> list[str]:
+    """The adapter's greedy answers (48 new tokens, stripped) to the conversations' prompts."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from trainer.data import load_dataset_file
     from trainer.evaluation.scoring import greedy_replies
     from trainer.model import load_tokenizer
 
     base_dir = REPO / "models" / "smollm2-135m-instruct"
     tokenizer = load_tokenizer(base_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), str(v1))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), str(adapter))
+    return [r.strip() for r in greedy_replies(model, tokenizer, [c[:-1] for c in conversations], 16, 48, "cpu")]
+
+
+def rated_rows(conversations: list[list[dict]], answers: list[str]) -> list[dict]:
+    """KTO rows, label = exact match against the reference; empty answers are not rated."""
+    return [
+        {"prompt": c[:-1], "completion": a, "label": a == c[-1]["content"]}
+        for c, a in zip(conversations, answers, strict=True)
+        if a
+    ]
+
+
+def rate_answers(v1: Path, n_prompts: int) -> list[dict]:
+    """v1's greedy answers to the first n TRAIN prompts as KTO rows, label = exact match."""
+    from trainer.data import load_dataset_file
+
     conversations = load_dataset_file(str(REPO / TRAIN)).conversations[:n_prompts]
-    replies = greedy_replies(model, tokenizer, [c[:-1] for c in conversations], 16, 48, "cpu")
-    rows = []
-    for conversation, reply in zip(conversations, replies, strict=True):
-        answer = reply.strip()
-        if answer:
-            rows.append(
-                {"prompt": conversation[:-1], "completion": answer, "label": answer == conversation[-1]["content"]}
-            )
-    return rows
+    return rated_rows(conversations, greedy_answers(v1, conversations))
 
 
 def balanced_weights(good: int, bad: int) -> tuple[float, float]:

@@ -18,6 +18,7 @@ Report: benchmarks/reports/loop-data-DATE.json. Every training run is the real `
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -28,25 +29,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.kto_proof import greedy_answers, rated_rows  # noqa: E402
 from benchmarks.train_methods import machine, train  # noqa: E402
 from loraplane.demo_users import population, traffic  # noqa: E402
 
 LIVE, HELDOUT = REPO / "data/demo/live.jsonl", REPO / "data/demo/heldout.jsonl"
-CITIES = ("Seville", "Tallinn", "Kyoto", "Dakar", "Zurich", "Manila")  # data/demo/generate.py HELDOUT_CITY
 
 
-def greedy(adapter: Path, conversations: list[list[dict]]) -> list[str]:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from trainer.evaluation.scoring import greedy_replies
-    from trainer.model import load_tokenizer
-
-    base_dir = REPO / "models" / "smollm2-135m-instruct"
-    tokenizer = load_tokenizer(base_dir)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), str(adapter))
-    return [r.strip() for r in greedy_replies(model, tokenizer, [c[:-1] for c in conversations], 16, 48, "cpu")]
+def heldout_cities() -> list[str]:
+    """data/demo/generate.py's HELDOUT_CITY (a script, not a package: loaded by path)."""
+    spec = importlib.util.spec_from_file_location("demo_generate", REPO / "data/demo/generate.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return list(module.HELDOUT_CITY)
 
 
 def city_of(conversation: list[dict]) -> str:
@@ -55,7 +50,7 @@ def city_of(conversation: list[dict]) -> str:
 
 def misses_by_city(conversations: list[list[dict]], replies: list[str]) -> dict[str, int]:
     wrong = Counter(city_of(c) for c, r in zip(conversations, replies, strict=True) if r != c[-1]["content"])
-    return {city: wrong.get(city, 0) for city in CITIES}
+    return {city: wrong.get(city, 0) for city in heldout_cities()}
 
 
 def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
@@ -65,12 +60,8 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
     requests = traffic(population(raters, len(live), seed=21, prefix="rater"), seed=22)
     rated = sorted({r.example for r in requests if r.rates})
     conversations = [live[i] for i in rated]
-    answers = greedy(v2, conversations)
-    rows = [
-        {"prompt": c[:-1], "completion": a, "label": a == c[-1]["content"]}
-        for c, a in zip(conversations, answers, strict=True)
-        if a
-    ]
+    answers = greedy_answers(v2, conversations)
+    rows = rated_rows(conversations, answers)
     runs.mkdir(parents=True, exist_ok=True)
     ratings = runs / "kto.jsonl"
     ratings.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -80,19 +71,19 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
         "rated_requests": sum(r.rates for r in requests),
         "rows": len(rows),
         "thumbs_up": sum(r["label"] for r in rows),
-        "thumbs_up_by_city": {city: right_cities.get(city, 0) for city in CITIES},
+        "thumbs_up_by_city": {city: right_cities.get(city, 0) for city in heldout_cities()},
     }
     flags = ("--data.train", str(ratings), "--lora.init_from", "demo-json@v2", "--train.lr", lr)
     kto = train("configs/train/demo-kto.yaml", runs / "kto", adapters, *flags, "--train.max_steps", steps,
                 "--publish.enabled", "false")  # fmt: skip
     golden = [json.loads(line)["messages"] for line in HELDOUT.read_text().splitlines()]
-    v2_replies = greedy(v2, golden)
+    v2_replies = greedy_answers(v2, golden)
     report["kto"] = {"lr": lr, "steps": int(steps), **kto}
     report["golden"] = {
         "v2_exact_match": sum(r == c[-1]["content"] for c, r in zip(golden, v2_replies, strict=True)) / len(golden),
         "kto_exact_match": kto["eval"]["value"],
         "v2_misses_by_city": misses_by_city(golden, v2_replies),
-        "kto_misses_by_city": misses_by_city(golden, greedy(runs / "kto" / "adapter", golden)),
+        "kto_misses_by_city": misses_by_city(golden, greedy_answers(runs / "kto" / "adapter", golden)),
     }
     report["loadavg_1min"].append(os.getloadavg()[0])
     path = REPO / "benchmarks" / "reports" / f"loop-data-{report['date']}.json"

@@ -131,8 +131,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rollout-users", type=int, default=300, help="most users the v2 rollout sends")
     parser.add_argument("--rollout-budget-s", type=float, default=420, help="most seconds the v2 rollout runs")
     # The loop's rollout (v4 vs v2): v4 answers at most a few more held-out prompts than v2 (ratings of v2's
-    # own answers cannot teach what v2 never answers), and benchmarks/demo_power.py gives no rule a verdict
-    # on such a difference from 300 users (28 vs 29 of 48: 0% promoted, 0.3% rolled back). 180 s shows the
+    # own answers cannot teach what v2 never answers), and benchmarks/demo_power.py gives the rule `better` no
+    # verdict on such a difference from 300 users (28 vs 29 of 48: 0% promoted, 0-0.3% rolled back). 180 s shows the
     # canary running and the evaluator holding; undecided, the iteration is reported as such.
     parser.add_argument("--loop-users", type=int, default=300, help="most users the loop's rollout sends")
     parser.add_argument("--loop-budget-s", type=float, default=180, help="most seconds the loop's rollout runs")
