@@ -277,6 +277,9 @@ class RolloutsConfig(Strict):
     alpha: float = Field(0.05, gt=0, lt=0.5)  # chance of any false rollback or promotion over a rollout
     method: Literal["msprt", "eb"] = "msprt"  # always-valid interval for candidate - control
     promote_when: Literal["better", "not_worse", "no_regression"] = "better"  # see docs/rollouts.md
+    better_on: str = "feedback"  # the score guard `better` reads: feedback or grader:NAME
+    # `better` only: roll back once better_on's gain is shown below this (score points); None: never
+    min_gain: float | None = Field(None, gt=0, lt=1)
     # Guards and the worsening each tolerates (error-rate points, p95-exceedance points, score points).
     guards: dict[str, float] = Field(  # keys: error_rate, ttft_p95, feedback
         default_factory=lambda: {"error_rate": 0.0, "ttft_p95": 0.0, "feedback": 0.0}
@@ -304,6 +307,8 @@ class RolloutsConfig(Strict):
             "guards": tuple(GuardSpec(metric, margin) for metric, margin in self.guards.items()),  # type: ignore[arg-type]
             "promote_when": self.promote_when,
             "method": self.method,
+            "better_on": self.better_on,
+            "min_gain": self.min_gain,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return RolloutSpec(**values)

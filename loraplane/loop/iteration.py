@@ -289,6 +289,8 @@ class Loop:
             "min_samples": r.min_samples,
             "interval_s": r.interval_s,
             "promote_when": r.promote_when,
+            "better_on": r.better_on,
+            "min_gain": r.min_gain,
             "capture": r.capture,
             "reason": f"loraplane loop iteration {it.id}: {it.method} from {it.stable}, gate {it.details.get('gate')}",
         }

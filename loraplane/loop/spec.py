@@ -83,6 +83,8 @@ class RolloutSettings(Strict):
     min_samples: int | None = None
     interval_s: float | None = None
     promote_when: Literal["better", "not_worse", "no_regression"] | None = None
+    better_on: str | None = None  # the score guard `better` reads (feedback or grader:NAME)
+    min_gain: float | None = Field(None, gt=0, lt=1)  # `better`: roll back once the gain is shown below
     capture: Literal["none", "bodies"] = "bodies"  # the next iteration's training data
     wait_timeout_s: float = Field(3600.0, gt=0)  # then `loop run` exits; the next run waits on
     poll_s: float = Field(5.0, gt=0)

@@ -2,7 +2,8 @@
 
 POST /admin/rollouts/{name}                 start: {"candidate": "bot@v2", "control"?, "steps"?,
                                             "min_samples"?, "interval_s"?, "alpha"?, "guards"?,
-                                            "promote_when"?, "method"?, "capture"?, "shadow"?}
+                                            "promote_when"?, "better_on"?, "min_gain"?, "method"?,
+                                            "capture"?, "shadow"?}
                                             (shadow: % of the stable version's requests mirrored
                                             to the candidate before the first step: rollouts/shadow.py)
 GET  /admin/rollouts                        every rollout (name, adapter, state, weights)
@@ -41,7 +42,7 @@ from serving.store.records import USER_SOURCE
 
 rollouts = APIRouter(prefix="/admin/rollouts", dependencies=[Depends(require_admin)])
 ACTOR = "admin"
-SPEC_FIELDS = ("steps", "min_samples", "interval_s", "alpha", "promote_when", "method")
+SPEC_FIELDS = ("steps", "min_samples", "interval_s", "alpha", "promote_when", "method", "better_on", "min_gain")
 
 
 async def _db(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ one adapter (409).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from serving.errors import BadRequest, Conflict, NotFound
@@ -45,6 +45,7 @@ def new_rollout(
     step, reason = 0, f"started at {candidate_pct}% for {candidate}"
     if shadow is not None:
         candidate_pct, control_pct, step = 0, 100, SHADOW_STEP
+        spec = replace(spec, stages=2)  # the shadow stage's comparisons take their share of alpha
         reason = f"started in shadow: {shadow:g}% of {control}'s requests mirrored to {candidate}, never returned"
     config = {**spec.to_json(), "capture": capture, "step_started_at": now, "ttft_threshold_s": None, "shadow": shadow}
     return RolloutRecord(

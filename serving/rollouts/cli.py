@@ -80,6 +80,16 @@ def parser() -> argparse.ArgumentParser:
         "--guard", action="append", help="METRIC:MARGIN (error_rate, ttft_p95, feedback, grader:NAME); repeat"
     )
     start.add_argument("--promote-when", choices=["better", "not_worse", "no_regression"])
+    start.add_argument(
+        "--better-on", metavar="METRIC", help="the score guard `better` reads: feedback (default) or grader:NAME"
+    )
+    start.add_argument(
+        "--min-gain",
+        type=float,
+        metavar="G",
+        help="with `better`: roll back once the better-on guard shows the candidate's gain below G score "
+        "points (in a shadow stage with a grader, before any user sees it)",
+    )
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
     start.add_argument(
         "--shadow",
@@ -136,6 +146,7 @@ def summary(report: dict) -> str:
     lines = [
         f"rollout {report['name']}: {report['state']} {where} ({report['candidate']} vs {report['control']})",
         f"  reason: {report.get('reason')}",
+        f"  promote when: {_rule(report)}",
     ]
     for role in ("candidate", "control"):
         v = report["variants"][role]
@@ -156,6 +167,14 @@ def summary(report: dict) -> str:
         span = "" if lo is None else f" worsening [{lo:+.4f}, {hi:+.4f}] margin {g['margin']}"
         lines.append(f"  guard {g['metric']:<10} {g['verdict']}{span}")
     return "\n".join(lines)
+
+
+def _rule(report: dict) -> str:
+    rule = str(report.get("promote_when"))
+    if rule != "better":
+        return rule
+    gain = report.get("min_gain")
+    return f"better on {report.get('better_on')}" + ("" if gain is None else f", rolled back below a gain of {gain}")
 
 
 def _last_seen(report: dict) -> str:
@@ -180,6 +199,8 @@ def _start_body(args: argparse.Namespace) -> dict:
         "alpha": args.alpha,
         "guards": args.guard,
         "promote_when": args.promote_when,
+        "better_on": args.better_on,
+        "min_gain": args.min_gain,
         "capture": args.capture,
         "shadow": args.shadow,
         "reason": args.reason,

@@ -14,8 +14,9 @@ moves to the candidate and the rollout ends. At each evaluation, `decide` return
 - advance: enough samples at this step and no guard failed -> next step;
 - promote: at the last step before 100, enough samples and the promotion rule holds.
 
-Promotion rules (`promote_when`): "better" (default) -- the feedback guard shows the candidate
-better than control, so an A/A rollout promotes with probability <= alpha; "not_worse" -- every
+Promotion rules (`promote_when`): "better" (default) -- the guard named by `better_on` (feedback, or
+a grader's score) shows the candidate better than control, so an A/A rollout promotes with
+probability <= alpha; "not_worse" -- every
 guard shows the candidate no worse than its margin (non-inferiority); "no_regression" -- no guard
 failed and every guard has its min_samples (Flagger-style: promote on the absence of shown harm;
 not evidence that the candidate is better).
@@ -23,8 +24,15 @@ not evidence that the candidate is better).
 A guard gives a verdict only once each variant has min_samples observations over the rollout from
 at least MIN_UNITS users; before that it is pending (and cannot roll back).
 
-Alpha is split evenly over the guards (Bonferroni), so the chance that *any* guard ever makes a
-false claim (a false rollback or a false promotion) over the whole rollout is <= alpha.
+Futility (`min_gain`, with "better" only): once the `better_on` guard's always-valid interval shows
+the candidate's gain below min_gain, the rollout is rolled back -- the candidate cannot be the
+improvement it was shipped for. This is a claim of the same interval as "better" (it misses the
+true gain), so it costs no extra alpha: a candidate that truly gains min_gain is rolled back with
+probability <= that guard's share of alpha.
+
+Alpha is split evenly over the guards and over the rollout's stages (a shadow stage and the canary
+steps are compared on separate data: Bonferroni over both), so the chance that *any* guard ever
+makes a false claim (a false rollback or a false promotion) over the whole rollout is <= alpha.
 """
 
 from __future__ import annotations
@@ -107,6 +115,9 @@ class RolloutSpec:
     guards: tuple[GuardSpec, ...]
     promote_when: PromoteWhen
     method: Method = "msprt"
+    better_on: Metric = HIGHER_IS_BETTER  # the guard whose gain "better" (and min_gain) reads
+    min_gain: float | None = None  # "better" only: roll back once the gain is shown below this
+    stages: int = 1  # 2 with a shadow stage (its own comparisons: alpha is split over both)
 
     def __post_init__(self) -> None:
         steps = list(self.steps)
@@ -128,14 +139,30 @@ class RolloutSpec:
                 f"method {self.method!r} is not supported: only msprt (the unit-level mixture SPRT) is; "
                 "the per-request empirical-Bernstein method ignored that variants are sticky per user"
             )
-        if self.promote_when == "better" and "feedback" not in metrics:
+        self._check_gain_rule(metrics)
+        if self.stages not in (1, 2):
+            raise ValueError(f"stages must be 1, or 2 with a shadow stage, got {self.stages}")
+
+    def _check_gain_rule(self, metrics: list[str]) -> None:
+        better_on = GuardSpec(self.better_on, 0.0)  # ValueError naming an unknown metric
+        if not better_on.higher_is_better:
             raise ValueError(
-                "promote_when 'better' needs a feedback guard; add --guard feedback:0 or pick no_regression"
+                f"better_on {self.better_on!r} must be a score (feedback or grader:NAME), not a rate to keep low"
             )
+        if self.promote_when == "better" and self.better_on not in metrics:
+            raise ValueError(
+                f"promote_when 'better' reads guard {self.better_on!r}, which is not among the guards "
+                f"{metrics}; add --guard {self.better_on}:0, set --better-on, or pick no_regression"
+            )
+        if self.min_gain is not None:
+            if self.promote_when != "better":
+                raise ValueError(f"min_gain applies to promote_when 'better' only, not {self.promote_when!r}")
+            if not 0 < self.min_gain < 1:
+                raise ValueError(f"min_gain must be in (0, 1) score points, got {self.min_gain}")
 
     @property
     def guard_alpha(self) -> float:
-        return self.alpha / max(1, len(self.guards))
+        return self.alpha / (max(1, len(self.guards)) * self.stages)
 
     def weights(self, step_index: int) -> tuple[int, int]:
         """(candidate %, control %) at a step."""
@@ -156,6 +183,9 @@ class RolloutSpec:
             guards,
             data["promote_when"],
             data.get("method", "msprt"),
+            data.get("better_on", HIGHER_IS_BETTER),
+            None if data.get("min_gain") is None else float(data["min_gain"]),
+            int(data.get("stages", 1)),
         )
 
 
@@ -226,10 +256,36 @@ def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, 
         if open_:
             return False, f"not yet shown within margin: {', '.join(open_)}"
         return True, "every guard within margin"
-    feedback = next(v for v in verdicts if v.metric == "feedback")
-    if feedback.verdict == "better":
-        return True, "feedback shows the candidate better than control"
-    return False, f"feedback not yet shown better (verdict {feedback.verdict})"
+    gain = next(v for v in verdicts if v.metric == spec.better_on)
+    if gain.verdict == "better":
+        return True, f"{gain.metric} shows the candidate better than control"
+    return False, f"{gain.metric} not yet shown better (verdict {gain.verdict})"
+
+
+def gain_interval(v: GuardVerdict) -> tuple[float, float] | None:
+    """A score guard's always-valid interval on the candidate's gain (candidate - control); None while pending."""
+    if v.worsening_lo is None or v.worsening_hi is None:
+        return None
+    return -v.worsening_hi, -v.worsening_lo
+
+
+def futile(
+    spec: RolloutSpec, verdicts: list[GuardVerdict], step: int, prefix: str = "", suffix: str = ""
+) -> Decision | None:
+    """A rollback once the `better_on` guard shows the gain below min_gain (None otherwise, or without min_gain)."""
+    if spec.min_gain is None:
+        return None
+    v = next(v for v in verdicts if v.metric == spec.better_on)
+    gain = gain_interval(v)
+    if gain is None or gain[1] >= spec.min_gain:
+        return None
+    return Decision(
+        "rollback",
+        f"{prefix}guard {v.metric}: candidate gains [{gain[0]:+.4f}, {gain[1]:+.4f}] (always-valid "
+        f"{1 - spec.guard_alpha:.1%} interval), below min_gain {spec.min_gain}: not the improvement "
+        f"it was shipped for{suffix}",
+        step,
+    )
 
 
 def no_show(spec: RolloutSpec, step_index: int, step_counts: tuple[int, int], control_units: int | None) -> str | None:
@@ -278,7 +334,7 @@ def decide(
     missing = no_show(spec, step_index, step_counts, control_units)
     if missing is not None:
         return Decision("rollback", missing, step_index)
-    failed = guard_rollback(spec, verdicts, step_index)
+    failed = guard_rollback(spec, verdicts, step_index) or futile(spec, verdicts, step_index)
     if failed is not None:
         return failed
     candidate_n, control_n = step_counts

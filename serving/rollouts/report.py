@@ -186,6 +186,8 @@ def build_report(
         "alpha": spec.alpha,
         "method": spec.method,
         "promote_when": spec.promote_when,
+        "better_on": spec.better_on,
+        "min_gain": spec.min_gain,
         "ttft_threshold_s": threshold,
         "created_at": rollout.created_at,
         "evaluated_at": rollout.evaluated_at,

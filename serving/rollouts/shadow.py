@@ -16,11 +16,26 @@ At each evaluation, `decide_shadow` returns:
   hold the stage (users never see shadow answers, so only graders can score them);
 - advance: enough samples and every error-rate / TTFT / grader guard has a verdict and none
   failed -> the first canary step (spec.steps[0]).
+
+With `min_gain` and a grader as `better_on` (rule "better"), the stage also answers whether the
+candidate is worth a canary, on the same mirrored requests both versions answered (each user's
+two means are over the same requests, so the per-user, cluster-robust variance of the difference
+is small where the versions mostly agree): rollback once that grader's gain is shown below
+min_gain (policy.futile: no user saw the candidate), advance only once it is shown above 0, hold
+in between.
 """
 
 from __future__ import annotations
 
-from serving.rollouts.policy import GRADER_PREFIX, Decision, GuardVerdict, RolloutSpec, guard_rollback
+from serving.rollouts.policy import (
+    GRADER_PREFIX,
+    Decision,
+    GuardVerdict,
+    RolloutSpec,
+    futile,
+    gain_interval,
+    guard_rollback,
+)
 from serving.store import RolloutRecord
 from serving.store.shadow import SHADOW_STEP
 
@@ -49,7 +64,8 @@ def shadow_percent(value: object) -> float:
 
 def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
     """One evaluation of a rollout in its shadow stage. step_counts: (mirrored candidate, control) requests."""
-    failed = guard_rollback(spec, verdicts, SHADOW_STEP, prefix="shadow stage: ", suffix="; no user saw it")
+    where = {"prefix": "shadow stage: ", "suffix": "; no user saw it"}
+    failed = guard_rollback(spec, verdicts, SHADOW_STEP, **where) or futile(spec, verdicts, SHADOW_STEP, **where)
     if failed is not None:
         return failed
     candidate_n, control_n = step_counts
@@ -64,8 +80,23 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
     if pending:
         reason = f"shadow stage: no verdict yet (too few users or grader scores): {', '.join(pending)}"
         return Decision("hold", reason, SHADOW_STEP)
+    open_gain = _gain_open(spec, verdicts)
+    if open_gain is not None:
+        return Decision("hold", open_gain, SHADOW_STEP)
     return Decision(
         "advance",
         f"shadow stage passed ({candidate_n} mirrored requests, no guard failed): canary at {spec.steps[0]}%",
         0,
     )
+
+
+def _gain_open(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> str | None:
+    """Why the stage waits on the gain question (min_gain with a grader as better_on), or None."""
+    if spec.min_gain is None or not spec.better_on.startswith(GRADER_PREFIX):
+        return None
+    v = next(v for v in verdicts if v.metric == spec.better_on)
+    if v.verdict == "better":
+        return None
+    gain = gain_interval(v)
+    shown = "" if gain is None else f" (gain [{gain[0]:+.4f}, {gain[1]:+.4f}])"
+    return f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}{shown}"

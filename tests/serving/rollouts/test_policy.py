@@ -62,7 +62,7 @@ def test_spec_validation_names_the_bad_value() -> None:
         spec(steps=(50, 10, 100))
     with pytest.raises(ValueError, match="at least one step below 100"):
         spec(steps=(100,))
-    with pytest.raises(ValueError, match="needs a feedback guard"):
+    with pytest.raises(ValueError, match="reads guard .feedback., which is not among the guards"):
         spec(guards=(GuardSpec("error_rate", 0.0),))
     with pytest.raises(ValueError, match="repeat"):
         spec(guards=(GuardSpec("feedback", 0.0), GuardSpec("feedback", 0.1)))

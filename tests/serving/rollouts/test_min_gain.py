@@ -1,0 +1,147 @@
+"""`better_on` and `min_gain` (policy.futile, shadow._gain_open): a rollout whose score guard shows
+the candidate's gain below min_gain is rolled back -- in a shadow stage, on the same requests both
+versions answered, before any user sees it -- and a shadow stage's comparisons take their own share
+of alpha. The data are per user, with heavy-tailed request counts, as the gateway's traffic is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.rollouts.actions import new_rollout
+from serving.rollouts.policy import GuardSpec, RolloutSpec, decide, evaluate_guard, futile
+from serving.rollouts.shadow import SHADOW_STEP, decide_shadow
+from serving.rollouts.stats import Cells, comparisons
+from tests.serving.rollouts.test_policy import verdicts
+
+GRADER = "grader:grounded"
+GUARDS = (GuardSpec("error_rate", 0.0), GuardSpec("ttft_p95", 0.05), GuardSpec(GRADER, 0.0))
+
+
+def spec(**changes: object) -> RolloutSpec:
+    values: dict = {
+        "steps": (10, 50, 100),
+        "min_samples": 20,
+        "interval_s": 5.0,
+        "alpha": 0.05,
+        "guards": GUARDS,
+        "promote_when": "better",
+        "better_on": GRADER,
+        "min_gain": 0.05,
+        "stages": 2,
+    }
+    values.update(changes)
+    return RolloutSpec(**values)
+
+
+def paired(users: int, gain: float, seed: int, reps: int = 1, q: float = 0.2, base: float = 0.6) -> Cells:
+    """A shadow step's grader cells: each user's requests (Pareto, mean ~3) answered by both versions.
+    The candidate's score equals the control's on a request except with probability q, where it is
+    drawn anew with mean base + gain / q: a true gain of `gain` per request."""
+    rng = np.random.default_rng(seed)
+    n = np.minimum(np.ceil(rng.pareto(1.5, (reps, users)) + 1), 40)
+    per_request = rng.random((reps, users, 40)) < base
+    redrawn = rng.random((reps, users, 40)) < base + gain / q
+    flip = rng.random((reps, users, 40)) < q
+    live = np.arange(40) < n[..., None]
+    control = (per_request & live).sum(-1)
+    candidate = (np.where(flip, redrawn, per_request) & live).sum(-1)
+    total = np.stack([candidate, control], -1).astype(float)
+    return Cells(total, np.stack([n, n], -1), np.array([SHADOW_STEP, SHADOW_STEP]), np.array([True, False]))
+
+
+def shadow_verdicts(s: RolloutSpec, grades: Cells) -> list:
+    quiet = Cells(np.zeros_like(grades.total), grades.count, grades.strata, grades.candidate)  # no errors, no slow
+    cells = {"error_rate": quiet, "ttft_p95": quiet, GRADER: grades}
+    return [evaluate_guard(s, g, cells[g.metric]) for g in s.guards]
+
+
+def test_validation_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="min_gain applies to promote_when 'better' only"):
+        spec(promote_when="no_regression")
+    for bad in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"min_gain must be in \\(0, 1\\).*{bad}"):
+            spec(min_gain=bad)
+    with pytest.raises(ValueError, match="better_on 'error_rate' must be a score"):
+        spec(better_on="error_rate")
+    with pytest.raises(ValueError, match="reads guard 'grader:other', which is not among the guards"):
+        spec(better_on="grader:other")
+    with pytest.raises(ValueError, match="stages must be 1, or 2"):
+        spec(stages=3)
+    s = spec()
+    assert RolloutSpec.from_json(s.to_json()) == s
+    old = {
+        k: v for k, v in spec(better_on="feedback", min_gain=None, guards=(GuardSpec("feedback", 0),)).to_json().items()
+    }
+    for key in ("better_on", "min_gain", "stages"):  # a rollout stored before these fields existed
+        old.pop(key)
+    assert RolloutSpec.from_json(old) == spec(
+        better_on="feedback", min_gain=None, stages=1, guards=(GuardSpec("feedback", 0),)
+    )
+
+
+def test_a_shadow_stage_takes_its_own_share_of_alpha() -> None:
+    s = spec(stages=1)
+    canary_only = RolloutSpec.from_json(new_rollout("r", "a@v2", "a@v1", s, "none", 0.0).config)
+    shadowed = RolloutSpec.from_json(new_rollout("r", "a@v2", "a@v1", s, "none", 0.0, shadow=100).config)
+    assert canary_only.guard_alpha == pytest.approx(0.05 / 3)
+    assert shadowed.guard_alpha == pytest.approx(0.05 / 6)  # 3 guards x 2 stages: still <= alpha overall
+
+
+def test_the_canary_rolls_back_a_candidate_shown_to_gain_less_than_min_gain() -> None:
+    s = spec(better_on="feedback", guards=(GuardSpec("error_rate", 0.0), GuardSpec("feedback", 0.0)), stages=1)
+    equal_many = verdicts(s, feedback=(0.5, 0.5), users=5000)
+    d = decide(s, 0, (20_000, 20_000), equal_many)  # at the first step already: the interval is valid at every look
+    assert d.outcome == "rollback" and "below min_gain 0.05" in d.reason and "feedback" in d.reason
+    equal_few = verdicts(s, feedback=(0.5, 0.5), users=100)  # interval too wide to say either
+    assert decide(s, 1, (400, 400), equal_few).outcome == "hold"
+    assert decide(s, 1, (20_000, 20_000), verdicts(s, feedback=(0.5, 0.7), users=5000)).outcome == "promote"
+    without = spec(better_on="feedback", min_gain=None, guards=s.guards, stages=1)
+    assert decide(without, 1, (20_000, 20_000), verdicts(without, users=5000)).outcome == "hold"
+
+
+def test_paired_shadow_answers_settle_the_gain_question_that_unpaired_ones_cannot() -> None:
+    s = spec()
+    same = shadow_verdicts(s, paired(400, 0.0, seed=1))
+    d = decide_shadow(s, (1200, 1200), same)
+    assert d.outcome == "rollback" and d.step_index == SHADOW_STEP
+    assert "below min_gain 0.05" in d.reason and "no user saw it" in d.reason
+    # The same users' scores, but the candidate's from other requests (as a canary step would see
+    # them): the per-user difference no longer cancels, and nothing is decided.
+    unpaired = paired(400, 0.0, seed=1)
+    other = paired(400, 0.0, seed=2)
+    mixed = Cells(
+        np.stack([other.total[..., 0], unpaired.total[..., 1]], -1), unpaired.count, unpaired.strata, unpaired.candidate
+    )
+    held = decide_shadow(s, (1200, 1200), shadow_verdicts(s, mixed))
+    assert held.outcome == "hold" and "not yet shown better than control nor below min_gain" in held.reason
+    better = decide_shadow(s, (1200, 1200), shadow_verdicts(s, paired(400, 0.15, seed=3)))
+    assert (better.outcome, better.step_index) == ("advance", 0)
+    few = decide_shadow(s, (60, 60), shadow_verdicts(s, paired(25, 0.0, seed=4)))
+    assert few.outcome == "hold"
+
+
+def test_a_candidate_that_truly_gains_min_gain_is_rarely_rolled_back_at_any_look() -> None:
+    """False futility <= the guard's share of alpha (here 0.05 / 6), over 8 looks as users arrive:
+    1,000 simulated shadow stages whose candidate gains exactly min_gain."""
+    s = spec()
+    reps, users = 1000, 400
+    cells = paired(users, s.min_gain or 0.0, seed=11, reps=reps)
+    rolled_back = np.zeros(reps, dtype=bool)
+    for k in np.linspace(50, users, 8).astype(int):
+        look = Cells(cells.total[:, :k], cells.count[:, :k], cells.strata, cells.candidate)
+        for r, cmp in enumerate(comparisons(look, s.guard_alpha)):
+            rolled_back[r] |= cmp.diff_hi < s.min_gain  # what futile() reads from the verdict
+    # Binomial(1000, 0.0083): mean 8.3, sd 2.9; 4 sd above the bound fails only if the bound does not hold.
+    assert rolled_back.sum() <= 1000 * s.guard_alpha + 4 * np.sqrt(1000 * s.guard_alpha)
+    equal = paired(users, 0.0, seed=12, reps=200)
+    decided = [cmp.diff_hi < s.min_gain for cmp in comparisons(equal, s.guard_alpha)]
+    assert np.mean(decided) > 0.9  # and an equal candidate is told apart from it at this size
+
+
+def test_futile_reads_the_better_on_guard_only() -> None:
+    s = spec()
+    grades = paired(400, 0.0, seed=1)
+    v = shadow_verdicts(s, grades)
+    assert futile(s, v, SHADOW_STEP) is not None
+    assert futile(spec(min_gain=None), shadow_verdicts(spec(min_gain=None), grades), SHADOW_STEP) is None
