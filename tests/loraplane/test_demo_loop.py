@@ -96,7 +96,14 @@ def test_the_loop_runs_with_users_during_its_rollout_and_reports(tmp_path: Path,
         spec["train"]["command"] = [*FAKE, "train"]
         spec["gate"]["command"] = [*FAKE, "eval", "--scores", "0.50,0.52"]
         # the fake engine answers every version alike: a rule the feedback guard can decide quickly
-        spec["rollout"].update(shadow=50, steps=[50, 100], guards=["error_rate:0.05"], promote_when="no_regression")
+        spec["rollout"].update(
+            shadow=50,
+            steps=[50, 100],
+            guards=["error_rate:0.05"],
+            promote_when="no_regression",
+            better_on=None,
+            min_gain=None,
+        )
         spec["rollout"].update(min_samples=10, interval_s=0.3, poll_s=0.2)
         path.write_text(yaml.safe_dump(spec))
         step = demo_loop.run_loop(url, path, EXAMPLES, max_users=400, budget_s=60)

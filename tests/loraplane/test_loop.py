@@ -235,7 +235,22 @@ def test_the_shipped_loop_spec_loads() -> None:
 
     spec = loop_spec.load_spec(ROOT / "configs/loop/demo-json.yaml")
     assert spec.adapter == "demo-json" and spec.train.config.is_file() and spec.gate.golden.is_file()
-    assert spec.rollout.shadow == 20 and spec.data.method == "auto"
+    assert spec.rollout.shadow == 100 and spec.data.method == "auto"
+
+
+def test_the_shipped_loop_rollout_is_valid_against_the_demo_gateway() -> None:
+    """The loop's rollout settings make a RolloutSpec the demo's gateway accepts: its grader guard
+    and better_on name a grader configs/serving/demo.yaml configures."""
+    from loraplane.loop import spec as loop_spec
+    from serving.config import load_config
+    from serving.rollouts.policy import GuardSpec
+
+    r = loop_spec.load_spec(ROOT / "configs/loop/demo-json.yaml").rollout
+    cfg = load_config(ROOT / "configs/serving/demo.yaml")
+    guards = tuple(GuardSpec.parse(g) for g in r.guards or [])
+    rollout = cfg.rollouts.spec(guards=guards, promote_when=r.promote_when, better_on=r.better_on, min_gain=r.min_gain)
+    assert rollout.better_on in {g.metric for g in guards} and rollout.min_gain == r.min_gain
+    assert {g.grader for g in guards if g.grader} <= {g.name for g in cfg.graders}
 
 
 def test_an_interval_trigger_records_nothing_until_it_is_due(served, tmp_path: Path, capsys) -> None:
