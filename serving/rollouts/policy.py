@@ -144,6 +144,8 @@ class RolloutSpec:
             raise ValueError(f"stages must be 1, or 2 with a shadow stage, got {self.stages}")
 
     def _check_gain_rule(self, metrics: list[str]) -> None:
+        if not isinstance(self.better_on, str):
+            raise ValueError(f"better_on must be a guard's metric such as grader:NAME, got {self.better_on!r}")
         better_on = GuardSpec(self.better_on, 0.0)  # ValueError naming an unknown metric
         if not better_on.higher_is_better:
             raise ValueError(
@@ -157,7 +159,8 @@ class RolloutSpec:
         if self.min_gain is not None:
             if self.promote_when != "better":
                 raise ValueError(f"min_gain applies to promote_when 'better' only, not {self.promote_when!r}")
-            if not 0 < self.min_gain < 1:
+            gain = self.min_gain
+            if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < 1:
                 raise ValueError(f"min_gain must be in (0, 1) score points, got {self.min_gain}")
 
     @property

@@ -68,6 +68,15 @@ def test_bad_input_is_rejected_with_the_bad_value_named(two_versions, db_url: st
         guard = start(gw.url, "r1", candidate="bot@v2", guards=["latency:0.1"])
         assert guard.status_code == 400 and "'latency' is not one of" in guard.json()["error"]["message"]
         assert start(gw.url, "Bad Name", candidate="bot@v2").status_code in (400, 404)
+        for field, value, named in (
+            ("better_on", 5, "better_on must be a guard's metric"),
+            ("better_on", "grader:nobody", "no grader named 'nobody'"),
+            ("min_gain", "lots", "min_gain"),
+            ("min_gain", 2, "min_gain must be in (0, 1)"),
+        ):
+            extra = {"guards": ["feedback:0", "grader:nobody:0"]} if value == "grader:nobody" else {}
+            bad = start(gw.url, "r1", candidate="bot@v2", **{field: value}, **extra)
+            assert bad.status_code == 400 and named in bad.json()["error"]["message"], (field, value, bad.text)
         assert start(gw.url, "r1", candidate="bot@v2").status_code == 201
         again = start(gw.url, "r2", candidate="bot@v2")
         assert again.status_code == 409 and "already has rollout 'r1'" in again.json()["error"]["message"]
