@@ -13,6 +13,7 @@ from serving.rollouts.policy import GuardSpec, RolloutSpec, decide, evaluate_gua
 from serving.rollouts.shadow import SHADOW_STEP, decide_shadow
 from serving.rollouts.stats import Cells, comparisons
 from tests.serving.rollouts.test_policy import cells as rate_cells
+from tests.serving.rollouts.test_policy import spec as policy_spec
 from tests.serving.rollouts.test_policy import verdicts
 
 GRADER = "grader:grounded"
@@ -20,19 +21,8 @@ GUARDS = (GuardSpec("error_rate", 0.0), GuardSpec("ttft_p95", 0.05), GuardSpec(G
 
 
 def spec(**changes: object) -> RolloutSpec:
-    values: dict = {
-        "steps": (10, 50, 100),
-        "min_samples": 20,
-        "interval_s": 5.0,
-        "alpha": 0.05,
-        "guards": GUARDS,
-        "promote_when": "better",
-        "better_on": GRADER,
-        "min_gain": 0.05,
-        "stages": 2,
-    }
-    values.update(changes)
-    return RolloutSpec(**values)
+    base = {"min_samples": 20, "interval_s": 5.0, "guards": GUARDS, "better_on": GRADER, "min_gain": 0.05}
+    return policy_spec(**{**base, "stages": 2, **changes})
 
 
 def paired(users: int, gain: float, seed: int, reps: int = 1, q: float = 0.2, base: float = 0.6) -> Cells:
