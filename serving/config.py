@@ -310,7 +310,10 @@ class RolloutsConfig(Strict):
             "better_on": self.better_on,
             "min_gain": self.min_gain,
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given.get("promote_when", "better") != "better" and "min_gain" not in given:
+            values["min_gain"] = None  # the default min_gain belongs to the rule better
+        values.update(given)
         return RolloutSpec(**values)
 
 

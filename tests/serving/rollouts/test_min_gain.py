@@ -174,3 +174,13 @@ def test_the_evaluator_keeps_the_shadow_stage_finding_in_the_rollout_config() ->
     fields = decision_fields(record, Decision("advance", "better", 0, gain_shown=shown), 5.0, None)
     assert fields["config"]["gain_shown"] == shown and fields["config"]["step_started_at"] == 5.0
     assert "gain_shown" not in decision_fields(record, Decision("hold", "wait", -1), 5.0, None).get("config", {})
+
+
+def test_a_default_min_gain_does_not_refuse_a_rollout_with_another_rule() -> None:
+    from serving.config import RolloutsConfig
+
+    cfg = RolloutsConfig(min_gain=0.05)
+    assert cfg.spec().min_gain == 0.05
+    assert cfg.spec(promote_when="no_regression").min_gain is None
+    with pytest.raises(ValueError, match="min_gain applies to promote_when 'better' only"):
+        cfg.spec(promote_when="no_regression", min_gain=0.05)  # asked for both: named
