@@ -245,9 +245,12 @@ def _elements_at(data: bytes) -> int:
 def _number_array(data: bytes, dtype: str) -> NDArray:
     """A one-dimensional array of fixed-width numbers without NULLs, native byte order."""
     n, at, width = _array_length(data), _elements_at(data), np.dtype(dtype).itemsize
+    wrong = ValueError(f"expected {n} non-NULL {width}-byte numbers in the array ({len(data)} bytes)")
+    if len(data) != at + n * (4 + width):
+        raise wrong
     elements = np.frombuffer(data, np.dtype([("length", ">i4"), ("value", dtype)]), count=n, offset=at)
     if (elements["length"] != width).any():
-        raise ValueError(f"expected {n} non-NULL {width}-byte numbers in the array")
+        raise wrong
     return elements["value"].astype(np.dtype(dtype).newbyteorder("="))
 
 
