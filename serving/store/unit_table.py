@@ -8,8 +8,8 @@ arrays, never as one Python object per row:
 - PostgreSQL: the per-unit GROUP BY (logs.units_query and its kin) is grouped once more per
   (variant, step), each column collected with array_agg and sent in the array's binary form
   (array_send); a handful of rows come back, each column is read with one np.frombuffer.
-- SQLite (the embedded default, small by design): the per-unit rows are fetched and turned into
-  columns.
+- SQLite (the embedded default, small by design), or PostgreSQL through a driver other than
+  psycopg 3: the per-unit rows are fetched and turned into columns.
 
 Variants and units come back as sorted names and integer codes into them (`variants`, `units`),
 so a unit seen at several steps or on both variants has one code.
@@ -162,7 +162,7 @@ def read_unit_table(session: Session, query: sa.Select) -> UnitTable:
     """The UnitTable of `query`: per-unit rows (variant, step, unit, requests, errors, ttft_over,
     score_sum, score_n), sorted by (variant, step, unit) -- logs.units_query and its kin."""
     conn = session.connection()
-    if conn.dialect.name != "postgresql":
+    if (conn.dialect.name, conn.dialect.driver) != ("postgresql", "psycopg"):  # SQLite (or another driver)
         rows = session.execute(query).all()
         return UnitTable.of(UnitStats(*row) for row in rows)  # type: ignore[arg-type]
     names, steps, sizes = [], [], []
