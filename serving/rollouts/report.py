@@ -141,13 +141,15 @@ def guard_verdicts(
             return cells_of(UnitTable.empty(), candidate, metric, {})
         return cells_of(units, candidate, metric, held_out or {})
 
-    shown = {"feedback": cells_for("feedback", False)}
+    shown: dict[str, Cells] = {}
     verdicts = []
     for guard in spec.guards:
         cells = shown.get(guard.metric) or cells_for(guard.metric, guard.grader is not None)
         verdicts.append(evaluate_guard(spec, guard, cells))
-        if guard.grader is not None:
+        if guard.grader is not None or guard.metric == "feedback":
             shown[guard.metric] = cells
+    if "feedback" not in shown:
+        shown["feedback"] = cells_for("feedback", False)
     return verdicts, shown
 
 
