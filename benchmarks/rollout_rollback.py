@@ -39,7 +39,7 @@ from fakes.engine import MockSettings
 from fakes.engine import create_app as mock_engine_app
 from fakes.registry import write_mock_registry
 from serving.rollouts.report import build_report
-from serving.store import RequestRecord, Store, UnitStats
+from serving.store import RequestRecord, Store, UnitStats, UnitTable
 from serving.store.connect import create_db_engine
 
 BASE = "smollm2-135m-instruct"
@@ -51,7 +51,7 @@ def chat(url: str, user: str) -> str:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).headers["x-loraplane-adapter"]
 
 
-def unit_stats(requests: list[RequestRecord], threshold: float | None) -> list[UnitStats]:
+def unit_stats(requests: list[RequestRecord], threshold: float | None) -> UnitTable:
     """What Store.rollout_units computes in SQL, from rows in memory (for the replay below)."""
     cells: dict[tuple[str, int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in requests:
@@ -62,7 +62,7 @@ def unit_stats(requests: list[RequestRecord], threshold: float | None) -> list[U
         cell[0] += 1
         cell[1] += r.outcome == "error"
         cell[2] += threshold is not None and latency > threshold
-    return [UnitStats(v, st, u, n, e, o, 0.0, 0) for (v, st, u), (n, e, o) in sorted(cells.items())]
+    return UnitTable.of(UnitStats(v, st, u, n, e, o, 0.0, 0) for (v, st, u), (n, e, o) in sorted(cells.items()))
 
 
 def breach_time(store: Store, name: str, t0: float, until: float) -> float | None:

@@ -165,6 +165,8 @@ def measure(store: Store, rollout: RolloutRecord, read: Any = evaluation, repeat
         warm_cpu.append(time.process_time() - cpu)
     growth = rss_mib() - before  # before the count below, which reads every unit row
     units = store.rollout_units(rollout.name, ttft_threshold_s=0.14)
+    requests = getattr(units, "requests", None)  # a UnitTable's column, else a list of UnitStats
+    scores = getattr(units, "score_n", None)
     return {
         "evaluation": path,
         "cold_s": round(cold_s, 3),
@@ -176,9 +178,28 @@ def measure(store: Store, rollout: RolloutRecord, read: Any = evaluation, repeat
         "warm_client_cpu_median_s": round(statistics.median(warm_cpu), 3),
         "peak_rss_growth_mib": round(growth, 1),
         "unit_rows": len(units),
-        "requests_counted": sum(u.requests for u in units),
-        "feedback_counted": sum(u.score_n for u in units),
+        "requests_counted": int(requests.sum()) if requests is not None else sum(u.requests for u in units),
+        "feedback_counted": int(scores.sum()) if scores is not None else sum(u.score_n for u in units),
+        "phases": phases(store, rollout) if read is evaluation else None,
     }
+
+
+def phases(store: Store, rollout: RolloutRecord, repeats: int = 3) -> dict[str, float]:
+    """Where one evaluation's time goes (warm medians): the per-unit read (SQL and the client's
+    parse) and the report built from it (the client's numpy)."""
+    from serving.rollouts.report import build_report
+
+    threshold = rollout.config["ttft_threshold_s"]
+    sample = store.control_ttft_sample(rollout.name, rollout.control, rollout.config["min_samples"])
+    read, build = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        units = store.rollout_units(rollout.name, ttft_threshold_s=threshold)
+        read.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        build_report(rollout, units, sample)
+        build.append(time.perf_counter() - t)
+    return {"rollout_units_s": round(statistics.median(read), 3), "build_report_s": round(statistics.median(build), 3)}
 
 
 def _measure_in_child(url: str, read: str) -> dict[str, Any]:
@@ -196,7 +217,15 @@ def measured(url: str, read: str) -> dict[str, Any]:
 
 
 def explain(store: Store, rollout: str) -> str:
-    compiled = units_query(rollout, 0.14).compile(store.engine, compile_kwargs={"literal_binds": True})
+    """EXPLAIN ANALYZE of what Store.rollout_units sends: the per-unit rows grouped per (variant,
+    step) into binary arrays where this tree has unit_table.grouped_query, else the rows."""
+    try:
+        from serving.store.unit_table import grouped_query
+    except ImportError:
+        query = units_query(rollout, 0.14)
+    else:
+        query = grouped_query(units_query(rollout, 0.14))
+    compiled = query.compile(store.engine, compile_kwargs={"literal_binds": True})
     with store.engine.connect() as conn:
         rows = conn.execute(sa.text(f"EXPLAIN (ANALYZE, VERBOSE, BUFFERS) {compiled}")).all()
     return "\n".join(r[0] for r in rows)

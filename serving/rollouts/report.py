@@ -1,4 +1,5 @@
-"""A rollout's numbers, from per-unit aggregates (store.UnitStats: per variant, step and user).
+"""A rollout's numbers, from per-unit aggregates (store.UnitTable: per variant, step and user, as
+numpy columns; every sum here is vectorised over its rows).
 
 The evaluator decides on these numbers and writes them into the audit log; `GET /admin/rollouts/NAME`
 returns the same dict. What each guard reads per unit (the user its variant is sticky for) and step:
@@ -17,15 +18,15 @@ with a cluster-robust variance and an always-valid interval.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from serving.rollouts.policy import GuardVerdict, RolloutSpec, evaluate_guard
 from serving.rollouts.stats import Cells, arm_summaries
-from serving.store import RolloutRecord, Store, UnitStats
+from serving.store import RolloutRecord, Store, UnitTable
 from serving.store.shadow import SHADOW_STEP
 
 # One control request of the threshold sample: (unit, step, TTFT or latency in seconds).
@@ -59,36 +60,65 @@ def ttft_threshold(rollout: RolloutRecord, sample: list[Sample], min_samples: in
     return float(np.quantile([t for _, _, t in sample[:min_samples]], 0.95))
 
 
-def cells_of(
-    units: Iterable[UnitStats], candidate: str, metric: str, held_out: dict[tuple[str, int], tuple[int, int]]
-) -> Cells:
-    """Dense per-unit cells of one guard: one column per (step, variant) present.
+HeldOut = dict[tuple[str, int], tuple[int, int]]  # (unit, step) -> (requests, over threshold)
+
+
+def cells_of(units: UnitTable, candidate: str, metric: str, held_out: HeldOut) -> Cells:
+    """Dense per-unit cells of one guard: one column per (step, variant) present, one row per unit
+    with a count (sorted by unit name).
 
     held_out: (unit, step) -> (requests, over-threshold) of control requests to leave out (the
     TTFT threshold's sample; only for ttft_p95)."""
     total_field, count_field = FIELDS[metric]
-    rows = [u for u in units if getattr(u, count_field) > 0]
-    unit_index = {u: i for i, u in enumerate(sorted({r.unit for r in rows}))}
-    columns = sorted({(r.step, r.variant == candidate) for r in rows})
-    col_index = {c: j for j, c in enumerate(columns)}
-    total = np.zeros((len(unit_index), len(columns)))
-    count = np.zeros_like(total)
-    for r in rows:
-        i, j = unit_index[r.unit], col_index[r.step, r.variant == candidate]
-        n, t = getattr(r, count_field), getattr(r, total_field)
-        if metric == "ttft_p95" and r.variant != candidate:
-            held_n, held_over = held_out.get((r.unit, r.step), (0, 0))
-            n, t = n - held_n, t - held_over
-        total[i, j], count[i, j] = t, max(n, 0)
-    is_candidate = np.array([c for _, c in columns], dtype=bool)
-    strata = np.array([s for s, _ in columns], dtype=np.int64)
-    return Cells(total, count, strata, is_candidate)
+    keep = getattr(units, count_field) > 0
+    count = getattr(units, count_field)[keep]
+    total = getattr(units, total_field)[keep].astype(np.float64)
+    candidate_row = units.is_variant(candidate)[keep]
+    if metric == "ttft_p95" and held_out:
+        held_n, held_over = held_out_rows(units, candidate, held_out)
+        count, total = count - held_n[keep], total - held_over[keep]
+    unit_rows, row = distinct(units.unit[keep], len(units.units))  # unit codes follow the sorted names
+    # A column per (step, variant): key 2 * step + is_candidate sorts as (step, control < candidate).
+    columns, column = distinct(2 * units.step[keep] + candidate_row)
+    dense_total = np.zeros((len(unit_rows), len(columns)))
+    dense_count = np.zeros_like(dense_total)
+    dense_total[row, column] = total
+    dense_count[row, column] = np.maximum(count, 0)
+    return Cells(dense_total, dense_count, columns // 2, columns % 2 == 1)
 
 
-def held_out_of(
-    sample: list[Sample], threshold: float | None, min_samples: int
-) -> dict[tuple[str, int], tuple[int, int]]:
-    out: dict[tuple[str, int], tuple[int, int]] = {}
+def distinct(values: NDArray, size: int | None = None) -> tuple[NDArray, NDArray]:
+    """(sorted distinct values, each value's index into them), as np.unique(return_inverse=True).
+    Small non-negative integer codes below `size` (or a small range) are counted into a table
+    instead of sorted: O(rows + size)."""
+    if values.size == 0:
+        return values[:0], np.zeros(0, dtype=np.int64)
+    low = 0 if size is not None else int(values.min())
+    size = size if size is not None else int(values.max()) - low + 1
+    if size > 4 * values.size + 1024:
+        return np.unique(values, return_inverse=True)
+    present = np.zeros(size, dtype=bool)
+    present[values - low] = True
+    return np.flatnonzero(present) + low, (np.cumsum(present) - 1)[values - low]
+
+
+def held_out_rows(units: UnitTable, candidate: str, held_out: HeldOut) -> tuple[NDArray, NDArray]:
+    """Per row of `units`: the held-out (requests, over threshold) to subtract -- on the control's
+    rows whose (unit, step) is in `held_out`, 0 elsewhere."""
+    held_n = np.zeros(len(units), dtype=np.int64)
+    held_over = np.zeros(len(units), dtype=np.int64)
+    keys = list(held_out)
+    codes = units.unit_codes([unit for unit, _ in keys])
+    by_code = {(int(c), step): held_out[unit, step] for c, (unit, step) in zip(codes, keys, strict=True) if c >= 0}
+    rows = np.isin(units.unit, codes[codes >= 0]) & ~units.is_variant(candidate)
+    for i in np.flatnonzero(rows).tolist():  # at most a few rows per held-out request
+        n, over = by_code.get((int(units.unit[i]), int(units.step[i])), (0, 0))
+        held_n[i], held_over[i] = n, over
+    return held_n, held_over
+
+
+def held_out_of(sample: list[Sample], threshold: float | None, min_samples: int) -> HeldOut:
+    out: HeldOut = {}
     if threshold is None:
         return out
     for unit, step, ttft in sample[:min_samples]:
@@ -97,8 +127,30 @@ def held_out_of(
     return out
 
 
-def guard_verdicts(spec: RolloutSpec, cells: dict[str, Cells]) -> list[GuardVerdict]:
-    return [evaluate_guard(spec, guard, cells[guard.metric]) for guard in spec.guards]
+def guard_verdicts(
+    spec: RolloutSpec, units: UnitTable, candidate: str, held_out: HeldOut | None, graded: dict[str, UnitTable]
+) -> tuple[list[GuardVerdict], dict[str, Cells]]:
+    """Each guard's verdict, and the cells the report shows beside them: feedback's and each
+    grader's. One guard's cells at a time (a rollout's dense cells are units x columns each).
+    held_out None: the TTFT threshold is not frozen yet, so ttft_p95 has nothing to compare."""
+
+    def cells_for(metric: str, grader: bool) -> Cells:
+        if grader:  # a grader's scores are compared as feedback is, per user and step
+            return cells_of(graded.get(metric, UnitTable.empty()), candidate, "feedback", {})
+        if metric == "ttft_p95" and held_out is None:
+            return cells_of(UnitTable.empty(), candidate, metric, {})
+        return cells_of(units, candidate, metric, held_out or {})
+
+    shown: dict[str, Cells] = {}
+    verdicts = []
+    for guard in spec.guards:
+        cells = shown.get(guard.metric) or cells_for(guard.metric, guard.grader is not None)
+        verdicts.append(evaluate_guard(spec, guard, cells))
+        if guard.grader is not None or guard.metric == "feedback":
+            shown[guard.metric] = cells
+    if "feedback" not in shown:
+        shown["feedback"] = cells_for("feedback", False)
+    return verdicts, shown
 
 
 def finite(value: Any) -> Any:
@@ -112,15 +164,16 @@ def finite(value: Any) -> Any:
     return value
 
 
-def variant_numbers(version: str, rows: list[UnitStats], feedback: Cells, arm: int, alpha: float) -> dict[str, Any]:
-    """Raw totals per request (for people) and the feedback's unit-level mean and interval."""
-    requests = sum(r.requests for r in rows)
-    errors = sum(r.errors for r in rows)
-    over = sum(r.ttft_over for r in rows)
+def variant_numbers(
+    version: str, units: UnitTable, rows: NDArray[np.bool_], feedback: Cells, arm: int, alpha: float
+) -> dict[str, Any]:
+    """Raw totals per request over `rows` of units (for people) and the feedback's unit-level mean
+    and interval."""
+    requests, errors, over = (int(x.sum(where=rows)) for x in (units.requests, units.errors, units.ttft_over))
     return {
         "version": version,
         "requests": requests,
-        "users": len({r.unit for r in rows if r.requests}),
+        "users": units.units_with_requests(rows),
         "errors": errors,
         "error_rate": errors / requests if requests else None,
         "ttft_over_threshold": over / requests if requests else None,
@@ -143,29 +196,21 @@ def stage_of(rollout: RolloutRecord) -> str:
 
 def build_report(
     rollout: RolloutRecord,
-    units: list[UnitStats],
+    units: UnitTable,
     sample: list[Sample],
-    graded: dict[str, list[UnitStats]] | None = None,
+    graded: dict[str, UnitTable] | None = None,
 ) -> Evaluation:
     """The rollout's report and verdicts from its per-unit aggregates (units, computed with the
     frozen TTFT threshold), the control's first requests (sample, for the threshold) and, per
     grader guard ("grader:NAME"), that grader's per-unit scores (graded)."""
     spec = RolloutSpec.from_json(rollout.config)
     threshold = ttft_threshold(rollout, sample, spec.min_samples)
-    held_out = held_out_of(sample, threshold, spec.min_samples)
-    cells = {m: cells_of(units, rollout.candidate, m, held_out) for m in FIELDS}
-    for guard in spec.guards:  # a grader's scores are compared as feedback is, per user and step
-        if guard.grader is not None:
-            rows = (graded or {}).get(guard.metric, [])
-            cells[guard.metric] = cells_of(rows, rollout.candidate, "feedback", {})
-    if threshold is None:  # ttft_p95 before the threshold is frozen: nothing to compare yet
-        cells["ttft_p95"] = cells_of([], rollout.candidate, "ttft_p95", {})
-    verdicts = guard_verdicts(spec, cells)
-    here = [u for u in units if u.step == rollout.step]
-    cand = [u for u in here if u.variant == rollout.candidate]
-    ctrl = [u for u in here if u.variant != rollout.candidate]
-    at_step = (sum(u.requests for u in cand), sum(u.requests for u in ctrl))
-    control_units = len({u.unit for u in ctrl if u.requests})
+    held_out = held_out_of(sample, threshold, spec.min_samples) if threshold is not None else None
+    verdicts, cells = guard_verdicts(spec, units, rollout.candidate, held_out, graded or {})
+    is_candidate = units.is_variant(rollout.candidate)
+    here = units.step == rollout.step
+    at_step = (int(units.requests.sum(where=here & is_candidate)), int(units.requests.sum(where=here & ~is_candidate)))
+    control_units = units.units_with_requests(here & ~is_candidate)
     report = {
         "name": rollout.name,
         "adapter": rollout.adapter,
@@ -180,7 +225,7 @@ def build_report(
         "steps": list(spec.steps),
         "weights": dict(rollout.weights),
         "requests_at_step": {"candidate": at_step[0], "control": at_step[1]},
-        "users_at_step": {"candidate": len({u.unit for u in cand if u.requests}), "control": control_units},
+        "users_at_step": {"candidate": units.units_with_requests(here & is_candidate), "control": control_units},
         "min_samples": spec.min_samples,
         "interval_s": spec.interval_s,
         "alpha": spec.alpha,
@@ -192,16 +237,8 @@ def build_report(
         "created_at": rollout.created_at,
         "evaluated_at": rollout.evaluated_at,
         "variants": {
-            "candidate": variant_numbers(
-                rollout.candidate,
-                [u for u in units if u.variant == rollout.candidate],
-                cells["feedback"],
-                0,
-                spec.alpha,
-            ),
-            "control": variant_numbers(
-                rollout.control, [u for u in units if u.variant != rollout.candidate], cells["feedback"], 1, spec.alpha
-            ),
+            "candidate": variant_numbers(rollout.candidate, units, is_candidate, cells["feedback"], 0, spec.alpha),
+            "control": variant_numbers(rollout.control, units, ~is_candidate, cells["feedback"], 1, spec.alpha),
         },
         "guards": [v.to_json() for v in verdicts],
     }

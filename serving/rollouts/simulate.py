@@ -7,7 +7,7 @@ probability drawn from a Beta (heterogeneous users), a rating rate (users differ
 rate) and a latency multiplier. Per evaluation ("look") every running rollout gets
 Poisson(requests_per_look) requests from its users by rate, at its current step; errors drift the
 same way for both versions (e.g. 1% -> 4% over the run). After every look the rollout's per-unit
-aggregates (the UnitStats the store computes in SQL) go through the real path:
+aggregates (the UnitTable rows the store computes in SQL) go through the real path:
 stats.Moments -> stats.stratified_difference -> policy.judge -> policy.decide; a rollout advances,
 holds, promotes or rolls back as the evaluator would make it.
 

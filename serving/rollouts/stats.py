@@ -5,7 +5,7 @@ one user's requests are not independent: a user who sends many requests with a h
 moves their variant's rate by much more than a per-request variance allows for. A test that
 treats requests as independent then rejects a true null far more often than alpha (41% of A/A
 rollouts with 300 heavy-tailed users, docs/rollouts.md). Everything here is therefore computed
-per *unit* (the user the variant is sticky for), from per-unit aggregates (store.UnitStats):
+per *unit* (the user the variant is sticky for), from per-unit aggregates (store.UnitTable):
 
 1. Unit means with capped weights. In one step, unit i of variant v has `count` observations
    (requests, or ratings for feedback) with sum `total`; its mean is m_i = total / count and its

@@ -24,11 +24,12 @@ Writes (each one transaction; control changes bump the version and write an audi
     store.audit(actor=..., action=..., subject=..., reason=..., numbers=...) / audit_log(subject)
     store.acquire_lease("evaluator", holder, ttl_s) -> Lease | None (database clock; fencing token)
     store.release_lease / lease_holder
-Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> [UnitStats] (a GROUP BY
-    on a covering index, never body columns); store.rollout_moments(...) -> [StepMoments], the
-    same cells summed per (variant, step) in SQL (sums, squares, cross products): a few rows at
-    any number of users. store.requests / store.feedback return whole rows
-    (bodies included) for exports and captures only.
+Reads for statistics: store.rollout_units(rollout, ttft_threshold_s=...) -> UnitTable (a GROUP BY
+    on a covering index, never body columns; per (variant, step, unit) as numpy columns, read from
+    PostgreSQL as a few rows of binary arrays: serving/store/unit_table.py);
+    store.rollout_moments(...) -> [StepMoments], the same cells summed per (variant, step) in SQL
+    (sums, squares, cross products): a few rows at any number of users. store.requests /
+    store.feedback return whole rows (bodies included) for exports and captures only.
 Usage (serving/store/usage.py): the writer upserts usage_daily (tokens in/out and requests per key,
     model, UTC day) in each request-log batch's transaction; store.usage(key=, model=, since=, until=)
     -> [UsageRecord]; store.key_tokens_on(key, day) -> {model: tokens}. Retention never deletes it.
@@ -65,6 +66,7 @@ from serving.store.records import (
     UsageRecord,
 )
 from serving.store.store import LEASE_LOST, REVISION_CHANGED, Store
+from serving.store.unit_table import UnitTable
 from serving.store.writer import FeedbackJob, StoreWriter
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "StepMoments",
     "StoreWriter",
     "UnitStats",
+    "UnitTable",
     "UsageRecord",
     "migrate",
     "safe_url",

@@ -8,8 +8,7 @@ models.py), so its cost grows with a rollout's rows and units, never with captur
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -23,8 +22,8 @@ from serving.store.records import (
     FeedbackRecord,
     RequestRecord,
     StepMoments,
-    UnitStats,
 )
+from serving.store.unit_table import UnitTable, read_unit_table
 from serving.store.usage import add_usage
 
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
@@ -85,38 +84,10 @@ def unit_queries(rollout: str, ttft_threshold_s: float | None, rows: Rows | None
     return requests, scores
 
 
-STREAM_BATCH = 20_000  # rows per round trip when reading unit aggregates from PostgreSQL
-
-
-@contextmanager
-def _cursor(session: Session, query: sa.Select) -> Iterator[Any]:
-    """The driver's own cursor over `query`, in the session's transaction, iterated for plain
-    tuples: a rollout can have hundreds of thousands of unit rows, and SQLAlchemy's Row objects
-    cost more than the driver itself. A driver error leaves as SQLAlchemy's DBAPIError (which the
-    store translates)."""
-    conn = session.connection()
-    compiled = query.compile(dialect=conn.dialect)
-    params = compiled.construct_params()
-    args = [params[k] for k in compiled.positiontup or []] if compiled.positional else params
-    dbapi_error = conn.dialect.loaded_dbapi.Error
-    if conn.dialect.name == "postgresql":  # server-side: rows come in batches, never all at once
-        cursor = conn.connection.cursor(name="loraplane_rows")
-        cursor.itersize = STREAM_BATCH  # type: ignore[attr-defined]
-    else:
-        cursor = conn.connection.cursor()
-    try:
-        cursor.execute(str(compiled), args)
-        yield cursor
-    except dbapi_error as exc:
-        raise sa.exc.DBAPIError.instance(str(compiled), args, exc, dbapi_error) from exc
-    finally:
-        cursor.close()
-
-
 def units_query(rollout: str, ttft_threshold_s: float | None, rows: Rows | None = None) -> sa.Select:
     """Each (variant, step, unit) of the requests' GROUP BY with its feedback's beside it (a LEFT
-    JOIN of the two sorted aggregates): rows in UnitStats' field order, sorted. Feedback is on a
-    logged request (it copies the request's variant, step, unit and exclusion), so a cell with
+    JOIN of the two sorted aggregates): rows in UnitStats' field order, sorted (unit_table.py reads
+    them). Feedback is on a logged request (it copies the request's variant, step, unit and exclusion), so a cell with
     feedback always has requests."""
     requests, scores = (q.subquery() for q in unit_queries(rollout, ttft_threshold_s, rows))
     same = sa.and_(*(requests.c[k] == scores.c[k] for k in ("variant", "step", "unit")))
@@ -199,16 +170,12 @@ class RequestLog:
         with self._tx() as s:
             return [_request(r) for r in s.scalars(query)]
 
-    def rollout_units(self, rollout: str, *, ttft_threshold_s: float | None) -> list[UnitStats]:
+    def rollout_units(self, rollout: str, *, ttft_threshold_s: float | None) -> UnitTable:
         """Per (variant, step, unit) aggregates of a rollout's counted requests and their feedback,
-        computed in SQL on indexed columns (never body columns), sorted. Rows with `excluded` set, or
-        with no unit or step (logged before units existed), are left out."""
-        names: dict[str, str] = {}  # one string per variant and unit: a unit recurs at every step
-        out: list[UnitStats] = []
-        with self._tx() as s, _cursor(s, units_query(rollout, ttft_threshold_s)) as rows:
-            for v, st, u, n, e, o, total, k in rows:
-                out.append(UnitStats(names.setdefault(v, v), st, names.setdefault(u, u), n, e, o, total, k))
-        return out
+        computed in SQL on indexed columns (never body columns), as columns (unit_table.py). Rows
+        with `excluded` set, or with no unit or step (logged before units existed), are left out."""
+        with self._tx() as s:
+            return read_unit_table(s, units_query(rollout, ttft_threshold_s))
 
     def control_ttft_sample(self, rollout: str, variant: str, n: int) -> list[tuple[str, int, float]]:
         """(unit, step, TTFT or latency) of a variant's first n counted requests in a rollout, oldest

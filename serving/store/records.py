@@ -122,8 +122,8 @@ class FeedbackRecord:
 class UnitStats(NamedTuple):
     """One assignment unit's aggregate for one variant at one rollout step: what the rollout's
     statistics read (never rows). `ttft_over` counts requests whose TTFT (or latency, unstreamed)
-    was above the threshold the query was given (0 when it was given none). A NamedTuple: a
-    rollout can have hundreds of thousands of these, built straight from database rows."""
+    was above the threshold the query was given (0 when it was given none). One row of a
+    UnitTable (unit_table.py), which holds a rollout's rows as columns."""
 
     variant: str
     step: int

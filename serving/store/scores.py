@@ -1,7 +1,7 @@
 """Reads of the Store for grader guards and training exports (mixed into Store like RequestLog).
 
 - rollout_scores(rollout, source): per (variant, step, unit) sum and count of one source's scores
-  (a grader's, "grader:NAME"), from the rollout-units index, which leads with (rollout, source):
+  (a grader's, "grader:NAME") as a UnitTable, from the rollout-units index, which leads with (rollout, source):
   the same cells the user-feedback guard reads, one grader at a time.
 - captured_page(...): one page of an adapter's captured answers outside rollouts and experiments,
   ordered by (created_at, id) with a keyset cursor: a page costs at most `limit` rows however long
@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from serving.store.logs import _request, counted_feedback
 from serving.store.models import FeedbackRow, RequestLogRow
-from serving.store.records import RequestRecord, UnitStats
+from serving.store.records import RequestRecord
+from serving.store.unit_table import UnitTable, read_unit_table
 
 MAX_PAGE = 1000  # rows one captured_page returns at most
 
@@ -27,24 +28,24 @@ class ScoreReads:
     def _tx(self, translate: bool = True) -> AbstractContextManager[Session]:  # provided by Store
         raise NotImplementedError
 
-    def rollout_scores(self, rollout: str, source: str) -> list[UnitStats]:
-        """One source's scores per (variant, step, unit) of a rollout, as UnitStats with only
-        score_sum / score_n set (requests are the user-feedback query's business), sorted."""
+    def rollout_scores(self, rollout: str, source: str) -> UnitTable:
+        """One source's scores per (variant, step, unit) of a rollout, as a UnitTable with only
+        score_sum / score_n set (requests are the user-feedback query's business)."""
         return self.unit_scores(counted_feedback(rollout, source))
 
-    def unit_scores(self, which: sa.ColumnElement[bool]) -> list[UnitStats]:
-        """Scores of the feedback rows `which` selects, summed per (variant, step, unit), sorted
+    def unit_scores(self, which: sa.ColumnElement[bool]) -> UnitTable:
+        """Scores of the feedback rows `which` selects, summed per (variant, step, unit)
         (rollout_scores; the shadow stage's: store/shadow.py)."""
         f = FeedbackRow
+        none = sa.literal(0, sa.BigInteger)  # requests, errors, ttft_over: not this query's
         query = (
-            sa.select(f.variant, f.step, f.unit, sa.func.sum(f.score), sa.func.count())
+            sa.select(f.variant, f.step, f.unit, none, none, none, sa.func.sum(f.score), sa.func.count())
             .where(which)
             .group_by(f.variant, f.step, f.unit)
             .order_by(f.variant, f.step, f.unit)
         )
         with self._tx() as s:
-            rows = s.execute(query).all()
-        return [UnitStats(str(v), int(st or 0), str(u), 0, 0, 0, float(t), int(n)) for v, st, u, t, n in rows]
+            return read_unit_table(s, query)
 
     def captured_page(
         self,

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from serving.store.logs import units_query
 from serving.store.models import FeedbackRow, RequestLogRow
-from serving.store.records import USER_SOURCE, UnitStats
+from serving.store.records import USER_SOURCE
+from serving.store.unit_table import UnitTable, read_unit_table
 
 SHADOW_STEP = -1  # the step index logged while a rollout is in its shadow stage (before its first step)
 SHADOW = "shadow"  # records.EXCLUSIONS: a mirrored answer
@@ -32,7 +33,7 @@ def _shadow_rows(table: type[RequestLogRow] | type[FeedbackRow], rollout: str) -
 
 
 def shadow_units_query(rollout: str, ttft_threshold_s: float | None) -> sa.Select:
-    """UnitStats rows of the shadow step (logs.units_query over the shadow rows), users' feedback
+    """Per-unit rows of the shadow step (logs.units_query over the shadow rows), users' feedback
     beside its requests (graders' scores are read per grader: shadow_scores)."""
     f = FeedbackRow
     rows = (_shadow_rows(RequestLogRow, rollout), sa.and_(_shadow_rows(f, rollout), f.source == USER_SOURCE))
@@ -45,20 +46,16 @@ class ShadowLog:
     def _tx(self, translate: bool = True) -> AbstractContextManager[Session]:  # provided by Store
         raise NotImplementedError
 
-    def shadow_units(self, rollout: str, *, ttft_threshold_s: float | None) -> list[UnitStats]:
+    def shadow_units(self, rollout: str, *, ttft_threshold_s: float | None) -> UnitTable:
         """Per (variant, step, unit) aggregates at the shadow step: the candidate's mirrored answers
-        and the control's live ones (and their feedback), sorted."""
+        and the control's live ones (and their feedback), as columns (unit_table.py)."""
         with self._tx() as s:
-            rows = s.execute(shadow_units_query(rollout, ttft_threshold_s)).all()
-        return [
-            UnitStats(str(v), int(st), str(u), int(n), int(e or 0), int(o or 0), float(t), int(k))
-            for v, st, u, n, e, o, t, k in rows
-        ]
+            return read_unit_table(s, shadow_units_query(rollout, ttft_threshold_s))
 
-    def unit_scores(self, which: sa.ColumnElement[bool]) -> list[UnitStats]:  # provided by ScoreReads
+    def unit_scores(self, which: sa.ColumnElement[bool]) -> UnitTable:  # provided by ScoreReads
         raise NotImplementedError
 
-    def shadow_scores(self, rollout: str, source: str) -> list[UnitStats]:
+    def shadow_scores(self, rollout: str, source: str) -> UnitTable:
         """One source's scores (a grader's) per (variant, step, unit) at the shadow step: the
         candidate's mirrored answers and the control's live ones, like ScoreReads.rollout_scores."""
         f = FeedbackRow

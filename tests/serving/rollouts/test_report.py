@@ -10,7 +10,7 @@ from serving.metrics import GatewayMetrics
 from serving.rollouts.actions import new_rollout
 from serving.rollouts.evaluator import Evaluator
 from serving.rollouts.report import build_report, cells_of, held_out_of, read_rollout
-from serving.store import FeedbackRecord, RequestRecord, RolloutRecord, Store, UnitStats
+from serving.store import FeedbackRecord, RequestRecord, RolloutRecord, Store, UnitStats, UnitTable
 
 CAND, CTRL = "bot@v2", "bot@v1"
 
@@ -91,7 +91,7 @@ def test_units_in_two_steps_are_one_cluster_and_steps_are_separate_strata() -> N
         UnitStats(CTRL, 1, "b", 5, 0, 0, 0.0, 0),
         UnitStats(CAND, 0, "c", 4, 0, 0, 0.0, 0),
     ]
-    cells = cells_of(units, CAND, "error_rate", {})
+    cells = cells_of(UnitTable.of(units), CAND, "error_rate", {})
     assert cells.total.shape == (3, 4)  # units a, b, c x (step 0, 1) x (control, candidate)
     assert cells.strata.tolist() == [0, 0, 1, 1] and cells.candidate.tolist() == [False, True, False, True]
     assert cells.count[0].tolist() == [10, 0, 0, 10]
@@ -102,13 +102,13 @@ def test_the_held_out_sample_is_subtracted_from_the_control_cells_only() -> None
     held = held_out_of(sample, 1.0, 3)
     assert held == {("a", 0): (2, 1), ("b", 0): (1, 0)}
     units = [UnitStats(CTRL, 0, "a", 5, 0, 3, 0.0, 0), UnitStats(CAND, 0, "a2", 5, 0, 3, 0.0, 0)]
-    cells = cells_of(units, CAND, "ttft_p95", held)
+    cells = cells_of(UnitTable.of(units), CAND, "ttft_p95", held)
     assert cells.count.sum(axis=0).tolist() == [3, 5] and cells.total.sum(axis=0).tolist() == [2, 3]
 
 
 def test_before_the_threshold_is_frozen_the_latency_guard_is_pending() -> None:
     r = rollout()
     units = [UnitStats(v, 0, f"{v}{i}", 10, 0, 0, 0.0, 0) for v in (CAND, CTRL) for i in range(30)]
-    read = build_report(r, units, sample=[("x", 0, 0.1)] * 10)
+    read = build_report(r, UnitTable.of(units), sample=[("x", 0, 0.1)] * 10)
     assert read.threshold is None
     assert next(v for v in read.verdicts if v.metric == "ttft_p95").verdict == "pending"
