@@ -48,13 +48,11 @@ def holder_id() -> str:
 
 def decision_fields(rollout: RolloutRecord, d: Decision, now: float, threshold: float | None) -> dict[str, Any]:
     """What an evaluation writes besides the transition itself (actions.transition): when it ran,
-    when a new step started, the TTFT threshold once it is frozen, and a gain the shadow stage showed."""
+    when a new step started, and the TTFT threshold once it is frozen."""
     fields: dict[str, Any] = {"evaluated_at": now}
     config = dict(rollout.config)
     if d.outcome == "advance":
         config["step_started_at"] = now
-    if d.gain_shown is not None:  # the shadow stage showed the gain: the canary's rule reads it
-        config["gain_shown"] = d.gain_shown
     if threshold is not None and rollout.config.get("ttft_threshold_s") is None:
         config["ttft_threshold_s"] = threshold
     if config != rollout.config:
@@ -108,8 +106,7 @@ class Evaluator:
         if in_shadow(rollout):  # mirrored answers only: advance to the first canary step or roll back
             d = decide_shadow(spec, read.step_counts, read.verdicts)
         else:
-            gain_shown = rollout.config.get("gain_shown")
-            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units, gain_shown)
+            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
         report, threshold = read.report, read.threshold
         return d if self._write(rollout, d, report, decision_fields(rollout, d, now, threshold)) else None
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from serving.rollouts.stats import Arm, Cells, Comparison, compare
 
@@ -246,14 +246,9 @@ class Decision:
     outcome: Outcome
     reason: str
     step_index: int  # the step after the decision (candidate % = spec.steps[step_index])
-    # A shadow stage that advanced because better_on was shown better on paired answers: the metric
-    # and its gain interval, kept in the rollout's config ("gain_shown") for the canary's rule.
-    gain_shown: dict[str, Any] | None = None
 
 
-def _promotable(
-    spec: RolloutSpec, verdicts: list[GuardVerdict], gain_shown: dict[str, Any] | None = None
-) -> tuple[bool, str]:
+def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, str]:
     if spec.promote_when == "no_regression":
         pending = [v.metric for v in verdicts if v.verdict == "pending"]
         if pending:
@@ -267,15 +262,6 @@ def _promotable(
     gain = next(v for v in verdicts if v.metric == spec.better_on)
     if gain.verdict == "better":
         return True, f"{gain.metric} shows the candidate better than control"
-    if gain_shown is not None and gain_shown.get("metric") == spec.better_on:
-        # Shown better in the shadow stage on paired answers (its own share of alpha); the canary
-        # must then show no harm on live traffic, with a verdict from every guard.
-        pending = [v.metric for v in verdicts if v.verdict == "pending"]
-        lo, hi = gain_shown["lo"], gain_shown["hi"]
-        shown = f"{gain.metric} shown better in the shadow stage (gain [{lo:+.4f}, {hi:+.4f}])"
-        if pending:
-            return False, f"{shown}; live guards without a verdict yet: {', '.join(pending)}"
-        return True, f"{shown} and no live guard failed"
     return False, f"{gain.metric} not yet shown better (verdict {gain.verdict})"
 
 
@@ -345,7 +331,6 @@ def decide(
     step_counts: tuple[int, int],
     verdicts: list[GuardVerdict],
     control_units: int | None = None,
-    gain_shown: dict[str, Any] | None = None,
 ) -> Decision:
     """One evaluation of a running rollout. step_counts: (candidate, control) requests at this step;
     control_units: the control's users at this step (None: unknown, the no-show rule needs only counts)."""
@@ -366,7 +351,7 @@ def decide(
     last_compared = len(spec.steps) - 2
     if step_index < last_compared:
         return Decision("advance", f"{spec.min_samples}+ requests per variant and no guard failed", step_index + 1)
-    ok, why = _promotable(spec, verdicts, gain_shown)
+    ok, why = _promotable(spec, verdicts)
     if ok:
         return Decision("promote", why, len(spec.steps) - 1)
     return Decision("hold", why, step_index)

@@ -80,8 +80,9 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
     if pending:
         reason = f"shadow stage: no verdict yet (too few users or grader scores): {', '.join(pending)}"
         return Decision("hold", reason, SHADOW_STEP)
-    if _decides_gain(spec):
-        return _gain_decision(spec, verdicts, candidate_n)
+    open_gain = _gain_open(spec, verdicts)
+    if open_gain is not None:
+        return Decision("hold", open_gain, SHADOW_STEP)
     return Decision(
         "advance",
         f"shadow stage passed ({candidate_n} mirrored requests, no guard failed): canary at {spec.steps[0]}%",
@@ -89,23 +90,13 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
     )
 
 
-def _decides_gain(spec: RolloutSpec) -> bool:
-    """The stage settles the gain question: rule better with min_gain, and a grader as better_on."""
-    return spec.min_gain is not None and spec.better_on.startswith(GRADER_PREFIX)
-
-
-def _gain_decision(spec: RolloutSpec, verdicts: list[GuardVerdict], mirrored: int) -> Decision:
-    """Advance once better_on is shown better (recorded for the canary's rule), else hold."""
+def _gain_open(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> str | None:
+    """Why the stage waits on the gain question (min_gain with a grader as better_on), or None."""
+    if spec.min_gain is None or not spec.better_on.startswith(GRADER_PREFIX):
+        return None
     v = next(v for v in verdicts if v.metric == spec.better_on)
+    if v.verdict == "better":
+        return None
     gain = gain_interval(v)
-    shown = "" if gain is None else f"gain [{gain[0]:+.4f}, {gain[1]:+.4f}]"
-    if v.verdict != "better" or gain is None:
-        reason = f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}"
-        return Decision("hold", f"{reason} ({shown or 'no interval yet'})", SHADOW_STEP)
-    return Decision(
-        "advance",
-        f"shadow stage passed: {v.metric} shows the candidate better on {mirrored} mirrored requests ({shown}, "
-        f"always-valid {1 - spec.guard_alpha:.1%} interval), no guard failed: canary at {spec.steps[0]}%",
-        0,
-        gain_shown={"metric": v.metric, "lo": gain[0], "hi": gain[1]},
-    )
+    shown = "" if gain is None else f" (gain [{gain[0]:+.4f}, {gain[1]:+.4f}])"
+    return f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}{shown}"

@@ -12,7 +12,6 @@ from serving.rollouts.actions import new_rollout
 from serving.rollouts.policy import GuardSpec, RolloutSpec, decide, evaluate_guard, futile
 from serving.rollouts.shadow import SHADOW_STEP, decide_shadow
 from serving.rollouts.stats import Cells, comparisons
-from tests.serving.rollouts.test_policy import cells as rate_cells
 from tests.serving.rollouts.test_policy import spec as policy_spec
 from tests.serving.rollouts.test_policy import verdicts
 
@@ -107,8 +106,7 @@ def test_paired_shadow_answers_settle_the_gain_question_that_unpaired_ones_canno
     held = decide_shadow(s, (1200, 1200), shadow_verdicts(s, mixed))
     assert held.outcome == "hold" and "not yet shown better than control nor below min_gain" in held.reason
     better = decide_shadow(s, (1200, 1200), shadow_verdicts(s, paired(400, 0.15, seed=3)))
-    assert (better.outcome, better.step_index) == ("advance", 0) and "shows the candidate better" in better.reason
-    assert better.gain_shown is not None and better.gain_shown["metric"] == GRADER and better.gain_shown["lo"] > 0
+    assert (better.outcome, better.step_index) == ("advance", 0)
     few = decide_shadow(s, (60, 60), shadow_verdicts(s, paired(25, 0.0, seed=4)))
     assert few.outcome == "hold"
 
@@ -137,43 +135,6 @@ def test_futile_reads_the_better_on_guard_only() -> None:
     v = shadow_verdicts(s, grades)
     assert futile(s, v, SHADOW_STEP) is not None
     assert futile(spec(min_gain=None), shadow_verdicts(spec(min_gain=None), grades), SHADOW_STEP) is None
-
-
-def canary_verdicts(s: RolloutSpec, errors: tuple[float, float] = (0.02, 0.02)) -> list:
-    """A canary step's verdicts from 300 users per variant (split, so unpaired)."""
-    data = {"error_rate": errors, "ttft_p95": (0.05, 0.05), GRADER: (0.6, 0.6)}
-    return [evaluate_guard(s, g, rate_cells(data[g.metric], 300, i)) for i, g in enumerate(s.guards)]
-
-
-def test_a_gain_shown_in_the_shadow_stage_lets_the_canary_promote_on_no_live_harm() -> None:
-    """The canary's users are split, so its own grader comparison is unpaired and slow: once the
-    shadow stage showed the gain on paired answers, the last step promotes when every live guard
-    has a verdict and none failed -- and never on a gain shown for another metric."""
-    s = spec()
-    live = canary_verdicts(s)  # no guard decided: equal versions, 300 users
-    assert {v.verdict for v in live} <= {"inconclusive", "not_worse"} and live[-1].verdict == "inconclusive"
-    shown = {"metric": GRADER, "lo": 0.03, "hi": 0.2}
-    assert decide(s, 1, (900, 900), live).outcome == "hold"  # without the shadow's finding
-    promoted = decide(s, 1, (900, 900), live, gain_shown=shown)
-    assert promoted.outcome == "promote" and "shown better in the shadow stage" in promoted.reason
-    assert decide(s, 0, (900, 900), live, gain_shown=shown).outcome == "advance"  # not before the last step
-    pending = canary_verdicts(spec(min_samples=5000))
-    held = decide(s, 1, (900, 900), pending, gain_shown=shown)
-    assert held.outcome == "hold" and "without a verdict yet" in held.reason
-    assert decide(s, 1, (900, 900), live, gain_shown={**shown, "metric": "grader:other"}).outcome == "hold"
-    harmed = canary_verdicts(s, errors=(0.02, 0.2))
-    assert decide(s, 1, (900, 900), harmed, gain_shown=shown).outcome == "rollback"
-
-
-def test_the_evaluator_keeps_the_shadow_stage_finding_in_the_rollout_config() -> None:
-    from serving.rollouts.evaluator import decision_fields
-    from serving.rollouts.policy import Decision
-
-    record = new_rollout("r", "a@v2", "a@v1", spec(stages=1), "none", 0.0, shadow=100)
-    shown = {"metric": GRADER, "lo": 0.03, "hi": 0.2}
-    fields = decision_fields(record, Decision("advance", "better", 0, gain_shown=shown), 5.0, None)
-    assert fields["config"]["gain_shown"] == shown and fields["config"]["step_started_at"] == 5.0
-    assert "gain_shown" not in decision_fields(record, Decision("hold", "wait", -1), 5.0, None).get("config", {})
 
 
 def test_a_default_min_gain_does_not_refuse_a_rollout_with_another_rule() -> None:

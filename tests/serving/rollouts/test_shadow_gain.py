@@ -1,7 +1,7 @@
 """The shadow stage's gain question through the real gateway, request log, graders and evaluator
 (fake engine): with --better-on grader:NAME --min-gain G, a candidate whose mirrored answers grade
 like the control's is rolled back before any user sees it, and one that grades better advances to
-the canary with the finding kept for the canary's rule (serving/rollouts/shadow.py, policy.futile)."""
+the canary (serving/rollouts/shadow.py, policy.futile)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_a_candidate_that_grades_like_the_control_is_rolled_back_in_shadow(two_v
     assert final["better_on"] == "grader:json_valid" and final["min_gain"] == 0.05
 
 
-def test_a_candidate_that_grades_better_goes_on_to_the_canary_with_its_gain(two_versions, db_url: str) -> None:
+def test_a_candidate_that_grades_better_goes_on_to_the_canary(two_versions, db_url: str) -> None:
     better = {"bot@v1": "not json", "bot@v2": '{"ok": 2}'}
     eng, gateway = serving(two_versions, {"store.url": db_url, **GRADED}, replies=better)
     with eng, gateway as gw:
@@ -48,5 +48,4 @@ def test_a_candidate_that_grades_better_goes_on_to_the_canary_with_its_gain(two_
         moved = wait_for(lambda: (s := status(gw.url, "better"))["step"] == 0 and s, timeout_s=30)
         config = gw.state.store.get_rollout("better").config
     assert moved["state"] == "running" and moved["stage"] == "canary", moved
-    assert config["gain_shown"]["metric"] == "grader:json_valid" and config["gain_shown"]["lo"] > 0.5
     assert config["stages"] == 2  # the shadow stage took its share of alpha
