@@ -3,10 +3,11 @@
 The demo's task asks for one line of JSON with keys name, age, city and job from a short passage.
 Without the expected answer, a grader can still check what an extraction must satisfy: the answer
 is a JSON object with exactly those keys, age is an integer that occurs in the passage, and every
-other value occurs in the passage verbatim. A misspelled city ("Zurick" for "Zurich": v2's commonest
+other value occurs in the passage verbatim, as whole words. A misspelled city ("Zurick" for "Zurich": v2's commonest
 miss, benchmarks/RESULTS.md) or an invented job fails; a right extraction passes. It scores 1 or 0
 and needs no model, so it grades every mirrored and live answer of the loop's rollout in
-microseconds (docs/graders.md; the gateway imports it, so it imports nothing heavy).
+microseconds (docs/graders.md; the gateway imports it, so it imports nothing heavy). It does not
+check which key a value belongs to: an answer that swaps the name and the city scores 1.
 """
 
 from __future__ import annotations
@@ -46,4 +47,9 @@ def grounded(request: dict, answer: str) -> float | None:
     if isinstance(age, bool) or not isinstance(age, int) or not re.search(rf"(?<!\d){age}(?!\d)", text):
         return 0.0
     strings = [value[k] for k in KEYS if k != "age"]
-    return float(all(isinstance(s, str) and s.strip() and s in text for s in strings))
+    return float(all(isinstance(s, str) and s.strip() and _word_in(s, text) for s in strings))
+
+
+def _word_in(value: str, text: str) -> bool:
+    """`value` occurs in `text` as whole words (so "J" is not grounded by "Jonas")."""
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None

@@ -34,7 +34,7 @@ from serving.gateway.exports import captures, check_label_source, opted_out_keys
 from serving.registry import AdapterRegistry, parse_model_name
 from serving.rollouts.actions import new_rollout
 from serving.rollouts.evaluator import Evaluator
-from serving.rollouts.policy import MANUAL, GuardSpec
+from serving.rollouts.policy import MANUAL, GuardSpec, RolloutSpec
 from serving.rollouts.report import finite, read_rollout
 from serving.rollouts.shadow import shadow_percent
 from serving.store import RolloutRecord, Store
@@ -85,6 +85,19 @@ def _check_graders(cfg: ServingConfig, guards: tuple[GuardSpec, ...] | None) -> 
             )
 
 
+def _check_capture(cfg: ServingConfig, spec: RolloutSpec, adapter: str, capture: str) -> None:
+    """A grader guard needs captured answers: graders score nothing else (docs/graders.md)."""
+    graded = [g.metric for g in spec.guards if g.grader is not None]
+    kept = capture == "bodies" or any(a.name == adapter and a.capture == "bodies" for a in cfg.adapters)
+    if graded and not kept:
+        raise BadRequest(
+            f"guard {graded[0]!r} reads grader scores, and graders score only captured answers: start "
+            f"the rollout with capture 'bodies' (--capture bodies) or set "
+            f"`adapters: [{{name: {adapter}, capture: bodies}}]`",
+            param="capture",
+        )
+
+
 @rollouts.post("/{name}")
 async def start_rollout(
     name: str,
@@ -113,6 +126,7 @@ async def start_rollout(
         spec = cfg.rollouts.spec(**overrides)
     except (ValueError, TypeError) as exc:
         raise BadRequest(f"rollout {name!r}: {exc}") from None
+    _check_capture(cfg, spec, adapter, capture)
     shadow = body.get("shadow")
     try:
         shadow = None if shadow is None else shadow_percent(shadow)

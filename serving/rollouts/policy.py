@@ -26,9 +26,11 @@ at least MIN_UNITS users; before that it is pending (and cannot roll back).
 
 Futility (`min_gain`, with "better" only): once the `better_on` guard's always-valid interval shows
 the candidate's gain below min_gain, the rollout is rolled back -- the candidate cannot be the
-improvement it was shipped for. This is a claim of the same interval as "better" (it misses the
-true gain), so it costs no extra alpha: a candidate that truly gains min_gain is rolled back with
-probability <= that guard's share of alpha.
+improvement it was shipped for. Its upper bound is the same estimate's with the variance no smaller
+than a gain of min_gain would give (stats.futility_upper), so it is never below the interval's own
+upper bound: a false futility claim is a miss of that interval, and costs no extra alpha. The floor
+matters where the versions rarely disagree (a candidate that fixes a few answers and breaks none),
+where the plug-in variance alone understates the spread early on.
 
 Alpha is split evenly over the guards and over the rollout's stages (a shadow stage and the canary
 steps are compared on separate data: Bonferroni over both), so the chance that *any* guard ever
@@ -39,10 +41,10 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from serving.rollouts.stats import Arm, Cells, Comparison, compare
+from serving.rollouts.stats import Arm, Cells, Comparison, compare, futility_upper
 
 Metric = str  # one of METRICS, or "grader:NAME" (a grader's mean score, docs/graders.md)
 METRICS: tuple[str, ...] = ("error_rate", "ttft_p95", "feedback")
@@ -161,7 +163,7 @@ class RolloutSpec:
                 raise ValueError(f"min_gain applies to promote_when 'better' only, not {self.promote_when!r}")
             gain = self.min_gain
             if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not 0 < gain < 1:
-                raise ValueError(f"min_gain must be in (0, 1) score points, got {self.min_gain}")
+                raise ValueError(f"min_gain must be a number in (0, 1) score points, got {self.min_gain!r}")
 
     @property
     def guard_alpha(self) -> float:
@@ -206,6 +208,9 @@ class GuardVerdict:
     worsening_hi: float | None
     candidate: Arm
     control: Arm
+    # The better_on guard with min_gain: the upper bound on the gain that futility reads
+    # (stats.futility_upper: the variance no smaller than a gain of min_gain would have).
+    futility_hi: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -238,7 +243,11 @@ def judge(guard: GuardSpec, cmp: Comparison, min_samples: int) -> GuardVerdict:
 
 def evaluate_guard(spec: RolloutSpec, guard: GuardSpec, cells: Cells) -> GuardVerdict:
     """cells: the guard's per-unit aggregates (error counts, latency exceedances, scores)."""
-    return judge(guard, compare(cells, spec.guard_alpha), spec.min_samples)
+    verdict = judge(guard, compare(cells, spec.guard_alpha), spec.min_samples)
+    if spec.min_gain is None or guard.metric != spec.better_on or verdict.verdict == "pending":
+        return verdict
+    upper = float(futility_upper(cells, spec.guard_alpha, spec.min_gain)[0])
+    return replace(verdict, futility_hi=upper)
 
 
 @dataclass(frozen=True)
@@ -280,11 +289,11 @@ def futile(
         return None
     v = next(v for v in verdicts if v.metric == spec.better_on)
     gain = gain_interval(v)
-    if gain is None or gain[1] >= spec.min_gain:
+    if gain is None or v.futility_hi is None or v.futility_hi >= spec.min_gain:
         return None
     return Decision(
         "rollback",
-        f"{prefix}guard {v.metric}: candidate gains [{gain[0]:+.4f}, {gain[1]:+.4f}] (always-valid "
+        f"{prefix}guard {v.metric}: candidate gains [{gain[0]:+.4f}, {v.futility_hi:+.4f}] (always-valid "
         f"{1 - spec.guard_alpha:.1%} interval), below min_gain {spec.min_gain}: not the improvement "
         f"it was shipped for{suffix}",
         step,

@@ -244,3 +244,35 @@ def comparisons(cells: Cells, alpha: float, cap: float = UNIT_WEIGHT_CAP) -> lis
 def compare(cells: Cells, alpha: float, cap: float = UNIT_WEIGHT_CAP) -> Comparison:
     """The always-valid comparison of one rollout (cells without leading axes)."""
     return comparisons(cells, alpha, cap)[0]
+
+
+def futility_upper(cells: Cells, alpha: float, gain: float, cap: float = UNIT_WEIGHT_CAP) -> F:
+    """The always-valid upper bound on candidate - control that a futility claim ("the gain is below
+    `gain`") reads, per leading index: diff + radius(max(V, V_gain)).
+
+    The plug-in V understates the variance when the versions rarely disagree: a candidate that
+    fixes a few answers and breaks none has per-request differences of 0 or 1, and while few 1s have
+    been seen V is near its floor and the interval near 0, so "below gain" would be claimed of a
+    candidate that truly gains it (review, 2026-12-07: 6.5% instead of alpha / 6). V_gain is the
+    variance the stratified difference would have if every per-request difference were 0 or 1
+    with mean `gain` -- the least a 0/1 score's difference with that mean can have -- computed with
+    the estimate's own weights: sum over candidate columns of omega_s^2 gain (1 - gain)
+    sum_i w_i^2 / k_i / W^2. For scores between 0 and 1 it is conservative (a claim needs more data)."""
+    if cells.total.ndim == 2:
+        cells = Cells(cells.total[None], cells.count[None], cells.strata, cells.candidate)
+    mo = Moments.of(cells, cap)
+    diff, _, _, variance, used = stratified_difference(mo, alpha)
+    count = np.asarray(cells.count, dtype=np.float64)
+    w = np.minimum(count, cap)
+    spread = (w * w / np.maximum(count, 1.0)).sum(axis=-2) / np.maximum(mo.b, 1e-300) ** 2  # (..., C)
+    harmonic = []  # per step: how stratified_difference weighs it (the harmonic of both arms' W)
+    for step in np.unique(cells.strata):
+        here = cells.strata == step
+        w_c, w_s = mo.b[..., here & cells.candidate].sum(axis=-1), mo.b[..., here & ~cells.candidate].sum(axis=-1)
+        harmonic.append(np.where((w_c > 0) & (w_s > 0), w_c * w_s / np.maximum(w_c + w_s, 1e-300), 0.0))
+    h = np.stack(harmonic, axis=-1)
+    omega = h / np.maximum(h.sum(axis=-1, keepdims=True), 1e-300)  # (..., S)
+    per_column = omega[..., np.searchsorted(np.unique(cells.strata), cells.strata)]  # (..., C)
+    v_gain = gain * (1.0 - gain) * (per_column**2 * spread * cells.candidate).sum(axis=-1)
+    upper = diff + mixture_radius(np.maximum(variance, v_gain), alpha)
+    return np.where(used == 0, 1.0, upper)

@@ -41,6 +41,7 @@ def test_every_reference_answer_of_the_demo_data_is_grounded() -> None:
         lambda a: {**a, "extra": "x"},
         lambda a: {**a, "name": ""},
         lambda a: {**a, "name": "name"},  # a word of the instruction, not of the passage
+        lambda a: {**a, "name": a["name"][0]},  # a letter of the name is not the name
     ],
 )
 def test_a_wrong_extraction_is_not_grounded(change) -> None:

@@ -72,7 +72,7 @@ def test_bad_input_is_rejected_with_the_bad_value_named(two_versions, db_url: st
             ("better_on", 5, "better_on must be a guard's metric"),
             ("better_on", "grader:nobody", "no grader named 'nobody'"),
             ("min_gain", "lots", "min_gain"),
-            ("min_gain", 2, "min_gain must be in (0, 1)"),
+            ("min_gain", 2, "min_gain must be a number in (0, 1)"),
         ):
             extra = {"guards": ["feedback:0", "grader:nobody:0"]} if value == "grader:nobody" else {}
             bad = start(gw.url, "r1", candidate="bot@v2", **{field: value}, **extra)

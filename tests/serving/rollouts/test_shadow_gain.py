@@ -30,8 +30,10 @@ def test_a_candidate_that_grades_like_the_control_is_rolled_back_in_shadow(two_v
     eng, gateway = serving(two_versions, {"store.url": db_url, **GRADED}, replies=same)
     with eng, gateway as gw:
         assert start(gw.url, "same", **shadow_body(**GAIN)).status_code == 201
-        answers = users(gw.url, 60)
-        final = wait_for(lambda: (s := status(gw.url, "same"))["state"] != "running" and s, timeout_s=30)
+        # Identical grades leave only the variance floor a 0.05 gain implies (stats.futility_upper):
+        # ~400 users bring the bound under 0.05.
+        answers = users(gw.url, 400)
+        final = wait_for(lambda: (s := status(gw.url, "same"))["state"] != "running" and s, timeout_s=60)
     assert {r.headers["x-loraplane-adapter"] for r in answers} == {"bot@v1"}
     assert final["state"] == "rolled_back" and final["stage"] == "rolled_back", final
     assert "shadow stage: guard grader:json_valid: candidate gains" in final["reason"]
@@ -49,3 +51,13 @@ def test_a_candidate_that_grades_better_goes_on_to_the_canary(two_versions, db_u
         config = gw.state.store.get_rollout("better").config
     assert moved["state"] == "running" and moved["stage"] == "canary", moved
     assert config["stages"] == 2  # the shadow stage took its share of alpha
+
+
+def test_a_grader_guard_without_captured_answers_is_refused_naming_capture(two_versions, db_url: str) -> None:
+    """Graders score only captured answers: such a rollout would hold forever without a verdict."""
+    uncaptured = {**GRADED, "adapters": []}
+    eng, gateway = serving(two_versions, {"store.url": db_url, **uncaptured})
+    with eng, gateway as gw:
+        refused = start(gw.url, "blind", **shadow_body(**GAIN))
+        assert refused.status_code == 400 and "--capture bodies" in refused.json()["error"]["message"]
+        assert start(gw.url, "blind", **shadow_body(**GAIN, capture="bodies")).status_code == 201
