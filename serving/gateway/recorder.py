@@ -92,6 +92,7 @@ class Call:
     unit: str | None = None  # abkey.unit_of(the request's A/B key)
     excluded: str | None = None  # records.EXCLUSIONS; "pinned" when the caller chose the variant
     grade: Callable[[RequestRecord], None] = field(default=lambda record: None, repr=False)  # graders' queue
+    mirror_of: str | None = None  # a shadow mirror: the live call's response id (store/shadow.py pairs them)
     # Issued and filled in while relaying (a fallback's `replace` starts them afresh):
     response_id: str = field(init=False, default="")
     ttft_s: float | None = field(init=False, default=None)
@@ -202,4 +203,5 @@ class Call:
             outcome=outcome,
             error_kind=error_kind,
             excluded=self.excluded,
+            mirror_of=self.mirror_of,
         )

@@ -80,6 +80,7 @@ class ShadowMirror:
             unit=call.unit,
             excluded=SHADOW,
             grade=call.grade,  # graders score mirrored answers: the shadow stage's grader guards read them
+            mirror_of=call.response_id,  # the pair the shadow stage compares (store/shadow.py)
         )
         self.in_flight += 1
         task = asyncio.get_running_loop().create_task(self._run(path, mirror))

@@ -100,6 +100,7 @@ class RequestLogRow(Base):
     outcome: Mapped[str] = mapped_column(String(16), nullable=False, default="ok")
     error_kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
     excluded: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    mirror_of: Mapped[str | None] = mapped_column(String(128), nullable=True)  # shadow: the live row's id
 
     __table_args__ = (
         Index("ix_request_log_rollout_created", "rollout", "created_at"),

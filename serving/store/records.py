@@ -98,6 +98,7 @@ class RequestRecord:
     outcome: str = "ok"  # one of OUTCOMES
     error_kind: str | None = None  # bounded: why an outcome is "error" (ERROR_KINDS)
     excluded: str | None = None  # None = counted; else why not (EXCLUSIONS)
+    mirror_of: str | None = None  # a shadow stage's mirrored row: the id of the live row it repeats
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,45 @@ def test_a_grader_guard_without_captured_answers_is_refused_naming_capture(two_v
         refused = start(gw.url, "blind", **shadow_body(**GAIN))
         assert refused.status_code == 400 and "--capture bodies" in refused.json()["error"]["message"]
         assert start(gw.url, "blind", **shadow_body(**GAIN, capture="bodies")).status_code == 201
+
+
+def test_the_shadow_stage_compares_only_requests_both_versions_answered_and_the_grader_scored(store) -> None:
+    """Review, 2026-12-07: the hard requests are the ones whose mirrors drop out under load. The
+    control's side used to keep them (all its live answers), so an equal candidate looked better.
+    Now each side holds only pairs: a mirrored live row and its mirror (`mirror_of`), and for a
+    grader's scores only pairs it scored both answers of."""
+    from serving.store.records import FeedbackRecord, RequestRecord
+    from serving.store.shadow import SHADOW, SHADOW_STEP
+
+    def row(rid: str, variant: str, unit: str, **extra) -> RequestRecord:
+        return RequestRecord(rid, 1.0, "chat", "bot", variant, "k", 200, 0.1, rollout="r", ttft_s=0.01,
+                             unit=unit, step=SHADOW_STEP, **extra)  # fmt: skip
+
+    rows, grades = [], []
+    for u in range(30):
+        unit = f"{u:032x}"
+        for i, hard in enumerate((False, True)):  # one easy request (mirrored), one hard (its mirror dropped)
+            live = f"live-{u}-{i}"
+            rows.append(row(live, "bot@v1", unit))
+            grades.append((live, "bot@v1", unit, None, 0.0 if hard else 1.0))
+            if not hard:
+                rows.append(row(f"mirror-{u}", "bot@v2", unit, excluded=SHADOW, mirror_of=live))
+                grades.append((f"mirror-{u}", "bot@v2", unit, SHADOW, 1.0))
+    rows.append(row("mirror-orphan", "bot@v2", "f" * 32, excluded=SHADOW, mirror_of="not-logged"))
+    rows.append(row("mirror-ungraded", "bot@v2", f"{0:032x}", excluded=SHADOW, mirror_of="live-0-1"))
+    store.write_requests(rows)
+    store.put_feedback(
+        [
+            FeedbackRecord(
+                rid, s, "k", "bot", v, rollout="r", unit=u, step=SHADOW_STEP, excluded=x, source="grader:json_valid"
+            )
+            for rid, v, u, x, s in grades
+        ]  # fmt: skip
+    )
+    units = list(store.shadow_units("r", ttft_threshold_s=None))
+    per_variant = {v: sum(u.requests for u in units if u.variant == v) for v in ("bot@v1", "bot@v2")}
+    assert per_variant == {"bot@v1": 31, "bot@v2": 31}  # 30 easy pairs + live-0-1 with its (ungraded) mirror
+    scores = list(store.shadow_scores("r", "grader:json_valid"))
+    totals = {v: (sum(s.score_sum for s in scores if s.variant == v), sum(s.score_n for s in scores if s.variant == v))
+              for v in ("bot@v1", "bot@v2")}  # fmt: skip
+    assert totals == {"bot@v1": (30.0, 30), "bot@v2": (30.0, 30)}  # the hard, unmirrored 0s are not the control's

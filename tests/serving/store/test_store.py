@@ -21,7 +21,7 @@ def request(rid: str, key: str = "alice", rollout: str | None = None, variant: s
 
 
 def test_migrations_reach_head_match_the_models_and_are_idempotent(store: Store) -> None:
-    assert current_revision(store.engine) == head_revision() == "0005"
+    assert current_revision(store.engine) == head_revision() == "0006"
     migrate(store.engine)  # a second run (another replica, the Helm job) changes nothing
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
