@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from serving.config import ADAPTER_NAME_RE
+from serving.rollouts.policy import GuardSpec
 
 STORE_URL_ENV = "LORAPLANE_STORE_URL"
 GATE_METRICS = ("exact_match", "json_valid", "rouge_l", "bleu")  # `loraplane eval --metrics` (higher is better)
@@ -88,6 +89,20 @@ class RolloutSettings(Strict):
     capture: Literal["none", "bodies"] = "bodies"  # the next iteration's training data
     wait_timeout_s: float = Field(3600.0, gt=0)  # then `loop run` exits; the next run waits on
     poll_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _gain_rule(self) -> RolloutSettings:
+        """What the gateway would refuse at rollout start, refused before any training instead."""
+        if self.min_gain is not None and self.promote_when not in (None, "better"):
+            raise ValueError(f"rollout.min_gain applies to promote_when 'better' only, not {self.promote_when!r}")
+        if self.better_on is not None:
+            metric = GuardSpec(self.better_on, 0.0)  # ValueError naming a malformed metric
+            if not metric.higher_is_better:
+                raise ValueError(f"rollout.better_on {self.better_on!r} must be feedback or grader:NAME")
+            guards = [GuardSpec.parse(g).metric for g in self.guards or []]
+            if self.guards is not None and self.better_on not in guards:
+                raise ValueError(f"rollout.better_on {self.better_on!r} is not among rollout.guards {guards}")
+        return self
 
 
 class LoopSpec(Strict):

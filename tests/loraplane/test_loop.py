@@ -275,3 +275,24 @@ def test_a_second_run_for_the_adapter_is_refused_while_one_holds_it(served, tmp_
         assert store.lease_holder(lease_name("bot")) is None  # released when the run ended
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"promote_when": "no_regression", "min_gain": 0.05}, "min_gain applies to promote_when 'better' only"),
+        ({"better_on": "error_rate"}, "must be feedback or grader:NAME"),
+        ({"better_on": "grader:Bad Name"}, "grader name must match"),
+        ({"better_on": "grader:other", "guards": ["grader:grounded:0"]}, "is not among rollout.guards"),
+    ],
+)
+def test_a_rollout_rule_the_gateway_would_refuse_fails_the_spec_before_training(settings, named, tmp_path) -> None:
+    from loraplane.loop import spec as loop_spec
+
+    data = yaml.safe_load((ROOT / "configs/loop/demo-json.yaml").read_text())
+    data["rollout"].update(settings)
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises((ValueError, SystemExit)) as raised:
+        loop_spec.load_spec(path)
+    assert named in str(raised.value), raised.value
