@@ -138,10 +138,10 @@ def _gather(x: F, index: NDArray) -> F:
     return padded[..., np.where(index < 0, x.shape[-1], index)]
 
 
-def stratified_difference(mo: Moments, alpha: float, tau: float = MSPRT_TAU) -> tuple[F, F, F, F, NDArray]:
-    """(diff, lo, hi, variance, strata used) of candidate - control for every leading index.
-
-    Where no step has both variants yet: diff NaN, bounds [-1, 1], variance inf."""
+def step_weights(mo: Moments) -> tuple[NDArray, NDArray, NDArray, F, NDArray]:
+    """(steps, candidate column per step, control column per step (-1: none), omega, both): how the
+    stratified difference weighs each step, omega_s proportional to the harmonic of the two arms'
+    weights, 0 where a step lacks either arm (both: the steps that have the two)."""
     steps = np.unique(mo.strata)
     where = {(int(s), bool(c)): j for j, (s, c) in enumerate(zip(mo.strata, mo.candidate, strict=True))}
     cand = np.array([where.get((int(s), True), -1) for s in steps], dtype=np.int64)
@@ -151,6 +151,14 @@ def stratified_difference(mo: Moments, alpha: float, tau: float = MSPRT_TAU) -> 
     safe_c, safe_s = np.maximum(w_c, 1e-300), np.maximum(w_s, 1e-300)
     harmonic = np.where(both, safe_c * safe_s / (safe_c + safe_s), 0.0)
     omega = harmonic / np.maximum(harmonic.sum(axis=-1, keepdims=True), 1e-300)
+    return steps, cand, ctrl, omega, both
+
+
+def stratified_difference(mo: Moments, alpha: float, tau: float = MSPRT_TAU) -> tuple[F, F, F, F, NDArray]:
+    """(diff, lo, hi, variance, strata used) of candidate - control for every leading index.
+
+    Where no step has both variants yet: diff NaN, bounds [-1, 1], variance inf."""
+    steps, cand, ctrl, omega, both = step_weights(mo)
     theta = mo.a / np.maximum(mo.b, 1e-300)  # per column
     diff = (omega * (_gather(theta, cand) - _gather(theta, ctrl))).sum(axis=-1)
     # Influence of unit i: sum_j c_j (a_ij - theta_j b_ij), c_j = +-omega_s(j) / B_j.
@@ -265,14 +273,8 @@ def futility_upper(cells: Cells, alpha: float, gain: float, cap: float = UNIT_WE
     count = np.asarray(cells.count, dtype=np.float64)
     w = np.minimum(count, cap)
     spread = (w * w / np.maximum(count, 1.0)).sum(axis=-2) / np.maximum(mo.b, 1e-300) ** 2  # (..., C)
-    harmonic = []  # per step: how stratified_difference weighs it (the harmonic of both arms' W)
-    for step in np.unique(cells.strata):
-        here = cells.strata == step
-        w_c, w_s = mo.b[..., here & cells.candidate].sum(axis=-1), mo.b[..., here & ~cells.candidate].sum(axis=-1)
-        harmonic.append(np.where((w_c > 0) & (w_s > 0), w_c * w_s / np.maximum(w_c + w_s, 1e-300), 0.0))
-    h = np.stack(harmonic, axis=-1)
-    omega = h / np.maximum(h.sum(axis=-1, keepdims=True), 1e-300)  # (..., S)
-    per_column = omega[..., np.searchsorted(np.unique(cells.strata), cells.strata)]  # (..., C)
+    steps, _, _, omega, _ = step_weights(mo)  # the estimate's own step weights
+    per_column = omega[..., np.searchsorted(steps, mo.strata)]  # (..., C)
     v_gain = gain * (1.0 - gain) * (per_column**2 * spread * cells.candidate).sum(axis=-1)
     upper = diff + mixture_radius(np.maximum(variance, v_gain), alpha)
     return np.where(used == 0, 1.0, upper)
