@@ -6,10 +6,11 @@ GET /admin/feedback/export?adapter=NAME[&version=vN][&since=T][&until=T][&label_
                           [&after=CURSOR][&limit=N]
     -> {"adapter", "version", "label_source", "data": [capture...], "opted_out": n, "next": CURSOR | null}
 
-A capture is {"id", "created_at", "variant", "status", "request", "response", "score"}: answered
-(200) requests of the adapter with captured bodies (the adapter's `capture: bodies` setting, config
-`adapters`), outside rollouts and experiments, in [since, until) (POSIX seconds), each with the
-score its label source gave it (None when unrated). Requests made by keys with `train_opt_out: true`
+A capture is {"id", "created_at", "variant", "status", "request", "response", "score", "correction"}:
+answered (200) requests of the adapter with captured bodies (the adapter's `capture: bodies` setting,
+config `adapters`), outside rollouts and experiments, in [since, until) (POSIX seconds), each with the
+score its label source gave it (None when unrated) and the user's correction (POST /v1/feedback
+`correction`; None when none, whatever the label source). Requests made by keys with `train_opt_out: true`
 are never returned, only counted (`opted_out`). A page reads at most `limit` (<= 1000) rows of the
 request log, keyset-paged by (created_at, id): pass `next` back as `after` until it is null.
 """
@@ -45,8 +46,10 @@ def check_label_source(cfg: ServingConfig, value: str) -> str:
     return value
 
 
-def captures(records: list[RequestRecord], scores: dict[str, float], opt_out: set[str]) -> tuple[list[dict], int]:
-    """(captures with their scores, how many were left out for opted-out keys)."""
+def captures(
+    records: list[RequestRecord], scores: dict[str, float], opt_out: set[str], corrections: dict[str, str]
+) -> tuple[list[dict], int]:
+    """(captures with their scores and corrections, how many were left out for opted-out keys)."""
     data, skipped = [], 0
     for r in records:
         if r.request_body is None or r.response_text is None:
@@ -63,6 +66,7 @@ def captures(records: list[RequestRecord], scores: dict[str, float], opt_out: se
                 "request": r.request_body,
                 "response": r.response_text,
                 "score": scores.get(r.id),
+                "correction": corrections.get(r.id),
             }
         )
     return data, skipped
@@ -99,8 +103,10 @@ async def feedback_export(
     page = await asyncio.to_thread(
         store.captured_page, adapter, version=version, since=since, until=until, after=_cursor(after), limit=limit
     )
-    scores = await asyncio.to_thread(store.scores_of, [r.id for r in page], source)
-    data, skipped = captures(page, scores, opted_out_keys(cfg))
+    ids = [r.id for r in page]
+    scores = await asyncio.to_thread(store.scores_of, ids, source)
+    corrections = await asyncio.to_thread(store.corrections_of, ids)
+    data, skipped = captures(page, scores, opted_out_keys(cfg), corrections)
     last = page[-1] if len(page) == limit else None
     return {
         "adapter": adapter,

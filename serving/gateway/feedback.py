@@ -1,6 +1,11 @@
 """POST /v1/feedback: a score for one response, by the key that made the request (or admin).
 
-    {"id": "<response id>", "score": 0..1, "label": "...", "comment": "..."}   (👍/👎 = 1/0)
+    {"id": "<response id>", "score": 0..1, "label": "...", "comment": "...", "correction": "..."}   (👍/👎 = 1/0)
+
+`correction` (optional, at most MAX_CORRECTION_CHARS): what the answer should have been, in the
+user's words. A thumbs-down says what is wrong; a correction says what is right, so the training
+exports turn it into a preference pair (correction over the answer), a desirable KTO row and an SFT
+row (serving/rollouts/export.py). Erased with the captured bodies (store.body_retention_s).
 
 Unknown id -> 404, score out of range -> 400, another key's response -> 403, a repeat replaces
 the earlier score. Like a completion, a call takes a token from its key's rate limit (a bucket of
@@ -26,6 +31,7 @@ router = APIRouter()
 MAX_ID_CHARS = 128
 MAX_LABEL_CHARS = 64
 MAX_COMMENT_CHARS = 4000
+MAX_CORRECTION_CHARS = 16_000
 
 
 def _optional_text(body: dict, field: str, limit: int) -> str | None:
@@ -37,7 +43,7 @@ def _optional_text(body: dict, field: str, limit: int) -> str | None:
     return value
 
 
-def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None]:
+def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None, str | None]:
     response_id = body.get("id")
     if not isinstance(response_id, str) or not 0 < len(response_id) <= MAX_ID_CHARS:
         raise BadRequest("`id` is required: the `id` of a response this gateway returned", param="id")
@@ -54,7 +60,16 @@ def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None]:
         float(score),
         _optional_text(body, "label", MAX_LABEL_CHARS),
         _optional_text(body, "comment", MAX_COMMENT_CHARS),
+        _correction(body),
     )
+
+
+def _correction(body: dict) -> str | None:
+    value = _optional_text(body, "correction", MAX_CORRECTION_CHARS)
+    if value is not None and not value.strip():
+        raise BadRequest("`correction` is empty: give the answer the response should have been, or leave it out",
+                         param="correction")  # fmt: skip
+    return value
 
 
 def _caller(keys: KeyStore, request: Request) -> tuple[Principal | None, bool]:
@@ -79,8 +94,9 @@ async def feedback(
     lease = admission.admit()  # counts toward gateway.max_in_flight like a completion
     try:
         body = await read_body(request, cfg.gateway.max_body_bytes)
-        response_id, score, label, comment = parse_feedback(body)
-        job = FeedbackJob(response_id, score, principal.name if principal else "admin", is_admin, label, comment)
+        response_id, score, label, comment, correction = parse_feedback(body)
+        rater = principal.name if principal else "admin"
+        job = FeedbackJob(response_id, score, rater, is_admin, label, comment, correction)
         record = await control.feedback(job)
     finally:
         lease.release()
@@ -90,4 +106,5 @@ async def feedback(
         "score": record.score,
         "model": record.model,
         "variant": record.variant,
+        "corrected": record.correction is not None,
     }

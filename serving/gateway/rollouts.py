@@ -198,6 +198,10 @@ async def rollout_captures(name: str, cfg: ConfigDep, store: StoreDep, label_sou
     if rollout is None:
         raise NotFound(f"rollout {name!r} does not exist", param="name")
     requests = await _db(store.requests, rollout=name, limit=cfg.rollouts.max_requests)
-    scores = {f.response_id: f.score for f in await _db(store.feedback, rollout=name, source=source)}
-    data, opted_out = captures(requests, scores, opted_out_keys(cfg))
+    rated = await _db(store.feedback, rollout=name, source=source)
+    scores = {f.response_id: f.score for f in rated}
+    # Corrections are the users', whatever the label source.
+    users = rated if source == USER_SOURCE else await _db(store.feedback, rollout=name)
+    corrections = {f.response_id: f.correction for f in users if f.correction is not None}
+    data, opted_out = captures(requests, scores, opted_out_keys(cfg), corrections)
     return {"rollout": name, "capture": rollout.capture, "label_source": source, "data": data, "opted_out": opted_out}

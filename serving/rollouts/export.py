@@ -11,6 +11,11 @@
     manifest.json      where the data came from (rollout or adapter), time window, counts, label
                        source, the sha256 of each file
 
+A user's correction (POST /v1/feedback `correction`: what the answer should have been) says what is
+right where a thumbs-down only says what is wrong. It adds, whatever the label source: an sft row
+(the request's messages + the correction), a preference pair (the correction chosen over the answer,
+unless they are the same text) and a desirable kto row (the correction, counted as a score of 1).
+
 Deduplication (kto.jsonl): the same prompt answered with the same text is one row; its ratings
 are combined as their mean score (two thumbs-up and one thumbs-down: 0.67, desirable at the
 default threshold 0.5). `duplicates_merged` in the manifest counts the rows folded in.
@@ -60,8 +65,28 @@ def rated(captures: list[dict]) -> list[tuple[Messages, str, float]]:
     return out
 
 
+def corrected(captures: list[dict]) -> list[tuple[Messages, str, str]]:
+    """(prompt, answer, correction) of every usable capture a user corrected, rated or not."""
+    out = []
+    for cap in captures:
+        messages, answer, correction = prompt_messages(cap.get("request")), cap.get("response"), cap.get("correction")
+        if messages is None or not isinstance(correction, str) or not correction.strip():
+            continue
+        if cap.get("status") == 200 and isinstance(answer, str):
+            out.append((messages, answer, correction))
+    return out
+
+
+def _pair(messages: Messages, chosen: str, rejected: str) -> dict:
+    return {
+        "prompt": messages,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
 def build(captures: list[dict], min_score: float, margin: float) -> tuple[list[dict], list[dict]]:
-    """(sft rows, preference rows) from {"request", "response", "score", "status"} captures."""
+    """(sft rows, preference rows) from {"request", "response", "score", "status", "correction"} captures."""
     sft: list[dict] = []
     by_prompt: dict[str, tuple[Messages, list[tuple[float, str]]]] = {}
     for messages, answer, score in rated(captures):
@@ -74,20 +99,27 @@ def build(captures: list[dict], min_score: float, margin: float) -> tuple[list[d
         best = max(answers, key=lambda a: a[0])
         worst = min(answers, key=lambda a: a[0])
         if best[0] - worst[0] >= margin and best[1] != worst[1]:
-            preferences.append(
-                {
-                    "prompt": messages,
-                    "chosen": [{"role": "assistant", "content": best[1]}],
-                    "rejected": [{"role": "assistant", "content": worst[1]}],
-                }
-            )
+            preferences.append(_pair(messages, best[1], worst[1]))
+    seen = {json.dumps([p["prompt"], p["chosen"], p["rejected"]], sort_keys=True) for p in preferences}
+    corrections: set[str] = set()
+    for messages, answer, correction in corrected(captures):
+        key = json.dumps([messages, correction, answer], sort_keys=True)
+        if key in corrections:
+            continue
+        corrections.add(key)
+        sft.append({"messages": [*messages, {"role": "assistant", "content": correction}]})
+        pair = _pair(messages, correction, answer)
+        key = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], sort_keys=True)
+        if answer.strip() and correction.strip() != answer.strip() and key not in seen:
+            seen.add(key)
+            preferences.append(pair)
     return sft, preferences
 
 
 def build_kto(captures: list[dict], threshold: float) -> tuple[list[dict], int]:
     """(kto rows, duplicates merged): one row per distinct (prompt, answer), labelled by its mean score."""
     groups: dict[str, tuple[Messages, str, list[float]]] = {}
-    for messages, answer, score in rated(captures):
+    for messages, answer, score in rated(captures) + [(m, c, 1.0) for m, _, c in corrected(captures)]:
         key = json.dumps([messages, answer], sort_keys=True)
         groups.setdefault(key, (messages, answer, []))[2].append(score)
     rows = [
@@ -137,6 +169,7 @@ def write(
         "exported_at": time.time(),
         "captures": len(captures),
         "rated": sum(1 for c in captures if c.get("score") is not None),
+        "corrections": len(corrected(captures)),
         "opted_out": opted_out,
         "duplicates_merged": merged,
         "label_source": label_source,

@@ -27,7 +27,9 @@ from serving.store.unit_table import UnitTable, read_unit_table
 from serving.store.usage import add_usage
 
 _REQUEST_FIELDS = [f.name for f in fields(RequestRecord)]
-_FEEDBACK_COPIED = ("score", "label", "comment", "key_name", "model", "variant", "rollout", "unit", "step", "excluded")
+_FEEDBACK_COPIED = (
+    "score", "label", "comment", "correction", "key_name", "model", "variant", "rollout", "unit", "step", "excluded"
+)  # fmt: skip
 
 
 def _request(row: RequestLogRow) -> RequestRecord:
@@ -244,14 +246,19 @@ class RequestLog:
     # --- retention -------------------------------------------------------------------------------
 
     def erase_bodies(self, older_than: float) -> int:
-        """Retention: drop captured bodies of requests logged before `older_than`; returns how many."""
+        """Retention: drop captured bodies of requests logged before `older_than`, and the users'
+        corrections given before it (their words, like a body); returns how many rows were erased."""
+        f = FeedbackRow
         with self._tx(translate=False) as s:
-            result = s.execute(
+            bodies = s.execute(
                 sa.update(RequestLogRow)
                 .where(RequestLogRow.created_at < older_than, RequestLogRow.request_body.is_not(None))
                 .values(request_body=None, response_text=None)
             )
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+            corrections = s.execute(
+                sa.update(f).where(f.created_at < older_than, f.correction.is_not(None)).values(correction=None)
+            )
+            return int(bodies.rowcount or 0) + int(corrections.rowcount or 0)  # type: ignore[attr-defined]
 
     def delete_old_requests(self, older_than: float, *, batch_size: int = 5_000, max_batches: int = 20) -> int:
         """Retention (store.request_log_retention_s): delete request-log rows and feedback logged

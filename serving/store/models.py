@@ -92,7 +92,9 @@ class RequestLogRow(Base):
     latency_s: Mapped[float] = mapped_column(Float, nullable=False)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    request_body: Mapped[Any | None] = mapped_column(JSON, nullable=True)  # only with capture: bodies
+    # Only with capture: bodies. None is SQL NULL, not JSON 'null' (which `IS NOT NULL` matches: the
+    # retention pass rewrote every old uncaptured row again on each pass, and exports paged through them).
+    request_body: Mapped[Any | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     response_text: Mapped[str | None] = mapped_column(Text, nullable=True)  # only with capture: bodies
     # Rollout statistics (records.RequestRecord says what each holds).
     unit: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -130,6 +132,9 @@ class FeedbackRow(Base):
     score: Mapped[float] = mapped_column(Float, nullable=False)
     label: Mapped[str | None] = mapped_column(String(64), nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the user says the answer should have been (source "user" only): training data, erased with
+    # the captured bodies (store.body_retention_s).
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     key_name: Mapped[str] = mapped_column(String(128), nullable=False)  # who rated
     model: Mapped[str] = mapped_column(String(80), nullable=False)
     variant: Mapped[str] = mapped_column(String(80), nullable=False)

@@ -118,6 +118,7 @@ class FeedbackRecord:
     step: int | None = None
     excluded: str | None = None
     source: str = "user"  # who scored: "user" (POST /v1/feedback) or "grader:NAME" (serving/graders/)
+    correction: str | None = None  # the user's own answer to the request (POST /v1/feedback `correction`)
 
 
 class UnitStats(NamedTuple):

@@ -7,6 +7,7 @@
   ordered by (created_at, id) with a keyset cursor: a page costs at most `limit` rows however long
   the window.
 - scores_of(ids, source): the scores one source gave some responses (a page's ids).
+- corrections_of(ids): the users' corrections of some responses (POST /v1/feedback `correction`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from serving.store.logs import _request, counted_feedback
 from serving.store.models import FeedbackRow, RequestLogRow
-from serving.store.records import RequestRecord
+from serving.store.records import USER_SOURCE, RequestRecord
 from serving.store.unit_table import UnitTable, read_unit_table
 
 MAX_PAGE = 1000  # rows one captured_page returns at most
@@ -86,3 +87,13 @@ class ScoreReads:
         query = sa.select(f.response_id, f.score).where(f.response_id.in_(ids), f.source == source)
         with self._tx() as s:
             return {rid: float(score) for rid, score in s.execute(query)}
+
+    def corrections_of(self, ids: list[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        f = FeedbackRow
+        query = sa.select(f.response_id, f.correction).where(
+            f.response_id.in_(ids), f.source == USER_SOURCE, f.correction.is_not(None)
+        )
+        with self._tx() as s:
+            return {rid: str(text) for rid, text in s.execute(query)}

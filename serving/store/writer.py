@@ -58,6 +58,7 @@ class FeedbackJob:
     is_admin: bool  # admin may rate any response
     label: str | None = None
     comment: str | None = None
+    correction: str | None = None  # what the answer should have been (the user's words)
 
 
 class StoreWriter:
@@ -295,6 +296,7 @@ class StoreWriter:
                 unit=request.unit,
                 step=request.step,
                 excluded=request.excluded,
+                correction=job.correction,
             )
             records[job.response_id] = record
             results.append((future, record))

@@ -65,3 +65,45 @@ def test_prompts_the_trainer_cannot_read_are_not_exported() -> None:
         cap(Q1, "   ", 1.0),  # an empty answer
     ]
     assert build_kto(odd, 0.5) == ([], 0)
+
+
+def corrected(messages, answer: str, score, correction) -> dict:
+    return {**cap(messages, answer, score), "correction": correction}
+
+
+def test_a_correction_is_a_pair_a_desirable_row_and_an_sft_row() -> None:
+    from serving.rollouts.export import build
+
+    captures = [
+        corrected(Q1, "Lyon", 0.0, "Paris"),
+        corrected(Q1, "Lyon", 0.0, "Paris"),  # the same correction of the same answer twice: one pair
+        corrected(Q2, "4", 1.0, "4"),  # a "correction" equal to the answer: no pair, but a good answer
+        corrected(Q2, "5", None, "4"),  # corrected without a user score (a grader label source): still data
+        corrected(Q1, "Rome", 0.0, "   "),  # blank: not a correction
+        {**corrected(Q1, "Oslo", 0.0, "Paris"), "status": 500},  # a failed request: nothing
+    ]
+    sft, preferences = build(captures, min_score=1.0, margin=0.5)
+    pairs = {(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in preferences}
+    assert pairs == {("Paris", "Lyon"), ("4", "5")} and len(preferences) == 2
+    assert all(p["prompt"] in (Q1, Q2) for p in preferences)
+    answers = sorted(row["messages"][-1]["content"] for row in sft)
+    assert answers == ["4", "4", "4", "Paris"]  # the rated "4", its correction "4", the "5" corrected to "4", "Paris"
+    rows, merged = build_kto(captures, threshold=0.5)
+    labels = {(json.dumps(r["prompt"]), r["completion"][0]["content"]): r["label"] for r in rows}
+    assert labels[json.dumps(Q1), "Paris"] is True and labels[json.dumps(Q1), "Lyon"] is False
+    assert labels[json.dumps(Q2), "4"] is True and (json.dumps(Q1), "Rome") in labels
+    assert merged == 4  # Lyon rated twice, Paris given twice, "4" rated once and given twice
+
+
+def test_corrections_reach_the_manifest_and_the_trainers_readers(tmp_path: Path) -> None:
+    from trainer.preferences import load_preference_file
+
+    captures = [corrected(Q1, "Lyon", 0.0, "Paris"), corrected(Q2, "5", 0.0, "4"), cap(Q2, "4", 1.0)]
+    manifest = write(tmp_path, {"adapter": "bot"}, captures, 1.0, 0.5)
+    assert manifest["corrections"] == 2 and manifest["files"]["preferences.jsonl"]["rows"] == 2
+    assert manifest["files"]["kto.jsonl"]["desirable"] == 2 and manifest["files"]["kto.jsonl"]["undesirable"] == 2
+    pairs = load_preference_file(str(tmp_path / "preferences.jsonl"))
+    assert pairs.skipped == 0 and len(pairs.rejected) == 2
+    chosen = {c[-1]["content"]: r[-1]["content"] for c, r in zip(pairs.conversations, pairs.rejected, strict=True)}
+    assert chosen == {"Paris": "Lyon", "4": "5"}  # the correction over the answer it corrects
+    assert len(load_rated_file(str(tmp_path / "kto.jsonl")).labels) == 4

@@ -21,7 +21,7 @@ def request(rid: str, key: str = "alice", rollout: str | None = None, variant: s
 
 
 def test_migrations_reach_head_match_the_models_and_are_idempotent(store: Store) -> None:
-    assert current_revision(store.engine) == head_revision() == "0006"
+    assert current_revision(store.engine) == head_revision() == "0007"
     migrate(store.engine)  # a second run (another replica, the Helm job) changes nothing
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -136,3 +136,27 @@ def test_unreachable_database_names_the_url_without_password() -> None:
     assert "127.0.0.1:1/loraplane" in str(err.value) and "hunter2" not in str(err.value)
     assert "***" in str(err.value)
     _ = sa
+
+
+def test_body_retention_erases_users_corrections_with_the_bodies(store: Store) -> None:
+    store.write_requests([request("r1")])
+    store.put_feedback([FeedbackRecord("r1", 0.0, "alice", "bot", "bot@v1", correction="the right answer")])
+    assert store.corrections_of(["r1", "unknown"]) == {"r1": "the right answer"}
+    assert store.erase_bodies(time.time() - 60) == 0  # given just now: kept
+    assert store.get_feedback("r1").correction == "the right answer"
+    assert store.erase_bodies(time.time() + 1) == 1  # past the retention: the user's words go, the score stays
+    kept = store.get_feedback("r1")
+    assert kept.correction is None and kept.score == 0.0 and store.corrections_of(["r1"]) == {}
+
+
+def test_body_retention_touches_each_row_once_and_uncaptured_rows_never(store: Store) -> None:
+    rows = [request(f"r{i}") for i in range(4)]
+    for record in rows:
+        record.created_at -= 3600
+    rows[0].request_body, rows[0].response_text = {"messages": []}, "hello"  # the one captured row
+    store.write_requests(rows)
+    with store.engine.connect() as conn:  # uncaptured: SQL NULL, not JSON 'null' (which IS NOT NULL matches)
+        nulls = conn.execute(sa.text("SELECT count(*) FROM request_log WHERE request_body IS NULL")).scalar()
+    assert nulls == 3
+    assert store.erase_bodies(time.time() - 60) == 1
+    assert store.erase_bodies(time.time() - 60) == 0  # the next pass has nothing left to rewrite
