@@ -9,6 +9,9 @@
 2. KTO from v2 on those rows with the loop's settings (configs/train/demo-kto.yaml plus the overrides of
    configs/loop/demo-json.yaml: 12 steps, lr 6e-4 unless given), scored on the golden (held-out) set
    by the trainer's own final eval, as the loop's gate scores it.
+   With --corrections P, a share P of the thumbs-down answers also carry the user's correction (what
+   the answer should have been: the reference), exported as a desirable row beside the undesirable
+   answer (serving/rollouts/export.py), as `POST /v1/feedback {"correction": ...}` gives the loop.
 3. The misses of v2 and of the KTO version by the golden prompt's city: the cities whose right
    spelling never appears among v2's rated answers stay wrong (a thumbs-down says what is wrong, not
    what is right).
@@ -21,6 +24,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import sys
 import time
 from collections import Counter
@@ -53,7 +57,7 @@ def misses_by_city(conversations: list[list[dict]], replies: list[str]) -> dict[
     return {city: wrong.get(city, 0) for city in heldout_cities()}
 
 
-def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
+def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str, corrections: float = 0.0) -> None:
     report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "loadavg_1min": [os.getloadavg()[0]]}
     v2 = adapters / "demo-json" / "v2"
     live = [json.loads(line)["messages"] for line in LIVE.read_text().splitlines()]
@@ -62,6 +66,13 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
     conversations = [live[i] for i in rated]
     answers = greedy_answers(v2, conversations)
     rows = rated_rows(conversations, answers)
+    rng = random.Random(23)
+    corrected = [
+        {"prompt": c[:-1], "completion": c[-1]["content"], "label": True}
+        for c, a in zip(conversations, answers, strict=True)
+        if a and a != c[-1]["content"] and rng.random() < corrections
+    ]
+    rows += corrected
     runs.mkdir(parents=True, exist_ok=True)
     ratings = runs / "kto.jsonl"
     ratings.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -70,7 +81,9 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
         "requests": len(requests),
         "rated_requests": sum(r.rates for r in requests),
         "rows": len(rows),
-        "thumbs_up": sum(r["label"] for r in rows),
+        "thumbs_up": sum(r["label"] for r in rows) - len(corrected),
+        "corrections": len(corrected),
+        "corrections_by_city": dict(Counter(json.loads(r["completion"])["city"] for r in corrected)),
         "thumbs_up_by_city": {city: right_cities.get(city, 0) for city in heldout_cities()},
     }
     flags = ("--data.train", str(ratings), "--lora.init_from", "demo-json@v2", "--train.lr", lr)
@@ -78,7 +91,7 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
                 "--publish.enabled", "false")  # fmt: skip
     golden = [json.loads(line)["messages"] for line in HELDOUT.read_text().splitlines()]
     v2_replies = greedy_answers(v2, golden)
-    report["kto"] = {"lr": lr, "steps": int(steps), **kto}
+    report["kto"] = {"lr": lr, "steps": int(steps), "corrections": corrections, **kto}
     report["golden"] = {
         "v2_exact_match": sum(r == c[-1]["content"] for c, r in zip(golden, v2_replies, strict=True)) / len(golden),
         "kto_exact_match": kto["eval"]["value"],
@@ -86,7 +99,8 @@ def main(adapters: Path, runs: Path, raters: int, lr: str, steps: str) -> None:
         "kto_misses_by_city": misses_by_city(golden, greedy_answers(runs / "kto" / "adapter", golden)),
     }
     report["loadavg_1min"].append(os.getloadavg()[0])
-    path = REPO / "benchmarks" / "reports" / f"loop-data-{report['date']}.json"
+    tag = f"-corrections-{corrections:g}" if corrections else ""
+    path = REPO / "benchmarks" / "reports" / f"loop-data{tag}-{report['date']}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"ratings": report["ratings"], "golden": report["golden"]}, indent=2), f"\nwrote {path}")
 
@@ -98,5 +112,6 @@ if __name__ == "__main__":
     parser.add_argument("--raters", type=int, default=100, help="the demo's RATERS")
     parser.add_argument("--lr", default="6e-4", help="the loop spec's train.lr")
     parser.add_argument("--steps", default="12", help="the loop spec's train.max_steps")
+    parser.add_argument("--corrections", type=float, default=0.0, help="share of thumbs-down answers corrected")
     args = parser.parse_args()
-    main(args.adapters, args.runs, args.raters, args.lr, args.steps)
+    main(args.adapters, args.runs, args.raters, args.lr, args.steps, args.corrections)

@@ -3,11 +3,13 @@
 1. `rate_stable`: users ask the stable version (v2 after the rollout) about the live traffic
    (data/demo/live.jsonl: the golden set's distribution, names v1 and v2 never trained on, none of
    them a golden prompt) and rate what they get (exact match against the reference, as
-   loraplane/demo_users.py rates): the ratings the loop trains on. The rollouts' users asked the
+   loraplane/demo_users.py rates; a few who rate an answer down also send the right one, POST
+   /v1/feedback `correction`): the ratings the loop trains on. The rollouts' users asked the
    golden (held-out) prompts themselves, and the loop's window begins after them (`data.since`), so
    no golden prompt is trained on.
 2. `run_loop`: `loraplane loop run` (configs/loop/demo-json.yaml: KTO from the stable version, gated
-   on the held-out set, a 20% shadow stage, then 10% -> 50% -> 100% under the rule `better`) as a
+   on the held-out set, a paired shadow stage on every request, then 10% -> 50% -> 100% under the rule
+   `better` on the `grounded` grader) as a
    process; while its rollout runs, new users ask held-out prompts and rate the answers, so the
    gateway's evaluator decides on evidence (or runs out of users: then the iteration is undecided).
 3. `write_loop_plot` / `describe_versions`: base -> v1 -> v2 -> the loop's version, held-out exact
@@ -55,8 +57,10 @@ def rate_stable(url: str, examples: list[dict], n_users: int = RATERS, seed: int
         "users": len({r["user"] for r in rows}),
         "rated": len(rated),
         "thumbs_up": sum(r["score"] >= 1 for r in rated),
+        "corrections": sum(bool(r.get("corrected")) for r in rated),
     }
-    print(f"  {demo_rollout.progress(rows)}: {summary['thumbs_up']} of {summary['rated']} ratings are thumbs up")
+    print(f"  {demo_rollout.progress(rows)}: {summary['thumbs_up']} of {summary['rated']} ratings are thumbs up, "
+          f"{summary['corrections']} thumbs down came with the right answer")  # fmt: skip
     return summary
 
 
@@ -188,7 +192,8 @@ def describe_iteration(it: dict) -> str:
     )  # fmt: skip
     return (
         f"iteration {it.get('id')}: {it.get('stable')} -> {it.get('version') or '-'} by {it.get('method') or '-'} "
-        f"on {rows.get('kto.jsonl', 0)} rated answers; {gate_text}; rollout {it.get('rollout') or '-'}: "
+        f"on {rows.get('kto.jsonl', 0)} rated answers ({(details.get('export') or {}).get('corrections', 0)} "
+        f"corrections); {gate_text}; rollout {it.get('rollout') or '-'}: "
         f"{it.get('outcome') or _pending(it)}" + (f" ({it['reason']})" if it.get("reason") else "")
     )
 

@@ -85,9 +85,13 @@ def ask(client: openai.OpenAI, url: str, examples: list[dict], request: Request)
         return {"user": request.user.id, "status": 0, "version": None, "score": None}
     answer, version = raw.parse(), raw.headers.get("x-loraplane-adapter")
     score = rate(example, answer.choices[0].message.content or "", version) if request.rates else None
+    corrected = score is not None and score < 1 and request.corrects  # the user also says what it should have been
     if score is not None:
-        httpx.post(f"{url}/v1/feedback", json={"id": answer.id, "score": score}, timeout=30).raise_for_status()
-    return {"user": request.user.id, "status": 200, "version": version, "score": score}
+        rating: dict = {"id": answer.id, "score": score}
+        if corrected:
+            rating["correction"] = example["messages"][-1]["content"]
+        httpx.post(f"{url}/v1/feedback", json=rating, timeout=30).raise_for_status()
+    return {"user": request.user.id, "status": 200, "version": version, "score": score, "corrected": corrected}
 
 
 def send(url: str, name: str, examples: list[dict], requests: list[Request], deadline_s: float) -> tuple[list, dict]:

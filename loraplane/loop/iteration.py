@@ -138,8 +138,9 @@ class Loop:
         except (OSError, ValueError) as exc:
             raise LoopError(f"export wrote no readable {out / 'manifest.json'} ({exc})") from None
         rows = {name: int(f.get("rows", 0)) for name, f in manifest.get("files", {}).items()}
-        record = {"dir": str(out), "since": since, "until": until, "rows": rows}
-        rated = rows.get("kto.jsonl", 0)  # every rated answer is one kto row
+        corrections = int(manifest.get("corrections", 0))
+        record = {"dir": str(out), "since": since, "until": until, "rows": rows, "corrections": corrections}
+        rated = rows.get("kto.jsonl", 0)  # every rated answer is one kto row, and every user's correction
         if spec.trigger.min_new_ratings is not None and rated < spec.trigger.min_new_ratings:
             reason = f"trigger.min_new_ratings: {rated} new rated answers < {spec.trigger.min_new_ratings}"
             return self.stop(it, "not_due", reason, export=record)

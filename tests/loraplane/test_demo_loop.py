@@ -64,9 +64,15 @@ def test_the_stable_versions_ratings_are_what_the_loop_exports(tmp_path: Path) -
     assert ratings["requests"] >= 12 and 0 < ratings["rated"] <= ratings["requests"]
     assert ratings["thumbs_up"] == 0  # the fake engine never says the reference
     manifest = json.loads((out / "manifest.json").read_text())
-    assert 0 < manifest["files"]["kto.jsonl"]["rows"] <= ratings["rated"]  # deduplicated
+    assert manifest["corrections"] == ratings["corrections"] > 0  # a few users also sent the right answer
+    kto = manifest["files"]["kto.jsonl"]
+    assert 0 < kto["rows"] <= ratings["rated"] + ratings["corrections"]  # deduplicated
     rows = [json.loads(line) for line in (out / "kto.jsonl").read_text().splitlines()]
-    assert all(r["label"] is False for r in rows)
+    references = {e["messages"][-1]["content"] for e in EXAMPLES[:12]}
+    # Every desirable row is a user's correction (the reference); the engine's own answers are all thumbs down.
+    assert {r["completion"][0]["content"] for r in rows if r["label"]} <= references
+    assert all(r["completion"][0]["content"] not in references for r in rows if not r["label"])
+    assert kto["desirable"] <= ratings["corrections"]
 
 
 def test_the_spec_is_the_shipped_one_pointed_at_this_demo(tmp_path: Path, monkeypatch) -> None:

@@ -3,6 +3,7 @@ counts, own prompts, partial rating."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import pytest
@@ -36,3 +37,18 @@ def test_same_seed_same_traffic_and_bad_sizes_are_refused() -> None:
     assert traffic(population(50, 10, seed=4), seed=5) == traffic(population(50, 10, seed=4), seed=5)
     with pytest.raises(ValueError, match="0 users"):
         population(0, 10, seed=1)
+
+
+def test_few_users_correct_and_corrections_leave_the_rest_of_the_traffic_unchanged() -> None:
+    users = population(2000, 48, seed=6)
+    requests = traffic(users, seed=7)
+    rates = sorted(u.correction_rate for u in users)
+    assert 0.2 < sum(rates) / len(rates) < 0.3  # Beta(0.5, 1.5): mean 0.25
+    assert rates[len(rates) // 2] < 0.2 and rates[-len(rates) // 20] > 0.7  # most seldom, a few nearly always
+    share = sum(r.corrects for r in requests) / len(requests)
+    assert 0.15 < share < 0.35, share
+    # Drawn from streams of their own: the users, prompts and ratings are those the generator drew
+    # before corrections existed (digest taken from that version of demo_users.py).
+    requests = traffic(population(300, 48, seed=6), seed=7)
+    plain = [(r.user.id, r.user.requests, r.user.prompts, r.example, r.rates) for r in requests]
+    assert hashlib.sha256(repr(plain).encode()).hexdigest()[:16] == "4d776ddf171414df"
