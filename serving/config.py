@@ -313,6 +313,8 @@ class RolloutsConfig(Strict):
         given = {k: v for k, v in overrides.items() if v is not None}
         if given.get("promote_when", "better") != "better" and "min_gain" not in given:
             values["min_gain"] = None  # the default min_gain belongs to the rule better
+        if given.get("min_gain") == 0 and not isinstance(given["min_gain"], bool):
+            given["min_gain"] = None  # 0: no futility rule for this rollout, whatever rollouts.min_gain says
         values.update(given)
         return RolloutSpec(**values)
 

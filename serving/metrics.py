@@ -216,7 +216,8 @@ class GatewayMetrics:
         )
         self.rollout_decisions = Counter(
             "loraplane_rollout_decisions_total",
-            "Rollout decisions by outcome (advance, hold, promote, rollback, pause)",
+            "Rollout decisions by outcome (advance, hold, promote, rollback, pause; refused: not written, the "
+            "rollout changed meanwhile; error: the rollout could not be evaluated, the others were)",
             ["rollout", "outcome"],
             registry=r,
         )

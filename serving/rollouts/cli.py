@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         metavar="G",
         help="with `better`: roll back once the better-on guard shows the candidate's gain below G score "
-        "points (in a shadow stage with a grader, before any user sees it)",
+        "points (in a shadow stage with a grader, before any user sees it); 0 switches a configured "
+        "rollouts.min_gain off for this rollout",
     )
     start.add_argument("--capture", choices=["none", "bodies"], default="none", help="keep bodies (for export)")
     start.add_argument(
@@ -133,7 +134,8 @@ def print_export(out: Path, manifest: dict) -> None:
     print(
         f"wrote {out}: sft.jsonl {files['sft.jsonl']['rows']} rows, "
         f"preferences.jsonl {files['preferences.jsonl']['rows']} rows, kto.jsonl {files['kto.jsonl']['rows']} rows "
-        f"(from {manifest['captures']} captures; {manifest['opted_out']} left out for train_opt_out keys)"
+        f"(from {manifest['captures']} captures, {manifest.get('corrections', 0)} corrected; "
+        f"{manifest['opted_out']} left out for train_opt_out keys)"
     )
 
 
@@ -147,6 +149,8 @@ def summary(report: dict) -> str:
         f"rollout {report['name']}: {report['state']} {where} ({report['candidate']} vs {report['control']})",
         f"  reason: {report.get('reason')}",
         f"  promote when: {_rule(report)}",
+        f"  alpha {report.get('alpha')} over {len(report['guards'])} guards x {report.get('stages', 1)} stages: "
+        f"{report.get('guard_alpha', 0):.4f} per guard (the whole rollout's chance of any false claim <= alpha)",
     ]
     for role in ("candidate", "control"):
         v = report["variants"][role]

@@ -16,6 +16,11 @@ counted as outcome "refused"; the next tick decides again on fresh numbers.
 Database lost: the tick fails, decisions pause (every replica reports its rollouts as `paused`
 with the reason), serving goes on from the last snapshot; the next tick that reaches the
 database resumes. Nothing is decided without the database, so nothing is lost.
+
+One rollout that cannot be evaluated (a setting this replica's code cannot read, written by a newer
+replica during a rolling upgrade; any other error that is not the database's) pauses that rollout
+only: the leader reports it `paused` with the error, logs it, counts it (outcome "error"), and goes
+on deciding the others; the next tick tries it again.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import sqlalchemy as sa
+
 from serving.config import RolloutsConfig
-from serving.errors import Conflict
+from serving.errors import Conflict, StoreUnavailable
 from serving.metrics import GatewayMetrics
 from serving.rollouts.actions import apply
 from serving.rollouts.policy import Decision, RolloutSpec, State, decide
@@ -77,6 +84,7 @@ class Evaluator:
         self.leader = False
         self.lease: Lease | None = None  # the term this replica's decisions are fenced by
         self.paused_reason: str | None = None  # set while the database cannot be reached
+        self.failed: dict[str, str] = {}  # rollout name -> why its last evaluation failed (not the database)
 
     # --- one round (synchronous: the async loop runs it in a thread) ----------------------------
 
@@ -89,7 +97,7 @@ class Evaluator:
                 due = rollout.evaluated_at is None or now - rollout.evaluated_at >= rollout.config["interval_s"]
                 if rollout.state == State.RUNNING.value and due:
                     self._renew()  # a slow evaluation before this one must not let the lease lapse unseen
-                    decision = self.evaluate(rollout, now) if self.leader else None
+                    decision = self._evaluate_one(rollout, now) if self.leader else None
                     if decision is not None:
                         decisions.append((rollout.name, decision))
         except Exception as exc:  # database down or failing: decide nothing, say why
@@ -99,6 +107,22 @@ class Evaluator:
             log.warning("control-plane database reachable again: rollout decisions resume")
             self.paused_reason = None
         return decisions
+
+    def _evaluate_one(self, rollout: RolloutRecord, now: float) -> Decision | None:
+        """evaluate(), with an error that is not the database's confined to this rollout."""
+        try:
+            decision = self.evaluate(rollout, now)
+        except (sa.exc.SQLAlchemyError, StoreUnavailable, OSError):
+            raise  # the database: tick pauses every rollout
+        except Exception as exc:
+            reason = f"evaluation failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            if self.failed.get(rollout.name) != reason:
+                log.exception("rollout %s: %s; the other rollouts go on", rollout.name, reason)
+                self.metrics.rollout_decisions.labels(rollout.name, "error").inc()
+            self.failed[rollout.name] = reason
+            return None
+        self.failed.pop(rollout.name, None)
+        return decision
 
     def evaluate(self, rollout: RolloutRecord, now: float) -> Decision | None:
         spec = RolloutSpec.from_json(rollout.config)
@@ -166,6 +190,8 @@ class Evaluator:
         """(state, reason) as this replica sees it: running rollouts are paused while the database is down."""
         if self.paused_reason is not None and rollout.state == State.RUNNING.value:
             return State.PAUSED.value, self.paused_reason
+        if rollout.name in self.failed and rollout.state == State.RUNNING.value:
+            return State.PAUSED.value, f"decisions paused for this rollout: {self.failed[rollout.name]}"
         return rollout.state, rollout.reason
 
     def publish(self, snapshot: ControlSnapshot, counted_pause: set[str]) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from serving.rollouts.stats import Arm, Cells, Comparison, compare, futility_upper
 
@@ -136,6 +136,8 @@ class RolloutSpec:
         metrics = [g.metric for g in self.guards]
         if len(metrics) != len(set(metrics)):
             raise ValueError(f"guards repeat a metric: {metrics}")
+        if self.promote_when not in get_args(PromoteWhen):
+            raise ValueError(f"promote_when {self.promote_when!r} is not one of {', '.join(get_args(PromoteWhen))}")
         if self.method != "msprt":
             raise ValueError(
                 f"method {self.method!r} is not supported: only msprt (the unit-level mixture SPRT) is; "

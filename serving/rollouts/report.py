@@ -229,6 +229,8 @@ def build_report(
         "min_samples": spec.min_samples,
         "interval_s": spec.interval_s,
         "alpha": spec.alpha,
+        "stages": spec.stages,  # 2 with a shadow stage: each guard is tested at alpha / (guards x stages)
+        "guard_alpha": spec.guard_alpha,
         "method": spec.method,
         "promote_when": spec.promote_when,
         "better_on": spec.better_on,

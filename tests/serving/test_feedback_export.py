@@ -103,7 +103,7 @@ def test_feedback_export_pages_through_rated_traffic_and_skips_opted_out_keys(
     assert "app question" in text and "private question" not in text and "other question" not in text
     rows = load_rated_file(str(out / "kto.jsonl"))
     assert rows.conversations[0][-1] == {"role": "assistant", "content": '{"answer": 42}'}
-    assert "6 captures; 2 left out for train_opt_out keys" in printed
+    assert "6 captures, 0 corrected; 2 left out for train_opt_out keys" in printed
     logged = {r.id: r for r in gateway.state.store.requests()}
     assert all(logged[i].request_body is not None for i in ids["app"] + ids["private"])  # adapters[].capture
     assert all(logged[i].request_body is None for i in ids["other"])  # no capture setting: no bodies

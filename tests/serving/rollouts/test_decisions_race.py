@@ -193,3 +193,32 @@ def test_rollback_after_promotion_is_refused_once_the_pointer_moved_on(pg_url: s
     assert store.get_rollout("r").state == "promoted"  # type: ignore[union-attr]
     assert store.stable_versions() == {"bot": "v3"}
     store.close()
+
+
+def test_a_rollout_that_cannot_be_evaluated_pauses_alone(pg_url: str) -> None:
+    """A rollout whose settings this replica cannot read (written by a newer replica in a rolling
+    upgrade) is reported paused with the error; the other rollouts are still decided."""
+    from dataclasses import replace as dc_replace
+
+    store = Store(create_db_engine(pg_url))
+    try:
+        start_promotable(store)
+        guards = (GuardSpec("error_rate", 0.05),)
+        spec = RolloutsConfig().spec(steps=(50, 100), promote_when="no_regression", guards=guards)
+        store.ensure_stable("other", "v1")
+        record = new_rollout("newer", "other@v2", "other@v1", spec, "none", time.time())
+        record = dc_replace(record, config={**record.config, "promote_when": "faster_than_light"})
+        store.create_rollout(record, actor="admin")
+        ev = evaluator(store, "A")
+        decisions = dict(ev.tick())
+        assert decisions["r"].outcome == "promote" and "newer" not in decisions
+        assert ev.paused_reason is None  # the database is fine: nothing else paused
+        state, reason = ev.effective_state(store.get_rollout("newer"))
+        assert state == "paused" and "faster_than_light" in (reason or "") and "this rollout" in (reason or "")
+        assert ev.effective_state(store.get_rollout("r"))[0] == "promoted"
+        sample = ev.metrics.registry.get_sample_value
+        assert sample("loraplane_rollout_decisions_total", {"rollout": "newer", "outcome": "error"}) == 1.0
+        ev.tick()  # tried again next tick, counted once while the error is the same
+        assert sample("loraplane_rollout_decisions_total", {"rollout": "newer", "outcome": "error"}) == 1.0
+    finally:
+        store.close()

@@ -162,3 +162,15 @@ def test_a_default_min_gain_does_not_refuse_a_rollout_with_another_rule() -> Non
     assert cfg.spec(promote_when="no_regression").min_gain is None
     with pytest.raises(ValueError, match="min_gain applies to promote_when 'better' only"):
         cfg.spec(promote_when="no_regression", min_gain=0.05)  # asked for both: named
+
+
+def test_min_gain_0_switches_a_configured_default_off_for_one_rollout() -> None:
+    from serving.config import RolloutsConfig
+
+    cfg = RolloutsConfig(min_gain=0.05)
+    assert cfg.spec(min_gain=0).min_gain is None and cfg.spec(min_gain=0.0).min_gain is None
+    assert cfg.spec(min_gain=0.1).min_gain == 0.1
+    with pytest.raises(ValueError, match="min_gain must be a number in"):
+        cfg.spec(min_gain=False)  # a boolean is not a gain, nor a way to switch it off
+    with pytest.raises(ValueError, match="min_gain must be a number in"):
+        cfg.spec(min_gain=-0.1)

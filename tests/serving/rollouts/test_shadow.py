@@ -79,6 +79,9 @@ def test_users_get_only_stable_answers_and_shadow_rows_are_kept_apart(two_versio
     assert rated.status_code == 200 and feedback is not None and feedback.excluded == "shadow"  # gradable by id
     assert report["stage"] == "shadow" and report["shadow_percent"] == 100
     assert "running in shadow (100% of control's requests mirrored, none returned)" in summary(report)
+    guards = len(report["guards"])  # a shadow stage takes its share of alpha: alpha / (guards x 2 stages)
+    assert report["stages"] == 2 and report["guard_alpha"] == pytest.approx(report["alpha"] / (guards * 2))
+    assert f"over {guards} guards x 2 stages: {report['alpha'] / (guards * 2):.4f} per guard" in summary(report)
     assert report["weights"] == {"bot@v2": 0, "bot@v1": 100}
     assert report["requests_at_step"] == {"candidate": 40, "control": 40}
     assert 'loraplane_shadow_requests_total{outcome="mirrored",rollout="r1"} 40.0' in metrics
