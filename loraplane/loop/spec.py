@@ -85,7 +85,8 @@ class RolloutSettings(Strict):
     interval_s: float | None = None
     promote_when: Literal["better", "not_worse", "no_regression"] | None = None
     better_on: str | None = None  # the score guard `better` reads (feedback or grader:NAME)
-    min_gain: float | None = Field(None, gt=0, lt=1)  # `better`: roll back once the gain is shown below
+    # `better`: roll back once the gain is shown below; 0 switches the gateway's rollouts.min_gain off
+    min_gain: float | None = Field(None, ge=0, lt=1)
     capture: Literal["none", "bodies"] = "bodies"  # the next iteration's training data
     wait_timeout_s: float = Field(3600.0, gt=0)  # then `loop run` exits; the next run waits on
     poll_s: float = Field(5.0, gt=0)
@@ -93,7 +94,7 @@ class RolloutSettings(Strict):
     @model_validator(mode="after")
     def _gain_rule(self) -> RolloutSettings:
         """What the gateway would refuse at rollout start, refused before any training instead."""
-        if self.min_gain is not None and self.promote_when not in (None, "better"):
+        if self.min_gain and self.promote_when not in (None, "better"):  # 0 is "off", whatever the rule
             raise ValueError(f"rollout.min_gain applies to promote_when 'better' only, not {self.promote_when!r}")
         if self.better_on is not None:
             metric = GuardSpec(self.better_on, 0.0)  # ValueError naming a malformed metric

@@ -40,7 +40,19 @@ def _optional_text(body: dict, field: str, limit: int) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > limit:
         raise BadRequest(f"`{field}` must be a string of at most {limit} characters, got {value!r:.80}", param=field)
+    if "\x00" in value or not _encodable(value):  # the database would refuse the whole feedback batch
+        raise BadRequest(
+            f"`{field}` must be text without NUL characters or unpaired surrogates, got {value!r:.80}", param=field
+        )
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_feedback(body: dict) -> tuple[str, float, str | None, str | None, str | None]:

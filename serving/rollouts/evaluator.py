@@ -93,11 +93,11 @@ class Evaluator:
         try:
             self._renew()
             decisions = []
+            if not self.leader:
+                self.failed.clear()  # the leader reports (and retries) the rollouts it cannot evaluate
             for rollout in self.store.list_rollouts() if self.leader else []:
-                due = rollout.evaluated_at is None or now - rollout.evaluated_at >= rollout.config["interval_s"]
-                if rollout.state == State.RUNNING.value and due:
-                    self._renew()  # a slow evaluation before this one must not let the lease lapse unseen
-                    decision = self._evaluate_one(rollout, now) if self.leader else None
+                if rollout.state == State.RUNNING.value:
+                    decision = self._evaluate_one(rollout, now)
                     if decision is not None:
                         decisions.append((rollout.name, decision))
         except Exception as exc:  # database down or failing: decide nothing, say why
@@ -109,9 +109,13 @@ class Evaluator:
         return decisions
 
     def _evaluate_one(self, rollout: RolloutRecord, now: float) -> Decision | None:
-        """evaluate(), with an error that is not the database's confined to this rollout."""
+        """evaluate() when due, with an error that is not the database's confined to this rollout."""
         try:
-            decision = self.evaluate(rollout, now)
+            interval_s = rollout.config["interval_s"]  # a setting this code cannot read fails here too
+            if rollout.evaluated_at is not None and now - rollout.evaluated_at < interval_s:
+                return None
+            self._renew()  # a slow evaluation before this one must not let the lease lapse unseen
+            decision = self.evaluate(rollout, now) if self.leader else None
         except (sa.exc.SQLAlchemyError, StoreUnavailable, OSError):
             raise  # the database: tick pauses every rollout
         except Exception as exc:

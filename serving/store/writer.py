@@ -248,7 +248,9 @@ class StoreWriter:
         real = [(job, fut) for job, fut in jobs if job is not None]
         try:
             accepted = self._apply_feedback(real)
-        except sa.exc.SQLAlchemyError as exc:
+        except Exception as exc:  # any error: every caller gets an answer now, not after feedback_timeout_s
+            if not isinstance(exc, sa.exc.SQLAlchemyError):
+                log.exception("feedback batch of %d not saved", len(real))
             error = StoreUnavailable(f"feedback was not saved: the database failed ({type(exc).__name__}); retry")
             for _, future in real:
                 future.set_exception(error)

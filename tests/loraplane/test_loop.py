@@ -296,3 +296,23 @@ def test_a_rollout_rule_the_gateway_would_refuse_fails_the_spec_before_training(
     with pytest.raises((ValueError, SystemExit)) as raised:
         loop_spec.load_spec(path)
     assert named in str(raised.value), raised.value
+
+
+def test_min_gain_0_in_a_loop_spec_switches_the_gateways_default_off(tmp_path) -> None:
+    """The gateway (POST /admin/rollouts, --min-gain 0) reads min_gain 0 as "no futility rule for
+    this rollout"; the loop spec refused 0 (gt=0), so a loop could not switch a configured
+    rollouts.min_gain off."""
+    from loraplane.loop import spec as loop_spec
+    from serving.config import RolloutsConfig
+    from serving.rollouts.policy import GuardSpec
+
+    data = yaml.safe_load((ROOT / "configs/loop/demo-json.yaml").read_text())
+    data["rollout"].update({"min_gain": 0, "promote_when": "better"})
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = loop_spec.load_spec(path).rollout
+    assert r.min_gain == 0
+    guards = tuple(GuardSpec.parse(g) for g in r.guards or [])
+    spec = RolloutsConfig(min_gain=0.05).spec(guards=guards, promote_when=r.promote_when, better_on=r.better_on,
+                                              min_gain=r.min_gain)  # fmt: skip
+    assert spec.min_gain is None

@@ -45,6 +45,21 @@ def test_bad_corrections_are_refused_by_name_and_nothing_is_stored(gateway) -> N
     assert again.json()["corrected"] is False and gateway.state.store.get_feedback(rid).correction is None
 
 
+def test_text_the_database_cannot_store_is_refused_by_name(gateway) -> None:
+    """A NUL (PostgreSQL text refuses it) or an unpaired surrogate (no UTF-8 form) in any feedback
+    text: 400 naming the field. Before: the surrogate hung the whole writer batch until
+    feedback_timeout_s, then 503 "retry"; the NUL failed the whole batch on PostgreSQL with 503."""
+    rid = ask(gateway.url, "ka", "q odd")
+    for field in ("correction", "comment", "label"):
+        for bad in ("a\\u0000b", "a\\ud800b"):
+            raw = f'{{"id": "{rid}", "score": 0, "{field}": "{bad}"}}'.encode()
+            resp = httpx.post(f"{gateway.url}/v1/feedback", content=raw, headers=_auth("ka"), timeout=30)
+            assert resp.status_code == 400, (field, bad, resp.text)
+            assert resp.json()["error"]["param"] == field
+    assert gateway.state.store.get_feedback(rid) is None
+    assert rate(gateway.url, "ka", {"id": rid, "score": 0, "correction": "ok \u00e9 \U0001f600"}).status_code == 200
+
+
 def test_corrections_become_pairs_and_desirable_rows_in_both_exports(gateway, capsys, monkeypatch, tmp_path) -> None:
     url = gateway.url
     corrected = [ask(url, "ka", f"app question {i}") for i in range(3)]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from serving.config import RolloutsConfig
 from serving.errors import Conflict
@@ -220,5 +221,35 @@ def test_a_rollout_that_cannot_be_evaluated_pauses_alone(pg_url: str) -> None:
         assert sample("loraplane_rollout_decisions_total", {"rollout": "newer", "outcome": "error"}) == 1.0
         ev.tick()  # tried again next tick, counted once while the error is the same
         assert sample("loraplane_rollout_decisions_total", {"rollout": "newer", "outcome": "error"}) == 1.0
+    finally:
+        store.close()
+
+
+def test_an_unreadable_interval_pauses_that_rollout_alone_and_a_lost_lease_forgets_it(pg_url: str) -> None:
+    """interval_s is read by the tick itself (is the rollout due?): one this code cannot read paused
+    every rollout as "database unreachable" before. A replica that is no longer the leader stops
+    reporting its old evaluation errors (the new leader evaluates, and reports, that rollout)."""
+    from dataclasses import replace as dc_replace
+
+    store = Store(create_db_engine(pg_url))
+    try:
+        start_promotable(store)
+        guards = (GuardSpec("error_rate", 0.05),)
+        spec = RolloutsConfig().spec(steps=(50, 100), promote_when="no_regression", guards=guards)
+        store.ensure_stable("other", "v1")
+        record = new_rollout("newer", "other@v2", "other@v1", spec, "none", time.time())
+        store.create_rollout(dc_replace(record, config={**record.config, "interval_s": "PT30S"}), actor="admin")
+        with store.engine.begin() as conn:  # evaluated before (by the newer replica that wrote it)
+            conn.execute(sa.text("UPDATE rollouts SET evaluated_at = :t WHERE name = 'newer'"), {"t": time.time() - 60})
+        ev = evaluator(store, "A")
+        decisions = dict(ev.tick())
+        assert ev.paused_reason is None and decisions["r"].outcome == "promote"
+        state, reason = ev.effective_state(store.get_rollout("newer"))
+        assert state == "paused" and "PT30S" not in (ev.paused_reason or "") and "this rollout" in (reason or "")
+        store.release_lease(LEASE, "A")
+        other = evaluator(store, "B")
+        other.tick()  # B leads now
+        ev.tick()  # A is not the leader: it neither evaluates nor reports an old error
+        assert not ev.leader and ev.effective_state(store.get_rollout("newer"))[0] == "running"
     finally:
         store.close()

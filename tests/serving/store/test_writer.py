@@ -75,3 +75,19 @@ def test_a_failing_database_is_counted_not_raised(store: Store) -> None:
     with pytest.raises(StoreUnavailable, match="database failed"):
         w.submit_feedback(FeedbackJob("r0", 1.0, "alice", False)).result(10)
     w.stop()
+
+
+def test_a_feedback_batch_the_driver_cannot_send_is_answered_at_once(store: Store) -> None:
+    """A text the driver cannot encode (an unpaired surrogate: UnicodeEncodeError, not a database
+    error) fails its batch at once; before, the futures were never resolved and every caller in the
+    batch waited out feedback_timeout_s."""
+    w = writer(store, [])
+    w.start()
+    w.offer(record("r0"))
+    w.flush().result(5)
+    with pytest.raises(StoreUnavailable, match="UnicodeEncodeError"):
+        w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, correction="a \ud800 b")).result(5)
+    assert store.get_feedback("r0") is None
+    w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, correction="fine")).result(5)  # the writer goes on
+    assert store.get_feedback("r0").correction == "fine"
+    w.stop()
