@@ -5,7 +5,9 @@
 `correction` (optional, at most MAX_CORRECTION_CHARS): what the answer should have been, in the
 user's words. A thumbs-down says what is wrong; a correction says what is right, so the training
 exports turn it into a preference pair (correction over the answer), a desirable KTO row and an SFT
-row (serving/rollouts/export.py). Erased with the captured bodies (store.body_retention_s).
+row (serving/rollouts/export.py). Erased with the captured bodies (store.body_retention_s); kept
+only for an answered request whose bodies were captured (else the reply says `"corrected": false`:
+no export could use it).
 
 Unknown id -> 404, score out of range -> 400, another key's response -> 403, a repeat replaces
 the earlier score. Like a completion, a call takes a token from its key's rate limit (a bucket of

@@ -13,8 +13,9 @@
 
 A user's correction (POST /v1/feedback `correction`: what the answer should have been) says what is
 right where a thumbs-down only says what is wrong. It adds, whatever the label source: an sft row
-(the request's messages + the correction), a preference pair (the correction chosen over the answer,
-unless they are the same text) and a desirable kto row (the correction, counted as a score of 1).
+(the request's messages + the correction), a preference pair (the correction chosen over the answer)
+and a desirable kto row (the correction, counted as a score of 1; `duplicates_merged` counts it when
+the same text was also rated). A "correction" equal to the answer corrects nothing and is left out.
 
 Deduplication (kto.jsonl): the same prompt answered with the same text is one row; its ratings
 are combined as their mean score (two thumbs-up and one thumbs-down: 0.67, desirable at the
@@ -66,13 +67,14 @@ def rated(captures: list[dict]) -> list[tuple[Messages, str, float]]:
 
 
 def corrected(captures: list[dict]) -> list[tuple[Messages, str, str]]:
-    """(prompt, answer, correction) of every usable capture a user corrected, rated or not."""
+    """(prompt, answer, correction) of every usable capture a user corrected, rated or not. A
+    "correction" that is the answer itself (blanks aside) corrects nothing and is left out."""
     out = []
     for cap in captures:
         messages, answer, correction = prompt_messages(cap.get("request")), cap.get("response"), cap.get("correction")
         if messages is None or not isinstance(correction, str) or not correction.strip():
             continue
-        if cap.get("status") == 200 and isinstance(answer, str):
+        if cap.get("status") == 200 and isinstance(answer, str) and answer.strip() != correction.strip():
             out.append((messages, answer, correction))
     return out
 
@@ -110,7 +112,7 @@ def build(captures: list[dict], min_score: float, margin: float) -> tuple[list[d
         sft.append({"messages": [*messages, {"role": "assistant", "content": correction}]})
         pair = _pair(messages, correction, answer)
         key = json.dumps([pair["prompt"], pair["chosen"], pair["rejected"]], sort_keys=True)
-        if answer.strip() and correction.strip() != answer.strip() and key not in seen:
+        if answer.strip() and key not in seen:
             seen.add(key)
             preferences.append(pair)
     return sft, preferences

@@ -245,20 +245,30 @@ class RequestLog:
 
     # --- retention -------------------------------------------------------------------------------
 
-    def erase_bodies(self, older_than: float) -> int:
+    def erase_bodies(self, older_than: float, *, batch_size: int = 5_000, max_batches: int = 20) -> int:
         """Retention: drop captured bodies of requests logged before `older_than`, and the users'
-        corrections given before it (their words, like a body); returns how many rows were erased."""
-        f = FeedbackRow
-        with self._tx(translate=False) as s:
-            bodies = s.execute(
-                sa.update(RequestLogRow)
-                .where(RequestLogRow.created_at < older_than, RequestLogRow.request_body.is_not(None))
-                .values(request_body=None, response_text=None)
-            )
-            corrections = s.execute(
-                sa.update(f).where(f.created_at < older_than, f.correction.is_not(None)).values(correction=None)
-            )
-            return int(bodies.rowcount or 0) + int(corrections.rowcount or 0)  # type: ignore[attr-defined]
+        corrections given before it (their words, like a body), `batch_size` rows per transaction, at
+        most `max_batches` per table and call (the writer calls again later); returns how many rows
+        were erased. Each row is erased once: an erased one matches no longer. (Rows written before
+        uncaptured bodies were SQL NULL hold JSON 'null', which IS NOT NULL matches: the first passes
+        after an upgrade rewrite those once each, in these bounded batches.)"""
+        r, f = RequestLogRow, FeedbackRow
+        bodies = (r, r.id, sa.and_(r.created_at < older_than, r.request_body.is_not(None)))
+        corrections = (f, f.response_id, sa.and_(f.created_at < older_than, f.correction.is_not(None)))
+        erased = 0
+        for (table, key, where), values in (
+            (bodies, {"request_body": None, "response_text": None}),
+            (corrections, {"correction": None}),
+        ):
+            for _ in range(max_batches):
+                with self._tx(translate=False) as s:
+                    ids = sa.select(key).where(where).limit(batch_size).scalar_subquery()
+                    stmt = sa.update(table).where(key.in_(ids), where).values(**values)
+                    n = int(s.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+                erased += n
+                if n < batch_size:
+                    break
+        return erased
 
     def delete_old_requests(self, older_than: float, *, batch_size: int = 5_000, max_batches: int = 20) -> int:
         """Retention (store.request_log_retention_s): delete request-log rows and feedback logged

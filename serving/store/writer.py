@@ -61,6 +61,13 @@ class FeedbackJob:
     correction: str | None = None  # what the answer should have been (the user's words)
 
 
+def exportable(request: RequestRecord) -> bool:
+    """Whether a correction of this request can become training data: an answered request whose
+    bodies were captured (adapters[].capture or a rollout's capture). Kept for nothing else: the
+    user's words are not stored where no export could use them."""
+    return request.status == 200 and request.request_body is not None and request.response_text is not None
+
+
 class StoreWriter:
     def __init__(
         self,
@@ -298,7 +305,7 @@ class StoreWriter:
                 unit=request.unit,
                 step=request.step,
                 excluded=request.excluded,
-                correction=job.correction,
+                correction=job.correction if exportable(request) else None,
             )
             records[job.response_id] = record
             results.append((future, record))

@@ -112,3 +112,11 @@ def test_rollout_export_carries_corrections(gateway, capsys, monkeypatch, tmp_pa
         assert code == 0, capsys.readouterr().err
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["corrections"] == 2 and manifest["files"]["preferences.jsonl"]["rows"] == 2, source
+
+
+def test_a_correction_no_export_could_use_is_not_kept(gateway) -> None:
+    rid = ask(gateway.url, "ka", "q", model="other")  # `other` does not capture bodies
+    resp = rate(gateway.url, "ka", {"id": rid, "score": 0, "correction": RIGHT})
+    assert resp.status_code == 200 and resp.json()["corrected"] is False  # the rating is kept, the words are not
+    kept = gateway.state.store.get_feedback(rid)
+    assert kept is not None and kept.score == 0.0 and kept.correction is None

@@ -77,7 +77,7 @@ def test_a_correction_is_a_pair_a_desirable_row_and_an_sft_row() -> None:
     captures = [
         corrected(Q1, "Lyon", 0.0, "Paris"),
         corrected(Q1, "Lyon", 0.0, "Paris"),  # the same correction of the same answer twice: one pair
-        corrected(Q2, "4", 1.0, "4"),  # a "correction" equal to the answer: no pair, but a good answer
+        corrected(Q2, "4", 1.0, " 4 "),  # a "correction" equal to the answer corrects nothing: only the rating
         corrected(Q2, "5", None, "4"),  # corrected without a user score (a grader label source): still data
         corrected(Q1, "Rome", 0.0, "   "),  # blank: not a correction
         {**corrected(Q1, "Oslo", 0.0, "Paris"), "status": 500},  # a failed request: nothing
@@ -87,12 +87,12 @@ def test_a_correction_is_a_pair_a_desirable_row_and_an_sft_row() -> None:
     assert pairs == {("Paris", "Lyon"), ("4", "5")} and len(preferences) == 2
     assert all(p["prompt"] in (Q1, Q2) for p in preferences)
     answers = sorted(row["messages"][-1]["content"] for row in sft)
-    assert answers == ["4", "4", "4", "Paris"]  # the rated "4", its correction "4", the "5" corrected to "4", "Paris"
+    assert answers == ["4", "4", "Paris"]  # the "4" rated 1, the "5" corrected to "4", "Paris"
     rows, merged = build_kto(captures, threshold=0.5)
     labels = {(json.dumps(r["prompt"]), r["completion"][0]["content"]): r["label"] for r in rows}
     assert labels[json.dumps(Q1), "Paris"] is True and labels[json.dumps(Q1), "Lyon"] is False
     assert labels[json.dumps(Q2), "4"] is True and (json.dumps(Q1), "Rome") in labels
-    assert merged == 4  # Lyon rated twice, Paris given twice, "4" rated once and given twice
+    assert merged == 3  # Lyon rated twice, Paris given twice, "4" rated once and given once
 
 
 def test_corrections_reach_the_manifest_and_the_trainers_readers(tmp_path: Path) -> None:

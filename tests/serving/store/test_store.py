@@ -160,3 +160,15 @@ def test_body_retention_touches_each_row_once_and_uncaptured_rows_never(store: S
     assert nulls == 3
     assert store.erase_bodies(time.time() - 60) == 1
     assert store.erase_bodies(time.time() - 60) == 0  # the next pass has nothing left to rewrite
+
+
+def test_body_retention_works_in_bounded_batches(store: Store) -> None:
+    rows = [request(f"b{i}") for i in range(7)]
+    for record in rows:
+        record.created_at -= 3600
+        record.request_body, record.response_text = {"messages": []}, "hello"
+    store.write_requests(rows)
+    assert store.erase_bodies(time.time() - 60, batch_size=2, max_batches=2) == 4  # at most 2 x 2 per call
+    assert store.erase_bodies(time.time() - 60, batch_size=2, max_batches=2) == 3  # the rest, next call
+    assert store.erase_bodies(time.time() - 60, batch_size=2, max_batches=2) == 0
+    assert all(store.get_request(f"b{i}").request_body is None for i in range(7))

@@ -86,8 +86,8 @@ def test_a_feedback_batch_the_driver_cannot_send_is_answered_at_once(store: Stor
     w.offer(record("r0"))
     w.flush().result(5)
     with pytest.raises(StoreUnavailable, match="UnicodeEncodeError"):
-        w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, correction="a \ud800 b")).result(5)
+        w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, comment="a \ud800 b")).result(5)
     assert store.get_feedback("r0") is None
-    w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, correction="fine")).result(5)  # the writer goes on
-    assert store.get_feedback("r0").correction == "fine"
+    w.submit_feedback(FeedbackJob("r0", 0.0, "alice", False, comment="fine")).result(5)  # the writer goes on
+    assert store.get_feedback("r0").comment == "fine"
     w.stop()
