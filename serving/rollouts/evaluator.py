@@ -55,11 +55,13 @@ def holder_id() -> str:
 
 def decision_fields(rollout: RolloutRecord, d: Decision, now: float, threshold: float | None) -> dict[str, Any]:
     """What an evaluation writes besides the transition itself (actions.transition): when it ran,
-    when a new step started, and the TTFT threshold once it is frozen."""
+    when a new step started, the TTFT threshold once it is frozen, and a gain the shadow stage showed."""
     fields: dict[str, Any] = {"evaluated_at": now}
     config = dict(rollout.config)
     if d.outcome == "advance":
         config["step_started_at"] = now
+    if d.gain_shown is not None:  # the shadow stage showed the gain: the canary's rule reads it
+        config["gain_shown"] = d.gain_shown
     if threshold is not None and rollout.config.get("ttft_threshold_s") is None:
         config["ttft_threshold_s"] = threshold
     if config != rollout.config:
@@ -132,9 +134,11 @@ class Evaluator:
         spec = RolloutSpec.from_json(rollout.config)
         read = read_rollout(self.store, rollout)  # per-unit aggregates in SQL, never request rows
         if in_shadow(rollout):  # mirrored answers only: advance to the first canary step or roll back
-            d = decide_shadow(spec, read.step_counts, read.verdicts)
+            live = self.store.shadow_live_requests(rollout.name)
+            d = decide_shadow(spec, read.step_counts, read.verdicts, live)
         else:
-            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units)
+            gain_shown = rollout.config.get("gain_shown")
+            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units, gain_shown)
         report, threshold = read.report, read.threshold
         return d if self._write(rollout, d, report, decision_fields(rollout, d, now, threshold)) else None
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from serving.rollouts.stats import Arm, Cells, Comparison, compare, futility_upper
 
@@ -257,9 +257,15 @@ class Decision:
     outcome: Outcome
     reason: str
     step_index: int  # the step after the decision (candidate % = spec.steps[step_index])
+    # A shadow stage that advanced on a gain shown on paired answers that the unpaired requests could
+    # not take back (rollouts/shadow.py): the metric, its interval, pairs and live requests, kept in
+    # the rollout's config ("gain_shown") for the canary's rule.
+    gain_shown: dict[str, Any] | None = None
 
 
-def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, str]:
+def _promotable(
+    spec: RolloutSpec, verdicts: list[GuardVerdict], gain_shown: dict[str, Any] | None = None
+) -> tuple[bool, str]:
     if spec.promote_when == "no_regression":
         pending = [v.metric for v in verdicts if v.verdict == "pending"]
         if pending:
@@ -273,6 +279,15 @@ def _promotable(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> tuple[bool, 
     gain = next(v for v in verdicts if v.metric == spec.better_on)
     if gain.verdict == "better":
         return True, f"{gain.metric} shows the candidate better than control"
+    if gain_shown is not None and gain_shown.get("metric") == spec.better_on:
+        # Shown better in the shadow stage on paired answers, beyond what its unpaired requests could
+        # take back (its own share of alpha); the canary must show no harm, with a verdict from every guard.
+        pending = [v.metric for v in verdicts if v.verdict == "pending"]
+        lo, hi = gain_shown["lo"], gain_shown["hi"]
+        shown = f"{gain.metric} shown better in the shadow stage (gain [{lo:+.4f}, {hi:+.4f}])"
+        if pending:
+            return False, f"{shown}; live guards without a verdict yet: {', '.join(pending)}"
+        return True, f"{shown} and no live guard failed"
     return False, f"{gain.metric} not yet shown better (verdict {gain.verdict})"
 
 
@@ -342,6 +357,7 @@ def decide(
     step_counts: tuple[int, int],
     verdicts: list[GuardVerdict],
     control_units: int | None = None,
+    gain_shown: dict[str, Any] | None = None,
 ) -> Decision:
     """One evaluation of a running rollout. step_counts: (candidate, control) requests at this step;
     control_units: the control's users at this step (None: unknown, the no-show rule needs only counts)."""
@@ -362,7 +378,7 @@ def decide(
     last_compared = len(spec.steps) - 2
     if step_index < last_compared:
         return Decision("advance", f"{spec.min_samples}+ requests per variant and no guard failed", step_index + 1)
-    ok, why = _promotable(spec, verdicts)
+    ok, why = _promotable(spec, verdicts, gain_shown)
     if ok:
         return Decision("promote", why, len(spec.steps) - 1)
     return Decision("hold", why, step_index)

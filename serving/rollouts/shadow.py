@@ -23,6 +23,17 @@ two means are over the same requests, so the per-user, cluster-robust variance o
 is small where the versions mostly agree): rollback once that grader's gain is shown below
 min_gain (policy.futile: no user saw the candidate), advance only once it is shown above 0, hold
 in between.
+
+A gain shown there is the gain on the requests that were paired. It stands for all of the stage's
+live traffic only if the requests without a graded pair (mirrors dropped under load, candidate
+errors, answers the grader has not scored yet) could not take it back: each could at worst move the
+mean score by 1/live against the candidate, so when the gain's lower bound exceeds the unpaired
+share of the stage's live requests, the gain holds for all of them whatever the missing pairs
+would have shown. Then the advance records it (`gain_shown`) and the canary promotes on it once
+every live guard has a verdict and none failed (policy.decide); otherwise the canary must show the
+gain itself. While the unpaired share is below min_gain (nearly everything paired: mostly grading
+lag) the stage holds for the bound rather than advance without it; a gain that never clears it is
+below min_gain, which futility ends.
 """
 
 from __future__ import annotations
@@ -62,8 +73,11 @@ def shadow_percent(value: object) -> float:
     return float(value)
 
 
-def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: list[GuardVerdict]) -> Decision:
-    """One evaluation of a rollout in its shadow stage. step_counts: (mirrored candidate, control) requests."""
+def decide_shadow(
+    spec: RolloutSpec, step_counts: tuple[int, int], verdicts: list[GuardVerdict], live_requests: int | None = None
+) -> Decision:
+    """One evaluation of a rollout in its shadow stage. step_counts: (mirrored candidate, control)
+    requests of the pairs; live_requests: all of the stage's live requests (None: unknown)."""
     where = {"prefix": "shadow stage: ", "suffix": "; no user saw it"}
     failed = guard_rollback(spec, verdicts, SHADOW_STEP, **where) or futile(spec, verdicts, SHADOW_STEP, **where)
     if failed is not None:
@@ -80,9 +94,8 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
     if pending:
         reason = f"shadow stage: no verdict yet (too few users or grader scores): {', '.join(pending)}"
         return Decision("hold", reason, SHADOW_STEP)
-    open_gain = _gain_open(spec, verdicts)
-    if open_gain is not None:
-        return Decision("hold", open_gain, SHADOW_STEP)
+    if spec.min_gain is not None and spec.better_on.startswith(GRADER_PREFIX):
+        return _gain_decision(spec, verdicts, live_requests)
     return Decision(
         "advance",
         f"shadow stage passed ({candidate_n} mirrored requests, no guard failed): canary at {spec.steps[0]}%",
@@ -90,13 +103,41 @@ def decide_shadow(spec: RolloutSpec, step_counts: tuple[int, int], verdicts: lis
     )
 
 
-def _gain_open(spec: RolloutSpec, verdicts: list[GuardVerdict]) -> str | None:
-    """Why the stage waits on the gain question (min_gain with a grader as better_on), or None."""
-    if spec.min_gain is None or not spec.better_on.startswith(GRADER_PREFIX):
-        return None
+def unpaired_share(pairs: int, live_requests: int | None) -> float:
+    """The share of the stage's live requests without a graded pair (1.0 when unknown)."""
+    if not live_requests:
+        return 1.0
+    return max(0.0, 1.0 - pairs / live_requests)
+
+
+def _gain_decision(spec: RolloutSpec, verdicts: list[GuardVerdict], live_requests: int | None) -> Decision:
+    """min_gain with a grader as better_on: hold until the gain is shown above 0 (futility, checked
+    before, ends it below min_gain), then advance, recording the gain for the canary when the
+    unpaired requests could not take it back (module docstring)."""
     v = next(v for v in verdicts if v.metric == spec.better_on)
-    if v.verdict == "better":
-        return None
     gain = gain_interval(v)
-    shown = "" if gain is None else f" (gain [{gain[0]:+.4f}, {gain[1]:+.4f}])"
-    return f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}{shown}"
+    shown = "no interval yet" if gain is None else f"gain [{gain[0]:+.4f}, {gain[1]:+.4f}]"
+    if v.verdict != "better" or gain is None:
+        reason = f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}"
+        return Decision("hold", f"{reason} ({shown})", SHADOW_STEP)
+    pairs, unpaired = v.candidate.n, unpaired_share(v.candidate.n, live_requests)
+    better = (
+        f"shadow stage: {v.metric} shows the candidate better on {pairs} graded pairs of {live_requests} live "
+        f"requests ({shown}, always-valid {1 - spec.guard_alpha:.1%} interval)"
+    )
+    if gain[0] > unpaired:
+        recorded = {"metric": v.metric, "lo": gain[0], "hi": gain[1], "pairs": pairs, "live": live_requests}
+        reason = (
+            f"{better}, more than the {unpaired:.1%} of them without a graded pair could take back; no guard "
+            f"failed: canary at {spec.steps[0]}%, promoted on this gain once every live guard has a verdict "
+            "and none failed"
+        )
+        return Decision("advance", reason, 0, gain_shown=recorded)
+    assert spec.min_gain is not None  # _gain_decision runs only with min_gain
+    if unpaired < spec.min_gain:  # nearly everything paired: wait for the bound rather than lose it
+        return Decision("hold", f"{better}; waiting until it exceeds the {unpaired:.1%} unpaired", SHADOW_STEP)
+    reason = (
+        f"{better}; {unpaired:.1%} of them have no graded pair, which could take the gain back: canary at "
+        f"{spec.steps[0]}%, where the candidate must show it on live users"
+    )
+    return Decision("advance", reason, 0)

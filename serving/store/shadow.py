@@ -109,6 +109,14 @@ class ShadowLog:
     def unit_scores(self, which: sa.ColumnElement[bool]) -> UnitTable:  # provided by ScoreReads
         raise NotImplementedError
 
+    def shadow_live_requests(self, rollout: str) -> int:
+        """The shadow stage's live requests (the users' answers, paired or not): what a gain shown on
+        the pairs must stand for (rollouts/shadow.py)."""
+        r = RequestLogRow
+        live = sa.and_(_shadow_rows(r, rollout), r.excluded.is_(None))
+        with self._tx() as s:
+            return int(s.execute(sa.select(sa.func.count()).select_from(r).where(live)).scalar() or 0)
+
     def shadow_scores(self, rollout: str, source: str) -> UnitTable:
         """One source's scores (a grader's) per (variant, step, unit) at the shadow step, on pairs
         it scored both answers of: the candidate's mirrored answers and the control's live ones."""

@@ -49,8 +49,14 @@ def test_a_candidate_that_grades_better_goes_on_to_the_canary(two_versions, db_u
         users(gw.url, 60)
         moved = wait_for(lambda: (s := status(gw.url, "better"))["step"] == 0 and s, timeout_s=30)
         config = gw.state.store.get_rollout("better").config
+        advanced = [a.reason for a in gw.state.store.audit_log("better") if a.action.endswith("advance")]
     assert moved["state"] == "running" and moved["stage"] == "canary", moved
     assert config["stages"] == 2  # the shadow stage took its share of alpha
+    # Every graded answer differs by 1 point: the gain's lower bound is far above the share of live
+    # requests without a graded pair, so the canary may promote on it (with no live guard failing).
+    shown = config["gain_shown"]
+    assert shown["metric"] == "grader:json_valid" and shown["lo"] > 1 - shown["pairs"] / shown["live"]
+    assert shown["pairs"] <= shown["live"] <= 60 and "could take back" in advanced[0]
 
 
 def test_a_grader_guard_without_captured_answers_is_refused_naming_capture(two_versions, db_url: str) -> None:
