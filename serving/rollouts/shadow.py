@@ -26,10 +26,11 @@ in between.
 
 A gain shown there is the gain on the requests that were paired. It stands for all of the stage's
 live traffic only if the requests without a graded pair (mirrors dropped under load, candidate
-errors, answers the grader has not scored yet) could not take it back: each could at worst move the
-mean score by 1/live against the candidate, so when the gain's lower bound exceeds the unpaired
-share of the stage's live requests, the gain holds for all of them whatever the missing pairs
-would have shown. Then the advance records it (`gain_shown`) and the canary promotes on it once
+errors, answers the grader has not scored yet) could not take it back. Over all of the stage's
+live requests the gain is (1 - u) x (the paired gain) + u x (the unpaired ones' gain), u the
+unpaired share; the unpaired ones' gain is at worst -1 (scores are in [0, 1]), so when
+lo x (1 - u) > u, lo the paired gain's lower bound, the gain holds for all of them whatever the
+missing pairs would have shown. Then the advance records it (`gain_shown`) and the canary promotes on it once
 every live guard has a verdict and none failed (policy.decide); otherwise the canary must show the
 gain itself. While the unpaired share is below min_gain (nearly everything paired: mostly grading
 lag) the stage holds for the bound rather than advance without it; a gain that never clears it is
@@ -125,7 +126,7 @@ def _gain_decision(spec: RolloutSpec, verdicts: list[GuardVerdict], live_request
         f"shadow stage: {v.metric} shows the candidate better on {pairs} graded pairs of {live_requests} live "
         f"requests ({shown}, always-valid {1 - spec.guard_alpha:.1%} interval)"
     )
-    if gain[0] > unpaired:
+    if gain[0] * (1 - unpaired) > unpaired:  # the worst case of the unpaired requests cannot undo it
         recorded = {"metric": v.metric, "lo": gain[0], "hi": gain[1], "pairs": pairs, "live": live_requests}
         reason = (
             f"{better}, more than the {unpaired:.1%} of them without a graded pair could take back; no guard "
@@ -135,7 +136,7 @@ def _gain_decision(spec: RolloutSpec, verdicts: list[GuardVerdict], live_request
         return Decision("advance", reason, 0, gain_shown=recorded)
     assert spec.min_gain is not None  # _gain_decision runs only with min_gain
     if unpaired < spec.min_gain:  # nearly everything paired: wait for the bound rather than lose it
-        return Decision("hold", f"{better}; waiting until it exceeds the {unpaired:.1%} unpaired", SHADOW_STEP)
+        return Decision("hold", f"{better}; waiting until it outweighs the {unpaired:.1%} unpaired", SHADOW_STEP)
     reason = (
         f"{better}; {unpaired:.1%} of them have no graded pair, which could take the gain back: canary at "
         f"{spec.steps[0]}%, where the candidate must show it on live users"

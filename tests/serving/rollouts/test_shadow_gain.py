@@ -55,7 +55,8 @@ def test_a_candidate_that_grades_better_goes_on_to_the_canary(two_versions, db_u
     # Every graded answer differs by 1 point: the gain's lower bound is far above the share of live
     # requests without a graded pair, so the canary may promote on it (with no live guard failing).
     shown = config["gain_shown"]
-    assert shown["metric"] == "grader:json_valid" and shown["lo"] > 1 - shown["pairs"] / shown["live"]
+    unpaired = 1 - shown["pairs"] / shown["live"]
+    assert shown["metric"] == "grader:json_valid" and shown["lo"] * (1 - unpaired) > unpaired
     assert shown["pairs"] <= shown["live"] <= 60 and "could take back" in advanced[0]
 
 
