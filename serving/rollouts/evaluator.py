@@ -42,7 +42,7 @@ from serving.metrics import GatewayMetrics
 from serving.rollouts.actions import apply
 from serving.rollouts.policy import Decision, RolloutSpec, State, decide
 from serving.rollouts.report import read_rollout
-from serving.rollouts.shadow import decide_shadow, in_shadow
+from serving.rollouts.shadow import carried_gain, decide_shadow, in_shadow
 from serving.store import LEASE_LOST, REVISION_CHANGED, ControlSnapshot, Lease, RolloutRecord, Store
 
 log = logging.getLogger("loraplane.rollouts")
@@ -137,8 +137,9 @@ class Evaluator:
             live = self.store.shadow_live_requests(rollout.name)
             d = decide_shadow(spec, read.step_counts, read.verdicts, live)
         else:
-            gain_shown = rollout.config.get("gain_shown")
-            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units, gain_shown)
+            last_compared = rollout.step == len(spec.steps) - 2  # only the last step promotes
+            shown = carried_gain(self.store, rollout, spec) if last_compared else None
+            d = decide(spec, rollout.step, read.step_counts, read.verdicts, read.control_units, shown)
         report, threshold = read.report, read.threshold
         return d if self._write(rollout, d, report, decision_fields(rollout, d, now, threshold)) else None
 

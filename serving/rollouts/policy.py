@@ -280,11 +280,16 @@ def _promotable(
     if gain.verdict == "better":
         return True, f"{gain.metric} shows the candidate better than control"
     if gain_shown is not None and gain_shown.get("metric") == spec.better_on:
-        # Shown better in the shadow stage on paired answers, beyond what its unpaired requests could
-        # take back (its own share of alpha); the canary must show no harm, with a verdict from every guard.
+        # The shadow stage's final pairs (shadow.carried_gain): shown better beyond what its unpaired
+        # requests could take back (its own share of alpha); the canary must show no harm, with a
+        # verdict from every guard.
+        lo, hi, pairs, live = (gain_shown.get(k) for k in ("lo", "hi", "pairs", "live"))
+        stage = "no interval" if lo is None else f"gain [{lo:+.4f}, {hi:+.4f}] on {pairs} graded pairs of {live}"
+        if not gain_shown.get("carries"):
+            why = f"{gain.metric} not yet shown better live (verdict {gain.verdict}); the shadow stage's {stage}"
+            return False, f"{why} does not outweigh the live requests without a pair"
+        shown = f"{gain.metric} shown better in the shadow stage ({stage} live requests)"
         pending = [v.metric for v in verdicts if v.verdict == "pending"]
-        lo, hi = gain_shown["lo"], gain_shown["hi"]
-        shown = f"{gain.metric} shown better in the shadow stage (gain [{lo:+.4f}, {hi:+.4f}])"
         if pending:
             return False, f"{shown}; live guards without a verdict yet: {', '.join(pending)}"
         return True, f"{shown} and no live guard failed"

@@ -26,29 +26,32 @@ in between.
 
 A gain shown there is the gain on the requests that were paired. It stands for all of the stage's
 live traffic only if the requests without a graded pair (mirrors dropped under load, candidate
-errors, answers the grader has not scored yet) could not take it back. Over all of the stage's
-live requests the gain is (1 - u) x (the paired gain) + u x (the unpaired ones' gain), u the
-unpaired share; the unpaired ones' gain is at worst -1 (scores are in [0, 1]), so when
-lo x (1 - u) > u, lo the paired gain's lower bound, the gain holds for all of them whatever the
-missing pairs would have shown. Then the advance records it (`gain_shown`) and the canary promotes on it once
-every live guard has a verdict and none failed (policy.decide); otherwise the canary must show the
-gain itself. While the unpaired share is below min_gain (nearly everything paired: mostly grading
-lag) the stage holds for the bound rather than advance without it; a gain that never clears it is
-below min_gain, which futility ends.
+errors, answers the grader did not score) could not take it back. Over all of the stage's live
+requests the gain is (1 - u) x (the paired gain) + u x (the unpaired ones' gain), u the unpaired
+share; the unpaired ones' gain is at worst -1 (scores are in [0, 1]), so when lo x (1 - u) > u, lo
+the paired gain's lower bound, the gain holds for all of them whatever the missing pairs would have
+shown. The advance records what the stage showed (`gain_shown`); the canary's last step reads the
+stage's *final* pairs (`carried_gain`: mirrors in flight and answers not yet graded at the advance
+have paired since) and, when the bound holds, promotes once every live guard has a verdict and none
+failed (policy.decide); otherwise the canary must show the gain itself.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from serving.rollouts.policy import (
     GRADER_PREFIX,
     Decision,
     GuardVerdict,
     RolloutSpec,
+    evaluate_guard,
     futile,
     gain_interval,
     guard_rollback,
 )
-from serving.store import RolloutRecord
+from serving.rollouts.report import cells_of
+from serving.store import RolloutRecord, Store
 from serving.store.shadow import SHADOW_STEP
 
 # Guards every mirrored answer gives a reading for (graders score mirrored answers too); only the
@@ -104,41 +107,47 @@ def decide_shadow(
     )
 
 
-def unpaired_share(pairs: int, live_requests: int | None) -> float:
-    """The share of the stage's live requests without a graded pair (1.0 when unknown)."""
-    if not live_requests:
-        return 1.0
-    return max(0.0, 1.0 - pairs / live_requests)
+def outweighs_unpaired(lo: float | None, pairs: int, live_requests: int | None) -> bool:
+    """Whether a paired gain with lower bound `lo` holds for all of the stage's live requests: lo x
+    (1 - u) > u, u the share without a graded pair (all of them when the count is unknown)."""
+    if lo is None or not live_requests:
+        return False
+    unpaired = max(0.0, 1.0 - pairs / live_requests)
+    return lo * (1 - unpaired) > unpaired
 
 
 def _gain_decision(spec: RolloutSpec, verdicts: list[GuardVerdict], live_requests: int | None) -> Decision:
     """min_gain with a grader as better_on: hold until the gain is shown above 0 (futility, checked
-    before, ends it below min_gain), then advance, recording the gain for the canary when the
-    unpaired requests could not take it back (module docstring)."""
+    before, ends it below min_gain), then advance, recording what the stage showed (`gain_shown`)."""
     v = next(v for v in verdicts if v.metric == spec.better_on)
     gain = gain_interval(v)
     shown = "no interval yet" if gain is None else f"gain [{gain[0]:+.4f}, {gain[1]:+.4f}]"
     if v.verdict != "better" or gain is None:
         reason = f"shadow stage: {v.metric} not yet shown better than control nor below min_gain {spec.min_gain}"
         return Decision("hold", f"{reason} ({shown})", SHADOW_STEP)
-    pairs, unpaired = v.candidate.n, unpaired_share(v.candidate.n, live_requests)
-    better = (
-        f"shadow stage: {v.metric} shows the candidate better on {pairs} graded pairs of {live_requests} live "
-        f"requests ({shown}, always-valid {1 - spec.guard_alpha:.1%} interval)"
-    )
-    if gain[0] * (1 - unpaired) > unpaired:  # the worst case of the unpaired requests cannot undo it
-        recorded = {"metric": v.metric, "lo": gain[0], "hi": gain[1], "pairs": pairs, "live": live_requests}
-        reason = (
-            f"{better}, more than the {unpaired:.1%} of them without a graded pair could take back; no guard "
-            f"failed: canary at {spec.steps[0]}%, promoted on this gain once every live guard has a verdict "
-            "and none failed"
-        )
-        return Decision("advance", reason, 0, gain_shown=recorded)
-    assert spec.min_gain is not None  # _gain_decision runs only with min_gain
-    if unpaired < spec.min_gain:  # nearly everything paired: wait for the bound rather than lose it
-        return Decision("hold", f"{better}; waiting until it outweighs the {unpaired:.1%} unpaired", SHADOW_STEP)
+    recorded = {"metric": v.metric, "lo": gain[0], "hi": gain[1], "pairs": v.candidate.n, "live": live_requests}
     reason = (
-        f"{better}; {unpaired:.1%} of them have no graded pair, which could take the gain back: canary at "
-        f"{spec.steps[0]}%, where the candidate must show it on live users"
+        f"shadow stage: {v.metric} shows the candidate better on {v.candidate.n} graded pairs of {live_requests} "
+        f"live requests ({shown}, always-valid {1 - spec.guard_alpha:.1%} interval), no guard failed: canary at "
+        f"{spec.steps[0]}%; it promotes on this stage's final pairs if the live requests without one cannot "
+        "take the gain back, else on its own live evidence"
     )
-    return Decision("advance", reason, 0)
+    return Decision("advance", reason, 0, gain_shown=recorded)
+
+
+def carried_gain(store: Store, rollout: RolloutRecord, spec: RolloutSpec) -> dict[str, Any] | None:
+    """The shadow stage's gain as its final pairs show it, for the canary's promotion rule (None: the
+    stage showed none). Read once the stage is over, so mirrors that were in flight and answers the
+    grader had not scored yet when it advanced count as the pairs they became, and only what never
+    paired (dropped, failed, unscored) counts as unpaired. The always-valid interval holds at every
+    n, this later one included; `carries` is lo x (1 - u) > u (module docstring)."""
+    if not rollout.config.get("gain_shown"):
+        return None
+    guard = next(g for g in spec.guards if g.metric == spec.better_on)
+    cells = cells_of(store.shadow_scores(rollout.name, guard.metric), rollout.candidate, "feedback", {})
+    v = evaluate_guard(spec, guard, cells)
+    gain = gain_interval(v)
+    live = store.shadow_live_requests(rollout.name)
+    lo, hi = gain if gain is not None else (None, None)
+    carries = v.verdict == "better" and outweighs_unpaired(lo, v.candidate.n, live)
+    return {"metric": guard.metric, "lo": lo, "hi": hi, "pairs": v.candidate.n, "live": live, "carries": carries}
