@@ -47,13 +47,16 @@ class ShadowMirror:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def after(self, path: RequestPath, call: Call) -> None:
-        """Called once the live request was forwarded: mirror it to the candidate when its rollout is
-        in the shadow stage, the draw says so, and the gateway has room. Never raises, never waits."""
+        """Called once the live request was forwarded: mirror it to the candidate when it was assigned
+        in its rollout's shadow stage, the rollout still runs, the draw says so, and the gateway has
+        room. Never raises, never waits. A request assigned in the shadow stage is mirrored (at that
+        step) even when the rollout moved to its canary while it was being answered: otherwise every
+        request in flight at the advance would be a live answer without a pair."""
         target = call.target
         if target.rollout is None or target.step != SHADOW_STEP or call.excluded is not None:
             return
         rollout = path.control.snapshot.rollouts.get(target.rollout)
-        if rollout is None or rollout.state != "running" or rollout.step != SHADOW_STEP:
+        if rollout is None or rollout.state != "running":
             return
         if self.rng() * 100 >= float(rollout.config.get("shadow") or 0):
             return

@@ -212,3 +212,28 @@ def test_decide_shadow_waits_for_service_guards_only_and_rolls_back_on_any_failu
     assert decide_shadow(spec, (30, 30), too_few_users).outcome == "hold"
     graded_worse = [verdict("error_rate", "not_worse"), verdict("feedback", "fail")]
     assert decide_shadow(spec, (5, 30), graded_worse).outcome == "rollback"  # a failure needs no more samples
+
+
+def test_a_request_assigned_in_shadow_is_mirrored_even_if_the_stage_ends_while_it_is_answered(two_versions) -> None:
+    """Requests in flight when the shadow stage advances keep their pair: their mirror is logged at
+    the shadow step (before, it was skipped, and each advance left the requests then in flight as
+    live answers without a pair: 8 of 145 in a demo run)."""
+    overrides = {**FAST, "rollouts.evaluator": True, "store.log_flush_interval_s": 0.05}
+    eng, gateway = serving(two_versions, overrides, slow_ms={"bot@v1": 400.0})
+    with eng, gateway as gw:
+        body = shadow_body(min_samples=5, guards=["error_rate:0.5"], promote_when="no_regression")
+        assert start(gw.url, "moving", **body).status_code == 201
+        answers = users(gw.url, 48)  # 8 at a time, each answered in 0.4 s: the stage advances mid-traffic
+        moved = wait_for(lambda: (s := status(gw.url, "moving"))["step"] == 0 and s, timeout_s=30)
+        live_at_shadow = wait_for(lambda: [r for r in rows(gw) if r.step == SHADOW_STEP and r.excluded is None])
+
+        def all_paired() -> list[RequestLogRow] | None:
+            mirrors = [r for r in rows(gw) if r.excluded == "shadow"]
+            return mirrors if {m.mirror_of for m in mirrors} >= {r.id for r in live_at_shadow} else None
+
+        mirrors = wait_for(all_paired, timeout_s=15)
+        canary_live = [r for r in rows(gw) if r.step == 0 and r.excluded is None]
+    assert {r.status_code for r in answers} == {200} and moved["stage"] == "canary"
+    assert canary_live, "the stage must have advanced while users were still asking"
+    assert {m.step for m in mirrors} == {SHADOW_STEP}  # pairs of the shadow stage, whenever they finished
+    assert {m.mirror_of for m in mirrors} <= {r.id for r in live_at_shadow}  # nothing assigned to the canary mirrored
