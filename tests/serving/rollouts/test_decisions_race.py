@@ -196,20 +196,25 @@ def test_rollback_after_promotion_is_refused_once_the_pointer_moved_on(pg_url: s
     store.close()
 
 
+def start_newer(store: Store, **config: object) -> None:
+    """Rollout "newer" (other@v2) whose stored config has `config` written over it: settings a newer
+    replica wrote that this code cannot read."""
+    from dataclasses import replace as dc_replace
+
+    guards = (GuardSpec("error_rate", 0.05),)
+    spec = RolloutsConfig().spec(steps=(50, 100), promote_when="no_regression", guards=guards)
+    store.ensure_stable("other", "v1")
+    record = new_rollout("newer", "other@v2", "other@v1", spec, "none", time.time())
+    store.create_rollout(dc_replace(record, config={**record.config, **config}), actor="admin")
+
+
 def test_a_rollout_that_cannot_be_evaluated_pauses_alone(pg_url: str) -> None:
     """A rollout whose settings this replica cannot read (written by a newer replica in a rolling
     upgrade) is reported paused with the error; the other rollouts are still decided."""
-    from dataclasses import replace as dc_replace
-
     store = Store(create_db_engine(pg_url))
     try:
         start_promotable(store)
-        guards = (GuardSpec("error_rate", 0.05),)
-        spec = RolloutsConfig().spec(steps=(50, 100), promote_when="no_regression", guards=guards)
-        store.ensure_stable("other", "v1")
-        record = new_rollout("newer", "other@v2", "other@v1", spec, "none", time.time())
-        record = dc_replace(record, config={**record.config, "promote_when": "faster_than_light"})
-        store.create_rollout(record, actor="admin")
+        start_newer(store, promote_when="faster_than_light")
         ev = evaluator(store, "A")
         decisions = dict(ev.tick())
         assert decisions["r"].outcome == "promote" and "newer" not in decisions
@@ -229,16 +234,10 @@ def test_an_unreadable_interval_pauses_that_rollout_alone_and_a_lost_lease_forge
     """interval_s is read by the tick itself (is the rollout due?): one this code cannot read paused
     every rollout as "database unreachable" before. A replica that is no longer the leader stops
     reporting its old evaluation errors (the new leader evaluates, and reports, that rollout)."""
-    from dataclasses import replace as dc_replace
-
     store = Store(create_db_engine(pg_url))
     try:
         start_promotable(store)
-        guards = (GuardSpec("error_rate", 0.05),)
-        spec = RolloutsConfig().spec(steps=(50, 100), promote_when="no_regression", guards=guards)
-        store.ensure_stable("other", "v1")
-        record = new_rollout("newer", "other@v2", "other@v1", spec, "none", time.time())
-        store.create_rollout(dc_replace(record, config={**record.config, "interval_s": "PT30S"}), actor="admin")
+        start_newer(store, interval_s="PT30S")
         with store.engine.begin() as conn:  # evaluated before (by the newer replica that wrote it)
             conn.execute(sa.text("UPDATE rollouts SET evaluated_at = :t WHERE name = 'newer'"), {"t": time.time() - 60})
         ev = evaluator(store, "A")
