@@ -140,14 +140,19 @@ def carried_gain(store: Store, rollout: RolloutRecord, spec: RolloutSpec) -> dic
     stage showed none). Read once the stage is over, so mirrors that were in flight and answers the
     grader had not scored yet when it advanced count as the pairs they became, and only what never
     paired (dropped, failed, unscored) counts as unpaired. The always-valid interval holds at every
-    n, this later one included; `carries` is lo x (1 - u) > u (module docstring)."""
-    if not rollout.config.get("gain_shown"):
+    n at once, so its running intersection does too (Howard et al. 2021): the bounds are the tighter
+    of those the stage recorded at its advance and those of its final pairs. `carries` is
+    lo x (1 - u) > u, u from the final pairs (module docstring)."""
+    shown = rollout.config.get("gain_shown")
+    if not shown:
         return None
     guard = next(g for g in spec.guards if g.metric == spec.better_on)
     cells = cells_of(store.shadow_scores(rollout.name, guard.metric), rollout.candidate, "feedback", {})
     v = evaluate_guard(spec, guard, cells)
     gain = gain_interval(v)
     live = store.shadow_live_requests(rollout.name)
-    lo, hi = gain if gain is not None else (None, None)
-    carries = v.verdict == "better" and outweighs_unpaired(lo, v.candidate.n, live)
+    lo, hi = shown["lo"], shown["hi"]
+    if gain is not None:
+        lo, hi = max(lo, gain[0]), min(hi, gain[1])
+    carries = outweighs_unpaired(lo, v.candidate.n, live)
     return {"metric": guard.metric, "lo": lo, "hi": hi, "pairs": v.candidate.n, "live": live, "carries": carries}

@@ -221,3 +221,41 @@ def test_the_canary_promotes_on_a_carried_gain_once_every_live_guard_has_a_verdi
     held = decide(s, 0, (400, 400), pending, gain_shown=carried)
     assert held.outcome == "hold" and "without a verdict yet: ttft_p95" in held.reason
     assert decide(s, 0, (10, 400), live, gain_shown=carried).outcome == "hold"  # min_samples first
+
+
+def test_the_canary_reads_the_shadow_stages_final_pairs_with_the_running_intersection() -> None:
+    """carried_gain: the final pairs' interval intersected with the one the stage recorded at its
+    advance (an always-valid interval's running intersection is still valid): a final interval that
+    crosses 0 again keeps the recorded lower bound; u comes from the final pairs."""
+    from serving.rollouts.shadow import carried_gain
+    from serving.store import RolloutRecord, UnitTable
+    from serving.store.records import UnitStats
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for u in range(80):  # equal versions: the final interval straddles 0
+        same = int(rng.integers(0, 4))
+        for variant in ("a@v2", "a@v1"):
+            rows.append(UnitStats(variant, SHADOW_STEP, f"{u:032x}", 3, 0, 0, float(same), 3))
+
+    class FinalPairs:
+        def __init__(self, live: int) -> None:
+            self.live = live
+
+        def shadow_scores(self, rollout: str, source: str) -> UnitTable:
+            return UnitTable.of(rows)
+
+        def shadow_live_requests(self, rollout: str) -> int:
+            return self.live
+
+    s = spec()
+    recorded = {"metric": GRADER, "lo": 0.03, "hi": 0.4, "pairs": 200, "live": 210}
+    rollout = RolloutRecord(
+        name="r", adapter="a", candidate="a@v2", control="a@v1", state="running",
+        weights={"a@v2": 50, "a@v1": 50}, config={**s.to_json(), "gain_shown": recorded}, step=0,
+    )  # fmt: skip
+    every = carried_gain(FinalPairs(240), rollout, s)  # type: ignore[arg-type]
+    assert every is not None and every["pairs"] == 240 and every["live"] == 240
+    assert every["lo"] == 0.03 and 0 < every["hi"] < 0.4 and every["carries"]  # recorded lo, final (tighter) hi
+    assert not carried_gain(FinalPairs(260), rollout, s)["carries"]  # type: ignore[arg-type,index]  # 7.7% unpaired
+    assert carried_gain(FinalPairs(240), replace(rollout, config=s.to_json()), s) is None  # type: ignore[arg-type]
