@@ -257,9 +257,9 @@ class Decision:
     outcome: Outcome
     reason: str
     step_index: int  # the step after the decision (candidate % = spec.steps[step_index])
-    # A shadow stage that advanced on a gain shown on paired answers that the unpaired requests could
-    # not take back (rollouts/shadow.py): the metric, its interval, pairs and live requests, kept in
-    # the rollout's config ("gain_shown") for the canary's rule.
+    # A shadow stage that advanced on a gain shown on paired answers (rollouts/shadow.py): the metric,
+    # its interval, pairs and live requests, kept in the rollout's config ("gain_shown"); the canary's
+    # last step intersects it with the stage's final pairs (shadow.carried_gain).
     gain_shown: dict[str, Any] | None = None
 
 
